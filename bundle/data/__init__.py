@@ -1,0 +1,1 @@
+"""Datasets: phantom generation, on-disk layouts, datalists and input checks."""

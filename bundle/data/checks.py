@@ -1,0 +1,393 @@
+"""Input checks run when any workflow loads a case: errors name the file first, then say what is wrong.
+
+A wrong input found late costs an hour of training or a cryptic broadcast error deep inside a network; found at
+loading time it is one line: ``/data/BraTS/x/x_seg.nii.gz: label values [3] are not in the label set [0, 1, 2, 4]``.
+
+- :func:`check_image_file`: can the file be read at all (missing, empty, truncated, not an image)?
+- :func:`check_case`: is a loaded case usable (3D, finite, one grid shared by its modalities and its label, label
+  values integer and within the dataset's label set)?
+- :class:`LoadCheckedImaged` / :class:`CheckCased`: the same for MONAI dictionary pipelines in configs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, LoadImaged, MapTransform, Transform
+from monai.data.utils import is_no_channel
+from monai.utils import TransformBackends
+
+__all__ = [
+    "InputError",
+    "SOURCE_FILES_KEY",
+    "check_image_file",
+    "check_case",
+    "check_label",
+    "CheckCase",
+    "CheckCased",
+    "LoadCheckedImaged",
+]
+
+
+SOURCE_FILES_KEY = "source_filenames"
+"""Meta key where :class:`LoadCheckedImaged` records every file of a key that stacked several (newline-joined):
+MONAI keeps only the first in ``filename_or_obj``, and a NaN in the third modality should name the third file."""
+
+
+class InputError(ValueError):
+    """An input file cannot be used. The message always starts with the file path, then the problem.
+
+    Attributes:
+        path: the file (or a description of an in-memory array) at fault.
+        problem: what is wrong with it.
+    """
+
+    def __init__(self, path, problem: str = ""):
+        self.path = os.fspath(path) if isinstance(path, os.PathLike) else path
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if problem else str(self.path))
+
+    def __reduce__(self):  # keep (path, problem) through pickling, e.g. out of DataLoader worker processes
+        return type(self), (self.path, self.problem)
+
+
+# ------------------------------------------------------------------------------------------------- reading a file
+
+
+def _reason(err: BaseException) -> str:
+    """A one-line, user-facing reason for a reader failure (the original stays chained for debugging)."""
+    text = str(err).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # MONAI's LoadImage concatenates every reader's traceback; the last "XxxError: message" line is the cause
+    causes = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    line = causes[-1] if causes else (lines[0] if lines else type(err).__name__)
+    lowered = line.lower()
+    if isinstance(err, EOFError) or "ended before" in lowered or re.search(r"expected \d+ bytes, got \d+", lowered):
+        return f"it is truncated or corrupt ({line})"
+    if "not a gzip file" in lowered:
+        return "it is not an image: the name ends in .gz but the content is not gzip-compressed"
+    if "cannot work out file type" in lowered or "suitable reader" in lowered:
+        return f"it is not an image in a format the readers know ({line[:200]})"
+    return line[:300]
+
+
+def check_image_file(path: str | os.PathLike, **load_kwargs) -> MetaTensor:
+    """Read an image file completely and return it, or raise an :class:`InputError` saying why it cannot be read.
+
+    The whole voxel array is read because a truncated ``.nii.gz`` has an intact header and fails only on its data.
+
+    Args:
+        path: an image file, or a DICOM series folder.
+        load_kwargs: passed to :class:`monai.transforms.LoadImage` (``image_only=True`` is always set).
+
+    Returns:
+        the loaded ``MetaTensor`` (no channel dimension added unless ``ensure_channel_first=True`` is passed).
+
+    Raises:
+        InputError: missing, empty, truncated, or not an image; the original exception is chained.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(path, "cannot be read: the file does not exist")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise InputError(path, "cannot be read: the file is empty (0 bytes)")
+    loader = LoadImage(image_only=True, **{k: v for k, v in load_kwargs.items() if k != "image_only"})
+    try:
+        return loader(path)
+    # readers raise EOFError, OSError, zlib.error, ImageFileError, RuntimeError, ...: all mean "unreadable"
+    except Exception as err:  # noqa: BLE001 - re-raised with the file named, original chained
+        raise InputError(path, f"cannot be read: {_reason(err)}") from err
+
+
+# -------------------------------------------------------------------------------------------- checking the arrays
+
+
+@dataclass
+class _Volume:
+    name: str
+    data: np.ndarray  # [C, *spatial]
+    affine: np.ndarray | None
+
+
+def _to_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy() if not isinstance(x, MetaTensor) else x.as_tensor().detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _volumes(item, default_name: str, channels: int | None) -> list[_Volume]:
+    """Split one image input (path, array or MetaTensor, possibly several files stacked) into per-file volumes.
+
+    A MetaTensor straight from a reader may be channel-less ``[H, W, D]``, channel-last ``[H, W, D, T]`` (a 4D
+    file) or, after ``EnsureChannelFirst`` or stacking several files, channel-first; the reader's
+    ``spatial_shape`` tells the spatial rank, the array shape tells where the extra axis is.
+    """
+    if isinstance(item, (str, os.PathLike)):
+        item = check_image_file(item)
+    meta = item.meta if isinstance(item, MetaTensor) else {}
+    files = meta.get(SOURCE_FILES_KEY) or meta.get("filename_or_obj")
+    if isinstance(files, str) and "\n" in files:
+        files = files.split("\n")
+    names = [str(f) for f in files] if isinstance(files, (list, tuple)) else [str(files) if files else default_name]
+    data = _to_numpy(item)
+    shape = tuple(int(s) for s in data.shape)
+    if "spatial_shape" in meta:
+        spatial_shape = tuple(int(s) for s in np.asarray(meta["spatial_shape"]).ravel())
+        rank = len(spatial_shape)
+    else:
+        spatial_shape, rank = None, min(data.ndim, 3)
+    extra = data.ndim - rank
+    if rank != 3 or extra < 0:
+        raise InputError(names[0], f"has shape {shape}: a {rank}D image; expected a 3D volume")
+    if extra > 1:
+        raise InputError(names[0], f"has shape {shape}: {extra} non-spatial axes; expected a 3D volume")
+    if extra == 0:
+        data = data[None]
+    else:
+        original = meta.get("original_channel_dim", 0)
+        channel_last = (
+            not is_no_channel(original)
+            and int(original) == -1
+            and shape[:rank] == spatial_shape
+            and shape[1:] != spatial_shape
+        )
+        if channel_last:
+            data = np.moveaxis(data, -1, 0)
+    total = data.shape[0]
+    if len(names) == 1 and total > 1 and meta.get("original_channel_dim") == 0 and meta.get("filename_or_obj"):
+        # LoadImage stacked several channel-less files but kept only the first name (LoadCheckedImaged keeps all)
+        names = [names[0]] + [f"{names[0]} (stacked file {i + 1} of {total})" for i in range(1, total)]
+    per_file = total // len(names) if len(names) > 1 and total % len(names) == 0 else total
+    if len(names) > 1 and per_file * len(names) != total:
+        names = [", ".join(names)]
+    if channels is not None and per_file != channels:
+        if channels == 1:
+            problem = f"a 4D series of {per_file} volumes (time points or channels); expected a single 3D volume"
+        else:
+            problem = f"{per_file} channels; expected {channels}"
+        raise InputError(names[0], f"has shape {shape}: {problem}")
+    affine = _to_numpy(item.affine) if isinstance(item, MetaTensor) else None
+    return [
+        _Volume(name, data[i * per_file : (i + 1) * per_file], affine)
+        for i, name in enumerate(names if len(names) > 1 else names[:1])
+    ]
+
+
+def _check_finite(vol: _Volume) -> None:
+    if not np.issubdtype(vol.data.dtype, np.floating):
+        return
+    n_nan = int(np.isnan(vol.data).sum())
+    n_inf = int(np.isinf(vol.data).sum())
+    if n_nan or n_inf:
+        raise InputError(
+            vol.name, f"contains {n_nan + n_inf} non-finite values ({n_nan} NaN, {n_inf} inf) of {vol.data.size}"
+        )
+
+
+def _grid(affine: np.ndarray) -> str:
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    origin = affine[:3, 3]
+    return f"spacing {tuple(round(float(v), 4) for v in spacing)}, origin {tuple(round(float(v), 4) for v in origin)}"
+
+
+def _check_same_grid(vol: _Volume, ref: _Volume, what: str, affine_atol: float) -> None:
+    if vol.data.shape[1:] != ref.data.shape[1:]:
+        raise InputError(
+            vol.name,
+            f"{what} shape {tuple(vol.data.shape[1:])} does not match {ref.name} shape {tuple(ref.data.shape[1:])}",
+        )
+    if vol.affine is None or ref.affine is None:
+        return
+    a, b = np.asarray(vol.affine, dtype=np.float64), np.asarray(ref.affine, dtype=np.float64)
+    if a.shape != b.shape or not np.allclose(a, b, rtol=0.0, atol=affine_atol):
+        same_spacing_origin = a.shape == b.shape and _grid(a) == _grid(b)
+        hint = " (same spacing and origin, different axis directions)" if same_spacing_origin else ""
+        raise InputError(
+            vol.name,
+            f"{what} affine differs from {ref.name} by more than {affine_atol}{hint}: {_grid(a)} vs {_grid(b)}",
+        )
+
+
+def _check_label_values(vol: _Volume, label_values: Iterable[int] | None) -> None:
+    data = vol.data
+    if np.issubdtype(data.dtype, np.floating):
+        fractional = data != np.round(data)
+        n_frac = int(fractional.sum())
+        if n_frac:
+            examples = sorted({float(v) for v in np.unique(data[fractional])[:5]})
+            raise InputError(
+                vol.name, f"label is not integer-valued: {n_frac} voxels hold fractional values, e.g. {examples}"
+            )
+    if label_values is None:
+        return
+    allowed = sorted(int(v) for v in label_values)
+    present = np.unique(data)
+    bad = sorted(int(v) for v in present if int(v) not in allowed)
+    if bad:
+        raise InputError(vol.name, f"label values {bad} are not in the label set {allowed}")
+
+
+def check_case(
+    images,
+    label=None,
+    label_values: Iterable[int] | None = None,
+    channels: int | None = 1,
+    affine_atol: float = 1e-3,
+) -> None:
+    """Check that one case is usable: raise an :class:`InputError` naming the first file at fault.
+
+    Args:
+        images: the case's image(s): a path, an array, a ``MetaTensor`` (after ``LoadImage``, with or without
+            ``EnsureChannelFirst``; stacked multi-file MetaTensors are split per file), or a list of them (one per
+            modality). Plain arrays are ``[H, W, D]`` or channel-first ``[C, H, W, D]``.
+        label: the label volume (same forms), or None.
+        label_values: the dataset's label set (e.g. ``get_dataset_spec("brats").label_values``); None skips the
+            value check (integer-ness is still checked).
+        channels: channels each image file must hold (1: a 3D volume; a 4D file is an error). For MSD tasks that
+            store modalities in one 4D file, the number of modalities; None accepts any.
+        affine_atol: largest absolute difference between affine entries (mm) still counted as the same grid.
+
+    Raises:
+        InputError: not 3D (2D, or 4D with time), NaN/inf values, modalities or label on another grid (shape or
+            affine), label not integer-valued or holding values outside ``label_values``.
+    """
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ValueError("check_case needs at least one image.")
+    volumes = [v for i, item in enumerate(items) for v in _volumes(item, f"<image {i}>", channels)]
+    for vol in volumes:
+        _check_finite(vol)
+    ref = volumes[0]
+    for vol in volumes[1:]:
+        _check_same_grid(vol, ref, "modality", affine_atol)
+    if label is None:
+        return
+    lab = _label_volume(label)
+    _check_same_grid(lab, ref, "label", affine_atol)
+    _check_label_values(lab, label_values)
+
+
+def _label_volume(label) -> _Volume:
+    (lab,) = _volumes(label, "<label>", 1)
+    _check_finite(lab)
+    return lab
+
+
+def check_label(label, label_values: Iterable[int] | None = None) -> None:
+    """Check a label volume on its own: 3D with one channel, finite, integer-valued, values in ``label_values``.
+
+    Args:
+        label: a path, an array (``[H, W, D]`` or ``[1, H, W, D]``) or a ``MetaTensor``.
+        label_values: the dataset's label set; None skips the value check.
+
+    Raises:
+        InputError: naming the file and the problem.
+    """
+    _check_label_values(_label_volume(label), label_values)
+
+
+class CheckCase(Transform):
+    """Array transform: run :func:`check_case` on ``img`` (and an optional ``label``) and return ``img`` unchanged.
+
+    Args:
+        label_values: the dataset's label set; None skips the value check.
+        channels: channels each image file must hold (see :func:`check_case`).
+        affine_atol: affine tolerance in mm.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, label_values: Sequence[int] | None = None, channels: int | None = 1, affine_atol: float = 1e-3):
+        self.label_values = None if label_values is None else [int(v) for v in label_values]
+        self.channels = channels
+        self.affine_atol = affine_atol
+
+    def __call__(self, img, label=None):
+        check_case(img, label, self.label_values, self.channels, self.affine_atol)
+        return img
+
+
+class CheckCased(MapTransform):
+    """Dictionary wrapper of :class:`CheckCase`: the values of ``keys`` are the modalities of one case.
+
+    Place it after loading (``LoadCheckedImaged``, optionally ``EnsureChannelFirstd``) and before any spatial
+    transform, so the shapes and affines checked are the files' own. MetaTensors name their file through
+    ``meta["filename_or_obj"]``.
+
+    Args:
+        keys: image keys (one per modality, or one key holding all modalities).
+        label_key: key of the label; None or a missing key skips the label checks.
+        label_values: the dataset's label set; None skips the value check.
+        channels: channels each image file must hold.
+        affine_atol: affine tolerance in mm.
+        allow_missing_keys: don't raise when an image key is missing.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image",),
+        label_key: str | None = "label",
+        label_values: Sequence[int] | None = None,
+        channels: int | None = 1,
+        affine_atol: float = 1e-3,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.label_key = label_key
+        self.checker = CheckCase(label_values, channels, affine_atol)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        images = [d[key] for key in self.key_iterator(d)]
+        if images:
+            self.checker(images, d.get(self.label_key) if self.label_key else None)
+        return d
+
+
+def _filenames(value) -> list[str]:
+    if isinstance(value, (str, os.PathLike)):
+        return [os.fspath(value)]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, os.PathLike)) for v in value):
+        return [os.fspath(v) for v in value]
+    return []
+
+
+class LoadCheckedImaged(LoadImaged):
+    """:class:`monai.transforms.LoadImaged` whose reader failures become an :class:`InputError` naming the file.
+
+    Takes exactly the arguments of ``LoadImaged``. Loading is unchanged when it succeeds, except that a key holding
+    several files (stacked as channels) records all of them in ``meta["source_filenames"]`` (newline-joined), so
+    later checks name the right file; when it fails, each file of each key is checked with
+    :func:`check_image_file` to name the culprit and the reason.
+    """
+
+    def __call__(self, data, reader=None):
+        try:
+            d = super().__call__(data, reader)
+        except InputError:
+            raise
+        # any reader failure is re-raised below with the file named; the original stays chained
+        except Exception as err:  # noqa: BLE001
+            paths = [p for key in self.key_iterator(dict(data)) for p in _filenames(data[key])]
+            for path in paths:
+                try:
+                    check_image_file(path)
+                except InputError as named:
+                    raise named  # keeps its own, more precise, chained cause
+            for key in self.key_iterator(dict(data)):
+                if len(_filenames(data[key])) > 1:  # readable one by one: stacking failed, e.g. shapes differ
+                    check_case(_filenames(data[key]), channels=None, affine_atol=float("inf"))
+            where = ", ".join(paths) if paths else "<input>"
+            raise InputError(where, f"cannot be loaded: {_reason(err)}") from err
+        for key in self.key_iterator(d):
+            paths = _filenames(data[key])
+            if len(paths) > 1 and isinstance(d[key], MetaTensor):
+                d[key].meta[SOURCE_FILES_KEY] = "\n".join(paths)  # one string: collates like filename_or_obj
+        return d

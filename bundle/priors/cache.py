@@ -1,0 +1,290 @@
+"""Prior cache: SAM priors are computed once per case and reused by every epoch, run and workflow.
+
+Layout of a cache folder::
+
+    <cache_dir>/<case_id>/<kind>.nii.gz     one NIfTI per prior kind, in the oriented image's grid and affine
+    <cache_dir>/<case_id>/entry.json        the manifest entry of the case, written last
+    <cache_dir>/manifest.json               index of all entries, rewritten after each precompute run
+
+An entry records what the priors were made from: the input files (size, mtime, sha256), the full signature of the
+prior transform (mask generator with SAM model type and checkpoint sha256 and every generator parameter, slice
+window, prior kinds), and the bundle version. A case is up to date when all of that matches; anything else is
+recomputed. Every file is written under a temporary name and renamed, and the entry comes after the NIfTIs, so a
+run killed at any point leaves either a complete, valid case or one that is recomputed on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Hashable, Mapping, Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+import bundle
+from bundle.priors.transforms import SamPrior
+
+__all__ = ["PriorCache", "CachedSamPriord", "file_fingerprint", "case_id_of", "source_files_of", "atomic_write_text"]
+
+logger = logging.getLogger(__name__)
+
+ENTRY_NAME = "entry.json"
+MANIFEST_NAME = "manifest.json"
+# binary priors are stored as uint8 (8x smaller than float32 before compression); the others as float32
+_UINT8_KINDS = {"sam_boundary_prior"}
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    if path.is_dir():  # a DICOM series: every file, in name order, with its name
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(f.relative_to(path)).encode())
+            digest.update(_sha256_of(f).encode())
+        return digest.hexdigest()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: str | os.PathLike, previous: Mapping | None = None) -> dict:
+    """``{path, size, mtime_ns, sha256}`` of an input file or series folder.
+
+    When ``previous`` describes the same path with the same size and mtime, its sha256 is reused instead of reading
+    the file again (hashing a 500 MB CT on every epoch would cost more than loading it).
+    """
+    p = Path(path)
+    stat = p.stat()
+    size = stat.st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    fp = {"path": str(p.resolve()), "size": int(size), "mtime_ns": int(stat.st_mtime_ns)}
+    if previous and all(previous.get(k) == fp[k] for k in ("path", "size", "mtime_ns")) and previous.get("sha256"):
+        fp["sha256"] = previous["sha256"]
+    else:
+        fp["sha256"] = _sha256_of(p)
+    return fp
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return np.asarray(value).tolist()
+    if isinstance(value, (Path, torch.dtype, torch.device)):
+        return str(value)
+    return repr(value)
+
+
+def signature_digest(signature: Mapping) -> str:
+    """A stable sha256 of a JSON-serialisable signature."""
+    text = json.dumps(signature, sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def source_files_of(image) -> list[str]:
+    """The files an image was loaded from (all modalities of a stacked image)."""
+    meta = getattr(image, "meta", None) or {}
+    joined = meta.get("source_filenames")
+    if joined:
+        return [s for s in str(joined).split("\n") if s]
+    name = meta.get("filename_or_obj")
+    if isinstance(name, (list, tuple)):
+        return [str(n) for n in name]
+    return [str(name)] if name else []
+
+
+def case_id_of(data: Mapping, image_key: str = "image", case_id_key: str = "case_id") -> str:
+    """Case id from the datalist entry (its basename: MONAI may have joined it to the data root) or the file name."""
+    value = data.get(case_id_key)
+    if value:
+        return os.path.basename(os.path.normpath(str(value)))
+    files = source_files_of(data[image_key])
+    if not files:
+        raise ValueError(f"cannot name the case of '{image_key}': no '{case_id_key}' and no source file name")
+    name = os.path.basename(os.path.normpath(files[0]))
+    for ext in (".nii.gz", ".nii", ".mha", ".nrrd", ".dcm"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+class PriorCache:
+    """Read and write cached prior volumes for one prior configuration.
+
+    Args:
+        cache_dir: the cache folder.
+        signature: the prior transform's signature (:meth:`SamPrior.signature`); part of every entry's key.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, signature: Mapping) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.signature = {"bundle_version": bundle.__version__, "prior": dict(signature)}
+        self.digest = signature_digest(self.signature)
+        self.kinds = list(signature.get("kinds", []))
+
+    def case_dir(self, case_id: str) -> Path:
+        return self.cache_dir / case_id
+
+    def read_entry(self, case_id: str) -> dict | None:
+        path = self.case_dir(case_id) / ENTRY_NAME
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            logger.warning("%s: unreadable cache entry, the case will be recomputed", path)
+            return None
+
+    def fingerprints(self, case_id: str, sources: Sequence[str]) -> list[dict]:
+        entry = self.read_entry(case_id) or {}
+        previous = {fp["path"]: fp for fp in entry.get("inputs", [])}
+        return [file_fingerprint(s, previous.get(str(Path(s).resolve()))) for s in sources]
+
+    def is_current(self, case_id: str, sources: Sequence[str]) -> bool:
+        """True when the cached priors of ``case_id`` were made from these files with this configuration."""
+        entry = self.read_entry(case_id)
+        if entry is None or entry.get("signature_sha256") != self.digest:
+            return False
+        if any(not (self.case_dir(case_id) / f).is_file() for f in entry.get("files", {}).values()):
+            return False
+        stored = [(fp["path"], fp["sha256"]) for fp in entry.get("inputs", [])]
+        try:
+            now = [(fp["path"], fp["sha256"]) for fp in self.fingerprints(case_id, sources)]
+        except FileNotFoundError:
+            return False
+        return stored == now
+
+    def load(self, case_id: str) -> MetaTensor:
+        """The cached ``[K, H, W, D]`` priors of a case (channel names in ``meta["channel_names"]``)."""
+        entry = self.read_entry(case_id)
+        if entry is None:
+            raise FileNotFoundError(f"no cached priors for case {case_id} in {self.cache_dir}")
+        arrays, affine = [], None
+        for kind in entry["kinds"]:
+            path = self.case_dir(case_id) / entry["files"][kind]
+            try:
+                img = nib.load(str(path))
+                arrays.append(np.asarray(img.dataobj, dtype=np.float32))
+            except Exception as err:  # nibabel raises several types for damaged files
+                raise ValueError(f"{path}: cached prior cannot be read ({type(err).__name__}: {err})") from err
+            affine = img.affine
+        meta = {"channel_names": list(entry["kinds"]), "filename_or_obj": str(self.case_dir(case_id))}
+        return MetaTensor(torch.from_numpy(np.stack(arrays)), affine=torch.as_tensor(affine), meta=meta)
+
+    def store(self, case_id: str, sources: Sequence[str], prior: MetaTensor, seconds: float | None = None) -> dict:
+        """Write the priors of a case and then its entry; returns the entry."""
+        case_dir = self.case_dir(case_id)
+        case_dir.mkdir(parents=True, exist_ok=True)
+        affine = np.asarray(prior.affine if isinstance(prior, MetaTensor) else np.eye(4), dtype=np.float64)
+        kinds = list((getattr(prior, "meta", None) or {}).get("channel_names", self.kinds))
+        if len(kinds) != prior.shape[0]:
+            raise ValueError(f"prior has {prior.shape[0]} channels but {len(kinds)} channel names")
+        files = {}
+        data = np.asarray(prior.detach().cpu() if isinstance(prior, torch.Tensor) else prior)
+        for k, kind in enumerate(kinds):
+            name = f"{kind}.nii.gz"
+            dtype = np.uint8 if kind in _UINT8_KINDS else np.float32
+            tmp = case_dir / f".{kind}.tmp-{os.getpid()}.nii.gz"
+            try:
+                nib.save(nib.Nifti1Image(data[k].astype(dtype), affine), str(tmp))
+                os.replace(tmp, case_dir / name)
+            finally:
+                tmp.unlink(missing_ok=True)
+            files[kind] = name
+        entry = {
+            "case_id": case_id,
+            "signature_sha256": self.digest,
+            "signature": self.signature,
+            "inputs": self.fingerprints(case_id, sources),
+            "kinds": kinds,
+            "files": files,
+            "shape": list(data.shape[1:]),
+            "slices_sent_to_generator": (getattr(prior, "meta", None) or {}).get("sam_prior_slices"),
+            "seconds": None if seconds is None else round(float(seconds), 3),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write_text(case_dir / ENTRY_NAME, json.dumps(entry, indent=1, default=_json_default))
+        return entry
+
+    def write_manifest(self) -> Path:
+        """Rewrite ``manifest.json`` from the entries present (any configuration)."""
+        entries = {}
+        for entry_file in sorted(self.cache_dir.glob(f"*/{ENTRY_NAME}")):
+            entry = self.read_entry(entry_file.parent.name)
+            if entry is not None:
+                entries[entry["case_id"]] = {k: entry[k] for k in ("signature_sha256", "inputs", "files", "created")}
+        manifest = {"bundle_version": bundle.__version__, "current_signature": self.signature,
+                    "current_signature_sha256": self.digest, "cases": entries}
+        path = self.cache_dir / MANIFEST_NAME
+        atomic_write_text(path, json.dumps(manifest, indent=1, default=_json_default))
+        return path
+
+
+class CachedSamPriord(MapTransform):
+    """Load cached SAM priors, computing (and caching) them on a miss.
+
+    Place it after loading and ``Orientationd`` and before any resampling or cropping, so the priors live in the
+    image's own grid; later spatial transforms then treat ``{key}_prior`` like the image.
+
+    Args:
+        keys: image keys (one prior volume each).
+        cache_dir: the prior cache folder (shared with ``configs/precompute_priors.json``).
+        prior: the :class:`SamPrior` that computes missing priors (its signature keys the cache).
+        output_postfix: priors go to ``key + output_postfix``.
+        case_id_key: datalist field naming the case; the image file name is used without it.
+        allow_missing_keys: don't raise if a key is missing.
+    """
+
+    def __init__(self, keys: KeysCollection, cache_dir: str | os.PathLike, prior: SamPrior,
+                 output_postfix: str = "_prior", case_id_key: str = "case_id",
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.prior = prior
+        self.cache = PriorCache(cache_dir, prior.signature())
+        self.output_postfix, self.case_id_key = output_postfix, case_id_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[f"{key}{self.output_postfix}"] = self.prior_for(d, key)
+        return d
+
+    def prior_for(self, d: Mapping, key: str, progress=None) -> MetaTensor:
+        image = d[key]
+        case_id = case_id_of(d, key, self.case_id_key)
+        sources = source_files_of(image)
+        if sources and self.cache.is_current(case_id, sources):
+            prior = self.cache.load(case_id)
+            if tuple(prior.shape[1:]) == tuple(image.shape[1:]):
+                if progress is not None:
+                    progress(int(image.shape[-1]))
+                prior.affine = image.affine  # same grid; keep the image's exact affine and its metadata
+                prior.meta.update({k: v for k, v in image.meta.items() if k not in ("channel_names",)})
+                return prior
+            logger.warning("case %s: cached priors have shape %s, image %s: recomputing", case_id,
+                           tuple(prior.shape[1:]), tuple(image.shape[1:]))
+        start = time.perf_counter()
+        prior = self.prior(image, progress=progress)
+        if sources:
+            self.cache.store(case_id, sources, prior, seconds=time.perf_counter() - start)
+        return prior

@@ -1,0 +1,145 @@
+import math
+
+import pytest
+import torch
+from monai.engines import SupervisedEvaluator
+from monai.inferers import SimpleInferer, SliceInferer, SlidingWindowInferer
+from monai.networks.nets import UNet
+
+from bundle.segmentation.inferer import SamAugInferer, SamAugPrepareBatch, selection_score
+from bundle.segmentation.inputs import build_network_input, raw_network_input
+
+RAW_LOGIT = math.log(0.8 / 0.2)  # p = 0.8 where the prior is zero (the raw input)
+
+
+class PriorNet(torch.nn.Module):
+    """Logits = the segmentation-prior channel of a ``channels`` input; a constant where that channel is 0."""
+
+    def forward(self, x):
+        s = x[:, 1:2]
+        return torch.where(s == 0, torch.full_like(s, RAW_LOGIT), s)
+
+
+def channels_inputs(s_values, spatial=(4, 4)):
+    """[B, 3, *spatial] = cat(image, prior) with the given S per sample (B image channel 1)."""
+    s = torch.stack([torch.as_tensor(v, dtype=torch.float32).expand(spatial) for v in s_values])[:, None]
+    image = torch.rand(len(s_values), 1, *spatial)
+    return torch.cat([image, s, torch.zeros_like(s)], dim=1)
+
+
+def test_aug_only_and_raw():
+    inputs = channels_inputs([2.0, 3.0])
+    net = PriorNet()
+    aug = SamAugInferer(SimpleInferer(), "channels", "aug_only", prior_scale=2.0)(inputs, net)
+    torch.testing.assert_close(aug, inputs[:, 1:2] / 2.0)
+    raw = SamAugInferer(SimpleInferer(), "channels", "raw")(inputs, net)
+    torch.testing.assert_close(raw, torch.full_like(raw, RAW_LOGIT))
+    # raw inference does not need the prior channels
+    torch.testing.assert_close(SamAugInferer(SimpleInferer(), "channels", "raw")(inputs[:, :1], net), raw)
+
+
+def test_entropy_select_per_sample():
+    # sample 0: S ~ 0 -> p = 0.5 everywhere (max entropy): raw kept; sample 1: S = 20 -> p ~ 1: aug kept
+    inputs = channels_inputs([1e-6, 20.0])
+    inferer = SamAugInferer(SimpleInferer(), "channels", "entropy_select")
+    out = inferer(inputs, PriorNet())
+    torch.testing.assert_close(out[0], torch.full_like(out[0], RAW_LOGIT))
+    torch.testing.assert_close(out[1], inputs[1, 1:2])
+    assert inferer.last_selection.tolist() == [False, True]
+
+
+def test_binary_entropy_and_margin_disagree():
+    # aug: half the pixels certain, half p = 0.5 -> mean entropy 0.35 (< raw 0.50) but mean margin 0.25 (< raw 0.30)
+    s = torch.full((4, 4), 1e-6)
+    s[:2] = 50.0
+    inputs = channels_inputs([s])
+    binary = SamAugInferer(SimpleInferer(), "channels", "entropy_select", entropy="binary")
+    margin = SamAugInferer(SimpleInferer(), "channels", "entropy_select", entropy="margin")
+    torch.testing.assert_close(binary(inputs, PriorNet()), inputs[:, 1:2])
+    torch.testing.assert_close(margin(inputs, PriorNet()), torch.full((1, 1, 4, 4), RAW_LOGIT))
+
+
+def test_selection_score_values():
+    logits = torch.zeros(1, 1, 2, 2)
+    torch.testing.assert_close(selection_score(logits), torch.tensor([-math.log(2)]))
+    torch.testing.assert_close(selection_score(logits, "margin"), torch.tensor([0.0]))
+    assert selection_score(torch.zeros(2, 1, 3, 3, 5), selection="slice").shape == (2, 5)
+
+
+def test_entropy_select_per_slice_on_volume_with_2d_network():
+    # a 2D network run slice by slice on a volume; select per axial slice
+    s = torch.full((4, 4, 3), 1e-6)
+    s[..., 1] = 20.0
+    inputs = channels_inputs([s], spatial=(4, 4, 3))
+    inferer = SamAugInferer(
+        SliceInferer(roi_size=(4, 4), spatial_dim=2), "channels", "entropy_select", selection="slice"
+    )
+    out = inferer(inputs, PriorNet())
+    assert inferer.last_selection.tolist() == [[False, True, False]]
+    torch.testing.assert_close(out[..., 1], inputs[:, 1:2, ..., 1])
+    torch.testing.assert_close(out[..., 0], torch.full((1, 1, 4, 4), RAW_LOGIT))
+
+
+def test_wraps_sliding_window_3d_unet():
+    torch.manual_seed(0)
+    net = UNet(3, 6, 2, channels=(4, 8), strides=(2,)).eval()
+    image, prior = torch.rand(1, 4, 8, 8, 8), torch.rand(1, 2, 8, 8, 8)
+    window = SlidingWindowInferer(roi_size=(8, 8, 4), sw_batch_size=2)
+    inferer = SamAugInferer(window, "concat", image_channels=4)
+    with torch.no_grad():
+        out = inferer(torch.cat([image, prior], 1), net)
+        expected = window(build_network_input(image, prior, "concat"), net)
+    assert out.shape == (1, 2, 8, 8, 8)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_option_errors():
+    with pytest.raises(ValueError, match="infer_mode='raw'"):
+        SamAugInferer(SimpleInferer(), "none", "entropy_select")
+    with pytest.raises(ValueError, match="entropy_select"):
+        SamAugInferer(SimpleInferer(), "add", "entropy")
+    with pytest.raises(ValueError, match="needs the prior"):
+        SamAugInferer(SimpleInferer(), "add", "aug_only")(torch.rand(1, 1, 4, 4), PriorNet())
+    with pytest.raises(ValueError, match="4 channels"):
+        SamAugInferer(SimpleInferer(), "concat", image_channels=1)(torch.rand(1, 4, 4, 4), PriorNet())
+
+
+@pytest.mark.parametrize("prior_mode, in_channels", [("concat", 3), ("none", 1)])
+def test_supervised_evaluator_end_to_end(prior_mode, in_channels):
+    torch.manual_seed(0)
+    net = UNet(3, in_channels, 1, channels=(4, 8), strides=(2,))
+    data = [
+        {
+            "image": torch.rand(1, 1, 8, 8, 4),
+            "image_prior": torch.rand(1, 2, 8, 8, 4),
+            "label": torch.ones(1, 1, 8, 8, 4),
+        }
+    ]
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=data,
+        network=net,
+        prepare_batch=SamAugPrepareBatch(prior_mode=prior_mode),
+        inferer=SamAugInferer(SimpleInferer(), prior_mode, "raw" if prior_mode == "none" else "entropy_select"),
+        decollate=False,
+    )
+    evaluator.run()
+    out = evaluator.state.output
+    assert out["pred"].shape == (1, 1, 8, 8, 4)
+    assert out["image"].shape[1] == (3 if prior_mode == "concat" else 1)
+    if prior_mode == "concat":
+        with torch.no_grad():
+            image, prior = data[0]["image"], data[0]["image_prior"]
+            candidates = [net(raw_network_input(image, "concat")), net(torch.cat([image, prior], 1))]
+        assert any(torch.allclose(out["pred"], c, atol=1e-5) for c in candidates)
+
+
+def test_prepare_batch():
+    batch = {"image": torch.rand(2, 4, 4, 4), "image_prior": torch.rand(2, 2, 4, 4)}
+    inputs, label = SamAugPrepareBatch(prior_mode="concat")(batch, torch.device("cpu"))
+    assert inputs.shape == (2, 6, 4, 4) and label is None
+    torch.testing.assert_close(inputs[:, 4:], batch["image_prior"])
+    inputs, _ = SamAugPrepareBatch(prior_mode="none")({"image": batch["image"]})
+    assert inputs.shape == (2, 4, 4, 4)
+    with pytest.raises(KeyError, match="image_prior"):
+        SamAugPrepareBatch(prior_mode="add")({"image": batch["image"]})
