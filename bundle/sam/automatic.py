@@ -26,7 +26,7 @@ from bundle.sam.engine import SamEngine, SliceEmbeddings
 from bundle.sam.torchvision_compat import batched_nms as _batched_nms_fallback
 from bundle.sam.torchvision_compat import torchvision_available
 
-__all__ = ["SamAutomaticMasks", "point_grid", "stability_score", "masks_to_boxes"]
+__all__ = ["SamAutomaticMasks", "point_grid", "stability_score", "masks_to_boxes", "exact_greedy_nms"]
 
 
 def _nms(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) -> torch.Tensor:
@@ -92,6 +92,8 @@ class SamAutomaticMasks:
         skip_background_points: optional speed-up, off by default (it changes the prompt set): grid points whose
             pixel is at or below ``background_level`` in all three channels are not decoded.
         background_level: uint8 level used by ``skip_background_points``.
+        stability_band: candidates whose low-resolution stability score is within this distance of
+            ``stability_score_thresh`` are re-scored at full resolution before the threshold is applied.
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class SamAutomaticMasks:
         box_nms_thresh: float = 0.7,
         skip_background_points: bool = False,
         background_level: int = 0,
+        stability_band: float = 0.05,
     ) -> None:
         if points_per_side < 1 or points_per_batch < 1:
             raise ValueError("points_per_side and points_per_batch must be >= 1")
@@ -117,6 +120,7 @@ class SamAutomaticMasks:
         self.box_nms_thresh = float(box_nms_thresh)
         self.skip_background_points = bool(skip_background_points)
         self.background_level = int(background_level)
+        self.stability_band = float(stability_band)
         self.grid = point_grid(self.points_per_side)
 
     def signature(self) -> dict:
@@ -204,7 +208,12 @@ class SamAutomaticMasks:
         # zero box that never takes part in NMS; they add nothing to any prior
         ok = (valid > thr).flatten(1).any(dim=1)
         if self.stability_score_thresh > 0.0:
-            ok &= stability_score(valid, thr, self.stability_score_offset) >= self.stability_score_thresh
+            stab = stability_score(valid, thr, self.stability_score_offset)
+            # low-resolution stability decides clear cases; near the threshold the full-resolution score decides
+            near = ok & ((stab - self.stability_score_thresh).abs() < self.stability_band)
+            if bool(near.any()):
+                stab[near] = self._full_resolution(cand_logits[near], emb)[1]
+            ok &= stab >= self.stability_score_thresh
         cand_logits, cand_iou, cand_slice, cand_pts, valid = (
             cand_logits[ok], cand_iou[ok], cand_slice[ok], cand_pts[ok], valid[ok]
         )
@@ -216,6 +225,32 @@ class SamAutomaticMasks:
             c.iou.append(cand_iou[sel])
             c.boxes.append(boxes[sel])
             c.points.append(cand_pts[sel])
+
+    def _full_resolution(self, low_res: torch.Tensor, emb: SliceEmbeddings, chunk: int = 32):
+        """Masks, stability scores and boxes of low-resolution logits upsampled by SAM (in chunks: bounded memory)."""
+        thr = self.engine.model.mask_threshold
+        masks, stabs = [], []
+        for start in range(0, len(low_res), chunk):
+            full = self.engine.upscale(low_res[start : start + chunk, None].float(), emb)[:, 0]  # [k, H, W]
+            stabs.append(stability_score(full, thr, self.stability_score_offset))
+            masks.append(full > thr)
+        if not masks:
+            empty = torch.zeros(0, *emb.original_size, dtype=torch.bool, device=low_res.device)
+            return empty, torch.zeros(0, device=low_res.device), torch.zeros(0, 4, device=low_res.device)
+        masks = torch.cat(masks)
+        return masks, torch.cat(stabs), masks_to_boxes(masks)
+
+    def _box_error(self, emb: SliceEmbeddings, low_shape: tuple) -> float:
+        """Bound on |low-resolution box - full-resolution box| per coordinate, in slice pixels.
+
+        A bilinearly upsampled logit is a convex combination of its four low-resolution neighbours, so the
+        full-resolution mask edge lies within half a low-resolution pixel (``s`` slice pixels) of where the
+        low-resolution edge maps to; one more pixel covers rounding in SAM's two-step resize.
+        """
+        h, w = emb.original_size
+        in_h, in_w = emb.input_size
+        size = self.engine.image_size
+        return max(size / low_shape[1] * w / in_w, size / low_shape[0] * h / in_h) / 2.0 + 1.5
 
     def _low_res_boxes(self, masks: torch.Tensor, emb: SliceEmbeddings, low_shape: tuple) -> torch.Tensor:
         """XYXY boxes in original-slice pixels from low-resolution masks (for NMS only)."""
@@ -236,21 +271,17 @@ class SamAutomaticMasks:
         if not c.iou:
             return []
         iou, boxes, points = torch.cat(c.iou), torch.cat(c.boxes), torch.cat(c.points)
-        keep = _nms(boxes, iou, self.box_nms_thresh)
-        logits = torch.cat(c.logits)[keep]
+        logits = torch.cat(c.logits)
+        # greedy NMS on low-resolution boxes; a comparison the box error could flip is redone with exact boxes
+        error = self._box_error(emb, tuple(logits.shape[-2:]))
+        keep = exact_greedy_nms(boxes, iou, self.box_nms_thresh, error,
+                                lambda idx: self._full_resolution(logits[idx], emb)[2], emb.original_size)
+        masks, stab, boxes = self._full_resolution(logits[keep], emb)
         iou, points = iou[keep], points[keep]
-        thr = self.engine.model.mask_threshold
-        masks, stabs = [], []
-        for start in range(0, len(logits), 32):  # bounded memory for large slices
-            full = self.engine.upscale(logits[start : start + 32, None].float(), emb)[:, 0]  # [k, H, W]
-            stabs.append(stability_score(full, thr, self.stability_score_offset))
-            masks.append(full > thr)
-        masks, stab = torch.cat(masks), torch.cat(stabs)
         ok = masks.flatten(1).any(dim=1)
         if self.stability_score_thresh > 0.0:
             ok &= stab >= self.stability_score_thresh
-        masks, iou, points, stab = masks[ok], iou[ok], points[ok], stab[ok]
-        boxes = masks_to_boxes(masks)
+        masks, iou, points, stab, boxes = masks[ok], iou[ok], points[ok], stab[ok], boxes[ok]
         h, w = emb.original_size
         masks_np, boxes_np = masks.cpu().numpy(), boxes.cpu().numpy()
         areas = masks.flatten(1).sum(1).cpu().numpy()
@@ -269,3 +300,76 @@ class SamAutomaticMasks:
                 }
             )
         return records
+
+
+def _iou_bounds(box: np.ndarray, err: float, others: np.ndarray, others_err: np.ndarray, limit=None):
+    """Lower and upper bounds of the IoU of ``box`` with each of ``others`` when each coordinate is off by its error.
+
+    Boxes are XYXY with areas ``(x1 - x0) * (y1 - y0)``, as torchvision's NMS computes them.
+    """
+    def inter(a, b):
+        w = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+        h = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+        return np.clip(w, 0, None) * np.clip(h, 0, None)
+
+    def area(a):
+        return np.clip(a[..., 2] - a[..., 0], 0, None) * np.clip(a[..., 3] - a[..., 1], 0, None)
+
+    grow = np.array([-1.0, -1.0, 1.0, 1.0])
+    big_a, big_b = box + err * grow, others + others_err[:, None] * grow
+    if limit is not None:  # boxes of masks inside the image
+        big_a = np.concatenate([np.maximum(big_a[:2], limit[:2]), np.minimum(big_a[2:], limit[2:])])
+        big_b = np.concatenate([np.maximum(big_b[:, :2], limit[:2]), np.minimum(big_b[:, 2:], limit[2:])], axis=1)
+    small_a, small_b = box - err * grow, others - others_err[:, None] * grow
+    small_a[2:] = np.maximum(small_a[2:], small_a[:2])
+    small_b[:, 2:] = np.maximum(small_b[:, 2:], small_b[:, :2])
+    inter_hi, inter_lo = inter(big_a, big_b), inter(small_a, small_b)
+    union_lo = np.maximum(area(small_a) + area(small_b) - inter_hi, np.maximum(area(small_a), area(small_b)))
+    union_hi = area(big_a) + area(big_b) - inter_lo
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lo = np.where(union_hi > 0, inter_lo / union_hi, 0.0)
+        hi = np.where(union_lo > 0, inter_hi / union_lo, np.where(inter_hi > 0, np.inf, 0.0))
+    return lo, hi
+
+
+def exact_greedy_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, thresh: float, error: float, exact_boxes, image_size: tuple | None = None
+) -> torch.Tensor:
+    """Greedy box NMS (drop a box whose IoU with a kept, higher-scoring box exceeds ``thresh``) on approximate boxes.
+
+    Every box starts as an approximation, off by at most ``error`` per coordinate. Each comparison the greedy pass
+    makes is decided from IoU bounds when they are on one side of ``thresh``; otherwise both boxes are replaced by
+    their exact values (``exact_boxes(indices) -> [k, 4]``) and the comparison is redone. The result equals NMS on
+    exact boxes, while only boxes in borderline comparisons with kept boxes are ever made exact.
+
+    Args:
+        image_size: ``(H, W)``; exact boxes never leave the image, so the bounds are clipped to it.
+
+    Returns:
+        indices of kept boxes, highest score first.
+    """
+    n = len(boxes)
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long)
+    b = boxes.detach().cpu().double().numpy().copy()
+    err = np.full(n, float(error))
+    order = torch.argsort(scores.detach().cpu(), descending=True, stable=True).numpy()
+    limit = None if image_size is None else np.array([0, 0, image_size[1] - 1, image_size[0] - 1], dtype=float)
+    kept: list = []
+    for i in order:
+        if kept:
+            k = np.asarray(kept)
+            lo, hi = _iou_bounds(b[i], err[i], b[k], err[k], limit)
+            if (lo > thresh).any():
+                continue
+            unsure = hi > thresh
+            if unsure.any():
+                todo = [j for j in [i, *k[unsure].tolist()] if err[j] > 0]
+                if todo:
+                    b[todo] = exact_boxes(torch.as_tensor(todo)).detach().cpu().double().numpy()
+                    err[todo] = 0.0
+                lo, _ = _iou_bounds(b[i], 0.0, b[k], np.zeros(len(k)), limit)
+                if (lo > thresh).any():
+                    continue
+        kept.append(int(i))
+    return torch.as_tensor(kept, dtype=torch.long)

@@ -14,9 +14,9 @@ segment-anything modules keep references to the functions they imported, and not
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import types
-import warnings
 
 import numpy as np
 import torch
@@ -120,9 +120,8 @@ def import_segment_anything() -> types.ModuleType:
     finally:
         for name in stand_ins:
             sys.modules.pop(name, None)
-    warnings.warn(
+    logging.getLogger(__name__).info(
         "torchvision could not be imported; segment_anything uses pure-torch stand-ins for batched_nms, box_area, "
-        "resize and to_pil_image (same results, slower NMS).",
-        stacklevel=2,
+        "resize and to_pil_image (same results)."
     )
     return module

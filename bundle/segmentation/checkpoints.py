@@ -65,6 +65,8 @@ class EpochCheckpointSaver:
             "channel_names": [...]}``); only str / int / float / bool / None / lists / dicts, so the file loads with
             ``weights_only=True``.
         name: logger name; default the engine's logger.
+        engine_key: also save the state of the engine the handler runs on (the trainer) under this key. A bundle
+            config cannot put ``@train#trainer`` into a handler of that same trainer (a circular reference).
     """
 
     def __init__(
@@ -74,11 +76,14 @@ class EpochCheckpointSaver:
         filename: str = "checkpoint_last.pt",
         info: Mapping[str, Any] | None = None,
         name: str | None = None,
+        engine_key: str | None = None,
     ) -> None:
         if not save_dict:
             raise ValueError("save_dict must name at least one object to save.")
-        if INFO_KEY in save_dict:
+        if INFO_KEY in save_dict or engine_key == INFO_KEY:
             raise ValueError(f"save_dict key {INFO_KEY!r} is reserved for the info dict; rename that entry.")
+        if engine_key is not None and engine_key in save_dict:
+            raise ValueError(f"engine_key {engine_key!r} is also a save_dict key; use one or the other.")
         missing = [k for k, v in save_dict.items() if not hasattr(v, "state_dict")]
         if missing:
             raise TypeError(f"save_dict entries {missing} have no state_dict().")
@@ -86,6 +91,7 @@ class EpochCheckpointSaver:
         self.save_dict = dict(save_dict)
         self.filename = filename
         self.info = dict(info) if info is not None else {}
+        self.engine_key = engine_key
         self.logger = logging.getLogger(name)
         self._name = name
 
@@ -105,6 +111,8 @@ class EpochCheckpointSaver:
         if not _is_main_process():
             return
         checkpoint = {k: _unwrap(obj).state_dict() for k, obj in self.save_dict.items()}
+        if self.engine_key is not None and engine is not None:
+            checkpoint[self.engine_key] = engine.state_dict()
         checkpoint[INFO_KEY] = self.info
         save_atomic(checkpoint, self.path)
         epoch = engine.state.epoch if engine is not None else "?"
@@ -140,15 +148,25 @@ class ResumeFromCheckpoint:
         load_dict: objects to restore, same keys as the saver's ``save_dict``.
         map_location: ``torch.load`` map_location.
         name: logger name; default the engine's logger.
+        engine_key: also restore the engine the handler runs on (the trainer) from this entry, as
+            :class:`EpochCheckpointSaver` ``engine_key`` saved it.
     """
 
     def __init__(
-        self, path: str | os.PathLike, load_dict: Mapping[str, Any], map_location: Any = "cpu", name: str | None = None
+        self,
+        path: str | os.PathLike,
+        load_dict: Mapping[str, Any],
+        map_location: Any = "cpu",
+        name: str | None = None,
+        engine_key: str | None = None,
     ) -> None:
         if not load_dict:
             raise ValueError("load_dict must name at least one object to restore.")
+        if engine_key is not None and engine_key in load_dict:
+            raise ValueError(f"engine_key {engine_key!r} is also a load_dict key; use one or the other.")
         self.path = os.fspath(path)
         self.load_dict = dict(load_dict)
+        self.engine_key = engine_key
         self.map_location = map_location
         self.logger = logging.getLogger(name)
         self._name = name
@@ -166,7 +184,7 @@ class ResumeFromCheckpoint:
             self.logger.info(f"no checkpoint at {self.path}: starting from scratch")
             return
         checkpoint = torch.load(self.path, map_location=self.map_location, weights_only=True)
-        missing = [k for k in self.load_dict if k not in checkpoint]
+        missing = [k for k in [*self.load_dict, self.engine_key] if k is not None and k not in checkpoint]
         if missing:
             raise KeyError(f"checkpoint {self.path} lacks {missing} (has {sorted(checkpoint)}).")
         self.info = dict(checkpoint.get(INFO_KEY) or {})
@@ -179,6 +197,8 @@ class ResumeFromCheckpoint:
                 _load_module_state(_unwrap(obj), checkpoint[key], self.path, found_names=self.info.get("channel_names"))
             else:
                 obj.load_state_dict(checkpoint[key])
+        if self.engine_key is not None:
+            _load_engine_state(engine, checkpoint[self.engine_key], *configured)
         epoch = engine.state.epoch
         self.logger.info(f"resuming from {self.path} at epoch {epoch} (iteration {engine.state.iteration})")
         if engine.state.max_epochs is not None and epoch >= engine.state.max_epochs:

@@ -1,0 +1,228 @@
+"""Small helpers the SAMAug segmentation configs call, so that the JSON files hold wiring and flags, not logic.
+
+``configs/train_samaug_seg.json``, ``configs/evaluate.json`` and ``configs/inference.json`` switch on two flags:
+
+- ``prior_mode`` (``add`` / ``channels`` / ``concat`` / ``none``): with ``none`` no prior transform, mask generator or
+  SAM model is built at all (:func:`uses_priors` drives the components' ``_disabled_``), and the spatial transforms
+  see only the image and label (:func:`data_keys`).
+- ``spatial_dims`` (2 / 3): a 2D network is trained on axial slices cut from the volumes (:func:`crop_size` gives the
+  ``[H, W, 1]`` crop that ``SqueezeDimd`` then flattens) and applied slice by slice (:func:`volume_inferer` returns
+  MONAI's ``SliceInferer``); a 3D network is trained on crops and applied with a sliding window.
+
+Each helper validates its flag with ``look_up_option``, so a typo fails at parse time with the closest valid name
+instead of silently taking the other branch.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.data import load_decathlon_datalist
+from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
+from monai.utils import look_up_option
+
+from bundle.segmentation.inputs import PRIOR_MODES
+
+__all__ = [
+    "SPATIAL_DIMS",
+    "DATALIST_KEYS",
+    "uses_priors",
+    "is_slice_network",
+    "data_keys",
+    "interp_modes",
+    "crop_size",
+    "volume_inferer",
+    "load_datalist",
+    "input_items",
+    "prior_description",
+    "main_rank_only",
+]
+
+SPATIAL_DIMS = (2, 3)
+#: datalist fields the segmentation workflows read; the others (slice labels of varying length) would break collation
+DATALIST_KEYS = ("case_id", "image", "label")
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".mhd")
+
+
+def uses_priors(prior_mode: str) -> bool:
+    """True unless ``prior_mode`` is ``none`` (the raw baseline, which builds no prior transform)."""
+    return look_up_option(prior_mode, PRIOR_MODES) != "none"
+
+
+def is_slice_network(spatial_dims: int) -> bool:
+    """True for a 2D network trained and applied on axial slices, False for a 3D network."""
+    return look_up_option(int(spatial_dims), SPATIAL_DIMS) == 2
+
+
+def data_keys(
+    prior_mode: str,
+    label: bool = True,
+    image_key: str = "image",
+    prior_key: str = "prior",
+    label_key: str = "label",
+) -> list[str]:
+    """Keys the spatial transforms move together: image, its prior unless ``prior_mode`` is ``none``, and the label.
+
+    The configs move ``CachedSamPriord``'s ``image_prior`` to ``prior``: MONAI's ``Spacingd`` (1.6) treats every
+    ``image_*`` entry of a NIfTI image as a legacy meta dictionary and fails on a tensor there.
+    """
+    keys = [image_key] + ([prior_key] if uses_priors(prior_mode) else [])
+    return keys + [label_key] if label else keys
+
+
+def interp_modes(prior_mode: str, label: bool = True, image_mode: str = "bilinear", label_mode: str = "nearest"):
+    """Interpolation modes matching :func:`data_keys`: the priors are resampled like the image, the label nearest."""
+    return [image_mode] * len(data_keys(prior_mode, label=False)) + ([label_mode] if label else [])
+
+
+def _patch(patch_size: Sequence[int]) -> list[int]:
+    patch = [int(s) for s in patch_size]
+    if len(patch) != 3 or min(patch) < 1:
+        raise ValueError(f"patch_size must be three positive sizes [H, W, D], got {list(patch_size)}.")
+    return patch
+
+
+def crop_size(patch_size: Sequence[int], spatial_dims: int) -> list[int]:
+    """Training crop ``[H, W, D]`` for a 3D network, ``[H, W, 1]`` (one axial slice) for a 2D network."""
+    h, w, d = _patch(patch_size)
+    return [h, w, 1] if is_slice_network(spatial_dims) else [h, w, d]
+
+
+def volume_inferer(
+    spatial_dims: int,
+    patch_size: Sequence[int],
+    sw_batch_size: int = 4,
+    overlap: float = 0.25,
+    mode: str = "gaussian",
+) -> Inferer:
+    """The MONAI inferer that applies the network to a whole ``[B, C, H, W, D]`` volume.
+
+    2D: ``SliceInferer`` over the axial (last) axis with in-plane windows ``patch_size[:2]``; 3D:
+    ``SlidingWindowInferer`` with windows ``patch_size``. Wrap it in :class:`bundle.segmentation.SamAugInferer`.
+    """
+    h, w, d = _patch(patch_size)
+    if is_slice_network(spatial_dims):
+        return SliceInferer(
+            roi_size=(h, w), sw_batch_size=sw_batch_size, spatial_dim=2, overlap=overlap, mode=mode, progress=False
+        )
+    return SlidingWindowInferer(roi_size=(h, w, d), sw_batch_size=sw_batch_size, overlap=overlap, mode=mode)
+
+
+def load_datalist(
+    datalist: str | os.PathLike, section: str, data_root: str | os.PathLike, keys: Sequence[str] = DATALIST_KEYS
+) -> list[dict]:
+    """Entries of one datalist section with paths joined to ``data_root``, keeping only ``keys``.
+
+    ``case_id`` is reduced to its basename: ``load_decathlon_datalist`` joins the data root to any value naming an
+    existing path, which turns BraTS case ids (also folder names) into folders.
+
+    Raises:
+        FileNotFoundError: the datalist does not exist (with the command that makes it).
+        ValueError: the section is missing or empty.
+    """
+    path = os.fspath(datalist)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"datalist not found: {os.path.abspath(path)}; make it with scripts/prepare_datalist.py (and the data "
+            "with scripts/make_phantoms.py for a trial run)."
+        )
+    try:
+        entries = load_decathlon_datalist(path, True, section, os.fspath(data_root))
+    except ValueError as err:
+        raise ValueError(f"{path}: no datalist section {section!r} ({err}).") from err
+    if not entries:
+        raise ValueError(f"{path}: datalist section {section!r} is empty.")
+    out = []
+    for entry in entries:
+        item = {k: entry[k] for k in keys if k in entry}
+        if "case_id" in item:
+            item["case_id"] = os.path.basename(os.path.normpath(str(item["case_id"])))
+        out.append(item)
+    return out
+
+
+def _case_id_of_files(files: str | Sequence[str]) -> str:
+    if isinstance(files, (str, os.PathLike)):
+        name = os.path.basename(os.fspath(files))
+        for suffix in _IMAGE_SUFFIXES:
+            if name.lower().endswith(suffix):
+                return name[: -len(suffix)]
+        return name
+    # several modality files of one case: the case is the folder holding them (BraTS layout)
+    return os.path.basename(os.path.dirname(os.path.abspath(os.fspath(files[0]))))
+
+
+def input_items(
+    input_files: str | Sequence[str | Sequence[str]] | None,
+    datalist: str | os.PathLike | None = None,
+    section: str = "testing",
+    data_root: str | os.PathLike | None = None,
+) -> list[dict]:
+    """The cases an inference run reads: ``[{"case_id", "image"}, ...]``.
+
+    Args:
+        input_files: a glob pattern (``"/data/ct/*.nii.gz"``) or a list of images, each one file or a list of
+            modality files (BraTS: FLAIR, T1, T1ce, T2 in that order). ``None`` or empty: use the datalist.
+        datalist: Decathlon-style datalist used when ``input_files`` is empty.
+        section: datalist section.
+        data_root: folder the datalist's relative paths are relative to.
+
+    Raises:
+        FileNotFoundError: the pattern matches nothing, or a listed file does not exist.
+    """
+    if input_files:
+        files = sorted(glob.glob(os.fspath(input_files))) if isinstance(input_files, (str, os.PathLike)) else list(
+            input_files
+        )
+        if not files:
+            raise FileNotFoundError(f"input_files pattern {input_files!r} matches no file.")
+        missing = [f for f in files for p in ([f] if isinstance(f, (str, os.PathLike)) else f) if not os.path.exists(p)]
+        if missing:
+            raise FileNotFoundError(f"input files not found: {missing}")
+        return [{"case_id": _case_id_of_files(f), "image": f} for f in files]
+    if datalist is None or data_root is None:
+        raise ValueError("give input_files, or a datalist and its data root.")
+    return load_datalist(datalist, section, data_root, keys=("case_id", "image"))
+
+
+def prior_description(prior_mode: str, generator: Any = None) -> dict:
+    """What made the priors of a run, for TensorBoard text and report tags.
+
+    Returns:
+        ``{"prior_mode", "generator", "is_sam", "note", "signature"}``; ``generator`` is the generator's own name
+        (``sam_automatic_masks`` or ``region_proposals``), None without priors. The note says plainly when the
+        weight-free fallback stood in for SAM.
+    """
+    if not uses_priors(prior_mode):
+        return {"prior_mode": "none", "generator": None, "is_sam": False, "signature": None,
+                "note": "raw baseline: no SAM priors are computed or used"}
+    if generator is None or not hasattr(generator, "signature"):
+        raise ValueError(f"prior_mode={prior_mode!r} needs a mask generator with signature(), got {generator!r}.")
+    signature = generator.signature()
+    name = signature.get("generator")
+    is_sam = name == "sam_automatic_masks"
+    if is_sam:
+        note = "SAM automatic masks"
+    else:
+        note = (f"weight-free fallback generator {name!r} (no SAM checkpoint configured): classical region "
+                "proposals stand in for SAM's masks; these priors are NOT SAM priors")
+    return {"prior_mode": prior_mode, "generator": name, "is_sam": is_sam, "note": note, "signature": signature}
+
+
+def main_rank_only(items: Sequence[Any]) -> list:
+    """``items`` on rank 0 (or without ``torch.distributed``), ``[]`` on other ranks: handlers that write files."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return []
+    return list(items)
+
+
+def as_name_list(names: str | Sequence[str] | Mapping) -> list[str]:
+    """Channel or class names as a list of strings (a mapping gives its keys, in order)."""
+    if isinstance(names, str):
+        return [names]
+    return [str(n) for n in names]
