@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 
@@ -27,6 +26,7 @@ import numpy as np
 from monai.transforms import EnsureChannelFirst, Orientation
 from tqdm import tqdm
 
+from bundle.atomic import write_text_atomic
 from bundle.data.checks import InputError, check_image_file, check_label
 from bundle.data.layouts import DatasetLayoutError, natural_key, scan_dataset
 
@@ -228,21 +228,5 @@ def write_datalist(datalist: dict, path: str | os.PathLike) -> str:
         the absolute path written.
     """
     path = os.path.abspath(os.fspath(path))
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    text = _dumps(datalist) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the datalist the usual permissions
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_text_atomic(path, _dumps(datalist) + "\n")
     return path

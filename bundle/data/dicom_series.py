@@ -20,6 +20,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
+from bundle.atomic import atomic_path
+
 __all__ = ["SeriesGeometry", "lps_from_ras", "read_series", "series_geometry", "write_ct_series"]
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -181,12 +183,8 @@ def write_ct_series(
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<u2").tobytes()
 
         path = out / f"IM_{k + 1:04d}.dcm"
-        tmp = out / f".{path.name}.{os.getpid()}.tmp"
-        try:
+        with atomic_path(path) as tmp:
             pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         written.append(path)
     for stale in out.glob("IM_*.dcm"):
         if stale not in written:

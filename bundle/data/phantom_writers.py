@@ -33,6 +33,7 @@ from typing import Callable
 import nibabel as nib
 import numpy as np
 
+from bundle.atomic import write_bytes_atomic
 from bundle.data.dicom_series import write_ct_series
 from bundle.data.phantoms import CT_TISSUES, MR_MODALITIES, brain_phantom, ct_phantom
 
@@ -44,7 +45,6 @@ __all__ = [
     "PhantomCase",
     "make_phantoms",
     "save_nifti",
-    "write_bytes_atomic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -112,19 +112,6 @@ class PhantomCase:
     shape: tuple[int, int, int]
     group: str | None = None
     dicom_dir: Path | None = None
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file in the target's folder, then move it into place with ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:

@@ -31,9 +31,10 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 import bundle
+from bundle.atomic import atomic_path, write_text_atomic
 from bundle.priors.transforms import SamPrior
 
-__all__ = ["PriorCache", "CachedSamPriord", "file_fingerprint", "case_id_of", "source_files_of", "atomic_write_text"]
+__all__ = ["PriorCache", "CachedSamPriord", "file_fingerprint", "case_id_of", "source_files_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +42,6 @@ ENTRY_NAME = "entry.json"
 MANIFEST_NAME = "manifest.json"
 # binary priors are stored as uint8 (8x smaller than float32 before compression); the others as float32
 _UINT8_KINDS = {"sam_boundary_prior"}
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _sha256_of(path: Path) -> str:
@@ -204,12 +193,8 @@ class PriorCache:
         for k, kind in enumerate(kinds):
             name = f"{kind}.nii.gz"
             dtype = np.uint8 if kind in _UINT8_KINDS else np.float32
-            tmp = case_dir / f".{kind}.tmp-{os.getpid()}.nii.gz"
-            try:
+            with atomic_path(case_dir / name) as tmp:
                 nib.save(nib.Nifti1Image(data[k].astype(dtype), affine), str(tmp))
-                os.replace(tmp, case_dir / name)
-            finally:
-                tmp.unlink(missing_ok=True)
             files[kind] = name
         entry = {
             "case_id": case_id,
@@ -223,7 +208,7 @@ class PriorCache:
             "seconds": None if seconds is None else round(float(seconds), 3),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        atomic_write_text(case_dir / ENTRY_NAME, json.dumps(entry, indent=1, default=_json_default))
+        write_text_atomic(case_dir / ENTRY_NAME, json.dumps(entry, indent=1, default=_json_default))
         return entry
 
     def write_manifest(self) -> Path:
@@ -236,7 +221,7 @@ class PriorCache:
         manifest = {"bundle_version": bundle.__version__, "current_signature": self.signature,
                     "current_signature_sha256": self.digest, "cases": entries}
         path = self.cache_dir / MANIFEST_NAME
-        atomic_write_text(path, json.dumps(manifest, indent=1, default=_json_default))
+        write_text_atomic(path, json.dumps(manifest, indent=1, default=_json_default))
         return path
 
 

@@ -19,7 +19,8 @@ from monai.transforms import Compose, Orientationd
 from tqdm import tqdm
 
 from bundle.data.checks import LoadCheckedImaged
-from bundle.priors.cache import CachedSamPriord, atomic_write_text, case_id_of, source_files_of
+from bundle.atomic import write_text_atomic
+from bundle.priors.cache import CachedSamPriord, case_id_of, source_files_of
 from bundle.priors.transforms import SamPrior
 
 __all__ = ["PriorPrecompute", "default_loader"]
@@ -112,5 +113,5 @@ class PriorPrecompute:
                    "seconds": round(time.perf_counter() - start, 2),
                    "generator": self.cached.prior.generator.signature().get("generator")}
         logger.info("SAM priors: %s", summary)
-        atomic_write_text(self.cache_dir / "last_run.json", json.dumps(summary, indent=1))
+        write_text_atomic(self.cache_dir / "last_run.json", json.dumps(summary, indent=1))
         return summary

@@ -111,6 +111,11 @@ def import_segment_anything() -> types.ModuleType:
     """Import and return the ``segment_anything`` package, with or without a working torchvision."""
     if "segment_anything" in sys.modules:
         return sys.modules["segment_anything"]
+    # an earlier failed import (MONAI's optional_import of segment_anything.build_sam when monai.networks.nets is
+    # imported without torchvision) leaves submodules behind without their package; a package imported over them
+    # never gets them as attributes (``segment_anything.utils`` is missing), so start from a clean slate
+    for name in [m for m in sys.modules if m.startswith("segment_anything.")]:
+        del sys.modules[name]
     if torchvision_available():
         return importlib.import_module("segment_anything")
     stand_ins = _stand_in_modules()

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from monai.utils import IgniteInfo, min_version, optional_import
+
+from bundle.atomic import atomic_path
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
@@ -121,17 +122,8 @@ class EpochCheckpointSaver:
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file next to ``path``, then ``os.replace`` it; no temporary file remains."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class ResumeFromCheckpoint:

@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from monai.data import MetaTensor, decollate_batch
 from monai.data.utils import affine_to_spacing
 from monai.utils import IgniteInfo, ImageMetaKey, min_version, optional_import, string_list_all_gather
 
+from bundle.atomic import write_text_atomic
 from bundle.segmentation.metrics import METRIC_DEFINITIONS, SLICE_METRICS, VOLUME_METRICS, case_metrics
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -173,21 +173,6 @@ def _json_safe(obj):
     return obj
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder and ``os.replace`` it, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _csv_text(records: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -225,9 +210,9 @@ def write_report(
     per_case = _json_safe(
         {"class_names": class_names, "metrics": list(METRIC_NAMES), "cases": [dict(r) for r in records]}
     )
-    _atomic_write_text(out / PER_CASE_CSV, _csv_text(records, class_names))
-    _atomic_write_text(out / PER_CASE_JSON, json.dumps(per_case, indent=2, allow_nan=False) + "\n")
-    _atomic_write_text(out / SUMMARY_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    write_text_atomic(out / PER_CASE_CSV, _csv_text(records, class_names))
+    write_text_atomic(out / PER_CASE_JSON, json.dumps(per_case, indent=2, allow_nan=False) + "\n")
+    write_text_atomic(out / SUMMARY_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
 
 
