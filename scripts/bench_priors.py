@@ -17,7 +17,7 @@ On the same phantom slices, the same model and the same point prompts it times, 
 
 Measurements are interleaved (a, b, c, then c, b, a, ...) and each time is the best of ``--repeat`` runs, so a burst
 of load from other processes on a shared machine hits all pipelines alike. The engine's own time is broken down by
-wrapping its methods on the instance (the modules are not changed). ``--speed-steps`` (default on) measures, in the
+wrapping its methods on the instance (the modules are not changed). ``--speed-steps`` (off by default) measures, in the
 same run, what each speed step of the engine buys and costs: the shared first decoder block, bf16 autocast, and
 skipping background grid points. The last line is machine-readable:
 ``speedup_vs_reference=<a/b> ratio_to_floor=<b/c> seg_prior_pearson=<x> boundary_dice=<x>``
@@ -137,35 +137,57 @@ def run_reference(model, images, amg: dict):
     """(a) Meta's generator and the SAMAug formula, one slice at a time."""
     sa = import_segment_anything()
     gen = sa.SamAutomaticMaskGenerator(model, output_mode="binary_mask", **amg)
-    priors, counts = [], []
+    priors, counts, nonempty = [], [], []
     for image in images:
         records = gen.generate(image)
         counts.append(len(records))
+        nonempty.append(sum(r["area"] > 0 for r in records))
         priors.append(samaug_prior_maps(records, image.shape[:2]))
     _sync(model.device)
-    return {"priors": priors, "masks": counts}
+    return {"priors": priors, "masks": counts, "nonempty": nonempty}
 
 
 class Timers:
-    """Accumulated wall time per name, for wrapped callables."""
+    """Wall time of wrapped callables, exclusive of the wrapped callables they call, keyed by call path.
+
+    A path such as ``finish slice > NMS > upscale`` says where a call happened (SAM's upsampling can run inside
+    NMS, for exact boxes, and again for the kept masks); exclusive times of all paths add up to the outermost
+    wrapped call, so the breakdown has neither gaps nor double counts.
+    """
 
     def __init__(self, device):
-        self.total = defaultdict(float)
+        self.exclusive = defaultdict(float)
         self.calls = defaultdict(int)
         self.device = device
+        self._stack: list = []  # [name, time spent in wrapped children]
 
     def wrap(self, name, fn):
         def timed(*args, **kwargs):
             _sync(self.device)
+            self._stack.append([name, 0.0])
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
                 _sync(self.device)
-                self.total[name] += time.perf_counter() - t0
-                self.calls[name] += 1
+                elapsed = time.perf_counter() - t0
+                path = " > ".join(frame[0] for frame in self._stack)
+                _, children = self._stack.pop()
+                self.exclusive[path] += elapsed - children
+                self.calls[path] += 1
+                if self._stack:
+                    self._stack[-1][1] += elapsed
 
         return timed
+
+
+# module-level functions of bundle.sam.automatic that the engine's finishing step may call (the module evolves: only
+# those that exist are wrapped)
+_MODULE_HOOKS = {"exact_greedy_nms": "NMS", "_nms": "NMS"}
+_GENERATOR_HOOKS = {"_decode_batch": "decode batch", "_finish_slice": "finish slice",
+                    "_full_resolution": "full-res masks"}
+_ENGINE_HOOKS = {"embed": "encoder", "decode_tokens": "decoder tokens", "mask_logits": "mask logits",
+                 "upscale": "upscale"}
 
 
 def make_engine_gen(model, args, autocast: str, skip: bool):
@@ -177,51 +199,62 @@ def run_engine(model, images, args, autocast: str, skip: bool, breakdown: bool):
     """(b) this bundle's engine and the same SAMAug formula; with ``breakdown``, its methods are timed."""
     gen = make_engine_gen(model, args, autocast, skip)
     timers = Timers(model.device)
-    nms_original = automatic._nms
+    originals = {name: getattr(automatic, name) for name in _MODULE_HOOKS if hasattr(automatic, name)}
+    generate = gen.generate_batch
     if breakdown:
-        eng = gen.engine
-        eng.embed = timers.wrap("encoder", eng.embed)
-        eng.decode_tokens = timers.wrap("decoder tokens", eng.decode_tokens)
-        eng.mask_logits = timers.wrap("mask logits", eng.mask_logits)
-        eng.upscale = timers.wrap("finish: upscale", eng.upscale)
-        gen._decode_batch = timers.wrap("_decode_batch", gen._decode_batch)
-        gen._finish_slice = timers.wrap("_finish_slice", gen._finish_slice)
-        automatic._nms = timers.wrap("finish: NMS", nms_original)
+        # instance attributes shadow the methods; the module's own code is not changed
+        for obj, hooks in ((gen.engine, _ENGINE_HOOKS), (gen, _GENERATOR_HOOKS)):
+            for attr, label in hooks.items():
+                if hasattr(obj, attr):
+                    setattr(obj, attr, timers.wrap(label, getattr(obj, attr)))
+        for attr, fn in originals.items():
+            setattr(automatic, attr, timers.wrap(_MODULE_HOOKS[attr], fn))
+        generate = timers.wrap("generate_batch", generate)
     try:
         t0 = time.perf_counter()
-        records = gen.generate_batch(images)
+        records = generate(images)
         _sync(model.device)
         t1 = time.perf_counter()
         priors = priors_of(records, images.shape[1:3])
         t2 = time.perf_counter()
     finally:
-        automatic._nms = nms_original
+        for attr, fn in originals.items():
+            setattr(automatic, attr, fn)
     out = {"priors": priors, "masks": [len(r) for r in records], "prompts": len(gen._prompts(images)[0])}
     if breakdown:
-        t = timers.total
-        parts = {
-            "encoder": t["encoder"],
-            "decoder tokens": t["decoder tokens"],
-            "mask logits": t["mask logits"],
-            "low-res stability, boxes, bookkeeping": t["_decode_batch"] - t["decoder tokens"] - t["mask logits"],
-            "finish: NMS": t["finish: NMS"],
-            "finish: upscale": t["finish: upscale"],
-            "finish: full-res stability, boxes, records": t["_finish_slice"] - t["finish: NMS"] - t["finish: upscale"],
-            "prompt grid, loop (rest of generate_batch)": (t1 - t0) - t["encoder"] - t["_decode_batch"]
-            - t["_finish_slice"],
-            "prior maps (samaug_prior_maps)": t2 - t1,
-        }
-        out["breakdown"] = parts
+        out["breakdown"] = {**timers.exclusive, "prior maps (samaug_prior_maps)": t2 - t1}
         out["calls"] = dict(timers.calls)
     return out
 
 
-def floor_prompts(images, args, skip: bool) -> tuple[np.ndarray, np.ndarray]:
+def summarise(breakdown: dict) -> dict:
+    """The call-path breakdown rolled up into the stages of the brief."""
+    groups = {"encoder": 0.0, "decoder tokens": 0.0, "mask logits": 0.0,
+              "decode-batch filtering: low-res stability, boxes, bookkeeping": 0.0, "finishing: NMS": 0.0,
+              "finishing: upscale (SAM postprocess_masks)": 0.0, "finishing: full-res stability, boxes, records": 0.0,
+              "prior maps (samaug_prior_maps)": 0.0, "rest of generate_batch (prompt grid, loop)": 0.0}
+    for path, sec in breakdown.items():
+        leaf, parts = path.split(" > ")[-1], path.split(" > ")
+        if leaf in ("encoder", "decoder tokens", "mask logits") or leaf.startswith("prior maps"):
+            key = leaf if not leaf.startswith("prior maps") else "prior maps (samaug_prior_maps)"
+        elif leaf == "upscale":
+            key = "finishing: upscale (SAM postprocess_masks)" if "finish slice" in parts else \
+                "decode-batch filtering: low-res stability, boxes, bookkeeping"
+        elif leaf == "NMS":
+            key = "finishing: NMS"
+        elif "finish slice" in parts:
+            key = "finishing: full-res stability, boxes, records"
+        elif "decode batch" in parts:
+            key = "decode-batch filtering: low-res stability, boxes, bookkeeping"
+        else:
+            key = "rest of generate_batch (prompt grid, loop)"
+        groups[key] += sec
+    return groups
+
+
+def floor_prompts(model, images, args, skip: bool) -> tuple[np.ndarray, np.ndarray]:
     """The engine's own prompt set (slice index, x/y pixels), so the floor decodes exactly the same prompts."""
-    gen = automatic.SamAutomaticMasks.__new__(automatic.SamAutomaticMasks)
-    gen.grid = automatic.point_grid(args.points_per_side)
-    gen.skip_background_points, gen.background_level = skip, 0
-    return gen._prompts(images)
+    return make_engine_gen(model, args, "none", skip)._prompts(images)
 
 
 @torch.inference_mode()
@@ -230,7 +263,7 @@ def run_floor(model, images, args, autocast: str, skip: bool):
     sa = import_segment_anything()
     dtype, device = AUTOCAST[autocast], model.device
     resize = sa.utils.transforms.ResizeLongestSide(model.image_encoder.img_size)
-    idx, coords = floor_prompts(images, args, skip)
+    idx, coords = floor_prompts(model, images, args, skip)
     t0 = time.perf_counter()
     embeddings = []
     for start in range(0, len(images), args.batch_size):
@@ -347,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision of (b) and (c); the reference always runs float32")
     p.add_argument("--skip-background-points", action="store_true",
                    help="(b) and (c) skip grid points on zero-valued background; the reference keeps the full grid")
-    p.add_argument("--repeat", type=int, default=1, help="interleaved repetitions; the best time of each is kept")
-    p.add_argument("--speed-steps", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--repeat", type=int, default=2, help="interleaved repetitions; the best time of each is kept")
+    p.add_argument("--speed-steps", action="store_true",
                    help="also measure each speed step of the engine (shared block, bf16, background skip)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
@@ -365,6 +398,14 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def code_versions() -> dict:
+    """sha256 prefixes of the engine's modules, so a number can be tied to the code it measured."""
+    import hashlib
+
+    files = ("bundle/sam/engine.py", "bundle/sam/automatic.py", "bundle/priors/maps.py")
+    return {f: hashlib.sha256((ROOT / f).read_bytes()).hexdigest()[:12] for f in files}
 
 
 def main(argv=None) -> int:
@@ -389,7 +430,15 @@ def main(argv=None) -> int:
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {device}, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}")
-    print(f"load average at start (1/5/15 min): {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
+    print("code: " + ", ".join(f"{k} {v}" for k, v in code_versions().items()))
+    wait_policy = os.environ.get("OMP_WAIT_POLICY", "unset")
+    print(f"load average at start (1/5/15 min): {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}; "
+          f"OMP_WAIT_POLICY={wait_policy}")
+    if device.type == "cpu" and torch.get_num_threads() > 1 and wait_policy.upper() != "PASSIVE" and \
+            load_start[0] > (os.cpu_count() or 1):
+        # spinning OpenMP threads wait for a sibling that another process holds: small ops became 5-20x slower here
+        print("WARNING: the CPUs are oversubscribed and OpenMP threads spin at barriers; timings of small operations "
+              "are distorted. Set OMP_WAIT_POLICY=PASSIVE or use --threads 1.")
     print(f"model: {args.model_type} (input {model.image_encoder.img_size}), {weights}")
     if not args.checkpoint and args.model_type != "tiny":
         print("NOTE: random weights: masks are not meaningful (often near-identical for every prompt); agreement "
@@ -414,7 +463,7 @@ def main(argv=None) -> int:
         measurements["b_breakdown"] = lambda: run_engine(model, images, args, main_ac, skip, breakdown=True)
     if args.speed_steps:
         emb = SamEngine(model, batch_size=args.batch_size, autocast=main_ac).embed(images)
-        idx, coords = floor_prompts(images, args, skip)
+        idx, coords = floor_prompts(model, images, args, skip)
         measurements.update({
             "dec_shared": lambda: run_engine_decoder(model, args, emb, idx, coords, main_ac, shared=True),
             "dec_unshared": lambda: run_engine_decoder(model, args, emb, idx, coords, main_ac, shared=False),
@@ -439,8 +488,9 @@ def main(argv=None) -> int:
     a, b, c = first["a"], best["b"][1], best["c"][1]
     pearson, dice = agreement(a["priors"], b["priors"])
     print("\n== results (best of repeats) ==")
-    print(f"(a) reference  {ta:8.2f} s   masks per slice {a['masks']}")
-    print(f"(b) engine     {tb:8.2f} s   masks per slice {b['masks']}, prompts {b['prompts']}")
+    print(f"(a) reference  {ta:8.2f} s   masks per slice {a['masks']} (non-empty {a['nonempty']})")
+    print(f"(b) engine     {tb:8.2f} s   masks per slice {b['masks']} (empty masks are dropped), "
+          f"prompts {b['prompts']}")
     print(f"(c) floor      {tc:8.2f} s   (encoder {c['encoder']:.2f} s + prompt encoder/mask decoder "
           f"{c['decoder']:.2f} s)")
     print(f"speedup a/b {ta / tb:.2f}x, ratio b/c {tb / tc:.3f}; priors of (b) vs (a): seg Pearson {pearson:.4f}, "
@@ -448,23 +498,30 @@ def main(argv=None) -> int:
     bd_source = best.get("b_breakdown", best["b"])[1]
     results = {"args": vars(args), "weights": weights, "slices": picked, "cpu": cpu_model(),
                "torch": torch.__version__, "threads": torch.get_num_threads(), "load_start": load_start,
-               "load_end": load_end, "times": {k: v[0] for k, v in best.items()}, "masks_a": a["masks"],
-               "masks_b": b["masks"], "pearson": pearson, "dice": dice}
+               "load_end": load_end, "code": code_versions(), "times": {k: v[0] for k, v in best.items()},
+               "floor": c, "masks_a": a["masks"], "masks_b": b["masks"], "pearson": pearson, "dice": dice}
     if "breakdown" in bd_source:
         total = sum(bd_source["breakdown"].values())
-        print(f"\n== where (b)'s time goes (timed run, {total:.2f} s) ==")
-        for name, sec in bd_source["breakdown"].items():
-            print(f"  {name:45s} {sec:8.3f} s  {100 * sec / total:5.1f} %")
-        print(f"  vs floor: encoder {c['encoder']:.3f} s, decoder {c['decoder']:.3f} s")
-        results["breakdown"] = bd_source["breakdown"]
+        print(f"\n== where (b)'s time goes (timed run, {total:.2f} s; exclusive time per call path) ==")
+        for path, sec in sorted(bd_source["breakdown"].items()):
+            calls = bd_source["calls"].get(path, 1)
+            print(f"  {path:55s} {sec:8.3f} s  {100 * sec / total:5.1f} %  ({calls} calls)")
+        print("  -- by stage --")
+        groups = summarise(bd_source["breakdown"])
+        for name, sec in groups.items():
+            print(f"  {name:55s} {sec:8.3f} s  {100 * sec / total:5.1f} %")
+        print(f"  floor for comparison: encoder {c['encoder']:.3f} s, prompt encoder + mask decoder {c['decoder']:.3f} s")
+        results["breakdown"], results["stages"] = bd_source["breakdown"], groups
 
     if args.speed_steps:
         print("\n== speed steps (same run) ==")
         ds, du = best["dec_shared"], best["dec_unshared"]
-        iou_ref, low_ref = plain_decoder_outputs(model, emb, idx, coords, len(ds[1]["iou"]))
-        err_s = float((ds[1]["logits"] - low_ref).abs().max())
-        err_u = float((du[1]["logits"] - low_ref).abs().max())
-        err_iou = float((ds[1]["iou"] - iou_ref).abs().max())
+        # the first decoder batch, as far as it belongs to the first slice (SAM's decoder takes one image)
+        n = int(np.argmax(idx[: len(ds[1]["iou"])] != idx[0])) or len(ds[1]["iou"])
+        iou_ref, low_ref = plain_decoder_outputs(model, emb, idx, coords, n)
+        err_s = float((ds[1]["logits"][:n] - low_ref).abs().max())
+        err_u = float((du[1]["logits"][:n] - low_ref).abs().max())
+        err_iou = float((ds[1]["iou"][:n] - iou_ref).abs().max())
         print(f"(1) shared first decoder block, decoder only ({len(idx)} prompts, autocast {main_ac}): "
               f"shared {ds[0]:.2f} s, engine unshared {du[0]:.2f} s, plain mask_decoder (floor) {c['decoder']:.2f} s "
               f"-> {du[0] / ds[0]:.2f}x vs unshared, {c['decoder'] / ds[0]:.2f}x vs plain; max |logit diff| vs plain "

@@ -42,6 +42,7 @@ ENTRY_NAME = "entry.json"
 MANIFEST_NAME = "manifest.json"
 # binary priors are stored as uint8 (8x smaller than float32 before compression); the others as float32
 _UINT8_KINDS = {"sam_boundary_prior"}
+_ENTRY_KEYS = {"case_id", "signature_sha256", "inputs", "kinds", "files"}
 
 
 def _sha256_of(path: Path) -> str:
@@ -65,8 +66,14 @@ def file_fingerprint(path: str | os.PathLike, previous: Mapping | None = None) -
     """
     p = Path(path)
     stat = p.stat()
-    size = stat.st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-    fp = {"path": str(p.resolve()), "size": int(size), "mtime_ns": int(stat.st_mtime_ns)}
+    if p.is_file():
+        size, mtime = stat.st_size, stat.st_mtime_ns
+    else:
+        # a file rewritten in place changes its own mtime, not the folder's: take the newest of all
+        stats = [f.stat() for f in p.rglob("*") if f.is_file()]
+        size = sum(s.st_size for s in stats)
+        mtime = max([stat.st_mtime_ns, *(s.st_mtime_ns for s in stats)])
+    fp = {"path": str(p.resolve()), "size": int(size), "mtime_ns": int(mtime)}
     if previous and all(previous.get(k) == fp[k] for k in ("path", "size", "mtime_ns")) and previous.get("sha256"):
         fp["sha256"] = previous["sha256"]
     else:
@@ -137,12 +144,15 @@ class PriorCache:
     def read_entry(self, case_id: str) -> dict | None:
         path = self.case_dir(case_id) / ENTRY_NAME
         try:
-            return json.loads(path.read_text())
+            entry = json.loads(path.read_text())
         except FileNotFoundError:
             return None
         except (json.JSONDecodeError, UnicodeDecodeError):
+            entry = None
+        if not isinstance(entry, dict) or not _ENTRY_KEYS <= entry.keys():
             logger.warning("%s: unreadable cache entry, the case will be recomputed", path)
             return None
+        return entry
 
     def fingerprints(self, case_id: str, sources: Sequence[str]) -> list[dict]:
         entry = self.read_entry(case_id) or {}
@@ -184,6 +194,8 @@ class PriorCache:
         """Write the priors of a case and then its entry; returns the entry."""
         case_dir = self.case_dir(case_id)
         case_dir.mkdir(parents=True, exist_ok=True)
+        # an entry that survived a rewrite interrupted half way would vouch for a mix of old and new files
+        (case_dir / ENTRY_NAME).unlink(missing_ok=True)
         affine = np.asarray(prior.affine if isinstance(prior, MetaTensor) else np.eye(4), dtype=np.float64)
         kinds = list((getattr(prior, "meta", None) or {}).get("channel_names", self.kinds))
         if len(kinds) != prior.shape[0]:
@@ -258,14 +270,20 @@ class CachedSamPriord(MapTransform):
         image = d[key]
         case_id = case_id_of(d, key, self.case_id_key)
         sources = source_files_of(image)
+        prior = None
         if sources and self.cache.is_current(case_id, sources):
-            prior = self.cache.load(case_id)
+            try:
+                prior = self.cache.load(case_id)
+            except ValueError as err:  # a damaged cached file (e.g. a copy cut short): compute it again
+                logger.warning("case %s: %s; recomputing", case_id, err)
+        if prior is not None:
             if tuple(prior.shape[1:]) == tuple(image.shape[1:]):
                 if progress is not None:
                     progress(int(image.shape[-1]))
-                prior.affine = image.affine  # same grid; keep the image's exact affine and its metadata
-                prior.meta.update({k: v for k, v in image.meta.items() if k not in ("channel_names",)})
-                return prior
+                # same grid: carry the image's exact affine and metadata, as a freshly computed prior would
+                meta = {k: v for k, v in image.meta.items() if k != "affine"}
+                meta["channel_names"] = prior.meta["channel_names"]
+                return MetaTensor(prior.as_tensor(), affine=image.affine, meta=meta)
             logger.warning("case %s: cached priors have shape %s, image %s: recomputing", case_id,
                            tuple(prior.shape[1:]), tuple(image.shape[1:]))
         start = time.perf_counter()

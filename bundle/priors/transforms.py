@@ -111,7 +111,8 @@ class SamPrior(Transform):
                     out[k, :, :, d] = prior_map
             if progress is not None:
                 progress(len(chunk))
-        meta = dict(img.meta) if isinstance(img, MetaTensor) else {}
+        # the affine is passed on its own below; keeping meta["affine"] too makes MetaTensor warn on every volume
+        meta = {k: v for k, v in img.meta.items() if k != "affine"} if isinstance(img, MetaTensor) else {}
         meta["channel_names"] = list(self.kinds)
         meta["sam_prior_slices"] = int(len(todo))
         affine = img.affine if isinstance(img, MetaTensor) else torch.eye(4, dtype=torch.float64)

@@ -134,6 +134,8 @@ class SamEngine:
     def embed(self, images: np.ndarray) -> SliceEmbeddings:
         """Image embeddings of ``[B, H, W, 3]`` uint8 slices, encoded ``batch_size`` at a time."""
         images = np.asarray(images)
+        if images.ndim != 4:  # checked here: a chunk of a single [H, W, 3] image would be reported as [B, W, 3]
+            raise ValueError(f"expected [B, H, W, 3] uint8 slices, got {images.shape} {images.dtype}")
         out = []
         original_size = input_size = None
         for start in range(0, len(images), self.batch_size):

@@ -209,19 +209,20 @@ def load_sam(
         ValueError: the file is not a SAM state dict, or it belongs to another architecture (the message names it).
     """
     name, cfg = _resolve_config(model_type)
+    path = None if checkpoint is None else Path(checkpoint).expanduser()
+    # checked before building: a ViT-H takes tens of seconds and gigabytes to initialise
+    if path is not None and not path.is_file():
+        hint = OFFICIAL_CHECKPOINTS.get(name.replace("medsam_", ""), None)
+        how = (
+            f"download {hint} with `python -m monai.bundle download_large_files --meta_file configs/metadata.json` "
+            "(see large_files.yml)"
+            if hint and not name.startswith("medsam")
+            else "see large_files.yml for the published checkpoints"
+        )
+        raise FileNotFoundError(f"SAM checkpoint not found: {path.resolve()} (model_type={name}); {how}")
     model = build_sam(cfg if name == "custom" else name)
     sha = None
-    if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            hint = OFFICIAL_CHECKPOINTS.get(name.replace("medsam_", ""), None)
-            how = (
-                f"download {hint} with `python -m monai.bundle download_large_files --meta_file configs/metadata.json` "
-                "(see large_files.yml)"
-                if hint and not name.startswith("medsam")
-                else "see large_files.yml for the published checkpoints"
-            )
-            raise FileNotFoundError(f"SAM checkpoint not found: {path.resolve()} (model_type={name}); {how}")
+    if path is not None:
         sha = file_sha256(path)
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -238,6 +239,12 @@ def load_sam(
             raise ValueError(
                 f"{path}: {what}, which does not fit model_type={name} (first differing keys: {detail}); "
                 "set model_type to the type the checkpoint was saved from"
+            )
+        unexpected = [k for k in state if k not in expected]
+        if unexpected:  # e.g. adapters or extra tokens of a SAM variant: load_state_dict would not name the file
+            raise ValueError(
+                f"{path}: has keys that SAM {name} does not have (first: {unexpected[:3]}); "
+                "merge or strip them into segment-anything's format first"
             )
         model.load_state_dict(state, strict=True)
         logger.info("loaded SAM %s from %s (sha256 %s)", name, path, sha[:12])

@@ -35,6 +35,7 @@ __all__ = [
     "data_keys",
     "interp_modes",
     "crop_size",
+    "samples_per_volume",
     "volume_inferer",
     "load_datalist",
     "input_items",
@@ -90,6 +91,14 @@ def crop_size(patch_size: Sequence[int], spatial_dims: int) -> list[int]:
     """Training crop ``[H, W, D]`` for a 3D network, ``[H, W, 1]`` (one axial slice) for a 2D network."""
     h, w, d = _patch(patch_size)
     return [h, w, 1] if is_slice_network(spatial_dims) else [h, w, d]
+
+
+def samples_per_volume(spatial_dims: int, slices: int, crops: int) -> int:
+    """Training samples cut from each volume per epoch: ``slices`` axial slices (2D) or ``crops`` patches (3D)."""
+    n = int(slices) if is_slice_network(spatial_dims) else int(crops)
+    if n < 1:
+        raise ValueError(f"samples per volume must be >= 1, got {n}.")
+    return n
 
 
 def volume_inferer(

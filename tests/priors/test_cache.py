@@ -1,0 +1,356 @@
+"""Tests of bundle.priors.cache: the on-disk prior cache, its keys, and recovery from crashes and damaged files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+import bundle.priors.cache as cache_module
+from bundle.priors.cache import CachedSamPriord, PriorCache, case_id_of, file_fingerprint, source_files_of
+from bundle.priors.precompute import default_loader
+from bundle.priors.transforms import SamPrior
+from bundle.sam.fallback import RegionProposalMasks
+
+AFFINE = np.array([[-1.0, 0.0, 0.0, 30.0], [0.0, -1.0, 0.0, 20.0], [0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+KIND_FILES = {"sam_seg_prior.nii.gz", "sam_boundary_prior.nii.gz"}
+
+
+class SpyGenerator:
+    """The real fallback generator, counting the slices it is asked for."""
+
+    def __init__(self, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.inner = RegionProposalMasks(**kwargs)
+        self.images = 0
+
+    def generate_batch(self, images):
+        self.images += len(images)
+        return self.inner.generate_batch(images)
+
+    def signature(self):
+        return self.inner.signature()
+
+
+def _volume(seed=0, shape=(40, 36, 5)) -> np.ndarray:
+    h, w, d = shape
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    vol = np.full(shape, 10.0, np.float32)
+    for k in range(d):
+        cy, cx, r = rng.uniform(12, 24), rng.uniform(12, 24), rng.uniform(5, 10)
+        vol[..., k][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 400.0
+    return vol + rng.normal(0, 4, shape).astype(np.float32)
+
+
+def _write(path, data):
+    nib.save(nib.Nifti1Image(data, AFFINE), str(path))
+    return path
+
+
+@pytest.fixture
+def case(tmp_path):
+    """A real NIfTI case and its datalist entry."""
+    path = _write(tmp_path / "case_1.nii.gz", _volume())
+    return {"image": str(path), "case_id": "case_1"}
+
+
+def _loaded(entry):
+    return default_loader()(dict(entry))
+
+
+def _cached(cache_dir, generator=None, window="mr_percentile", **prior_kwargs):
+    generator = generator if generator is not None else SpyGenerator()
+    return CachedSamPriord(keys="image", cache_dir=cache_dir, prior=SamPrior(generator, window=window, **prior_kwargs))
+
+
+def _files(folder):
+    return {p.name for p in folder.iterdir()}
+
+
+def test_miss_writes_one_nifti_per_kind_and_entry(tmp_path, case):
+    cache_dir = tmp_path / "cache"
+    spy = SpyGenerator()
+    data = _loaded(case)
+    out = _cached(cache_dir, spy)(data)
+    prior = out["image_prior"]
+    assert spy.images == 5 and prior.shape == (2, 40, 36, 5)
+    case_dir = cache_dir / "case_1"
+    assert _files(case_dir) == KIND_FILES | {"entry.json"}  # no temporary file left
+    seg, bnd = (nib.load(str(case_dir / f"{k}.nii.gz")) for k in ("sam_seg_prior", "sam_boundary_prior"))
+    assert seg.get_data_dtype() == np.float32 and bnd.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(seg.affine, data["image"].affine.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(seg.dataobj), prior[0].numpy())
+    np.testing.assert_array_equal(np.asarray(bnd.dataobj), prior[1].numpy())
+    entry = json.loads((case_dir / "entry.json").read_text())
+    assert entry["case_id"] == "case_1" and entry["kinds"] == ["sam_seg_prior", "sam_boundary_prior"]
+    assert entry["shape"] == [40, 36, 5] and entry["slices_sent_to_generator"] == 5
+    (fp,) = entry["inputs"]
+    assert fp["path"] == str(tmp_path / "case_1.nii.gz")
+    assert fp["sha256"] == hashlib.sha256((tmp_path / "case_1.nii.gz").read_bytes()).hexdigest()
+    assert entry["signature"]["prior"]["generator"]["generator"] == "region_proposals"
+
+
+def test_second_lookup_is_a_hit(tmp_path, case):
+    cache_dir = tmp_path / "cache"
+    first = _cached(cache_dir)(_loaded(case))["image_prior"]
+    spy = SpyGenerator()
+    data = _loaded(case)
+    second = _cached(cache_dir, spy)(data)["image_prior"]
+    assert spy.images == 0
+    assert isinstance(second, MetaTensor)
+    assert torch.equal(second.as_tensor(), first.as_tensor())
+    assert torch.equal(second.affine, data["image"].affine)
+    assert second.meta["channel_names"] == ["sam_seg_prior", "sam_boundary_prior"]
+    assert second.meta["filename_or_obj"] == data["image"].meta["filename_or_obj"]
+
+
+CHANGES = [
+    ("generator parameter", {"generator_kwargs": {"pred_iou_thresh": 0.6}}),
+    ("window", {"window": "minmax"}),
+    ("window bound", {"window": {"preset": "mr_percentile", "high": 99.0}}),
+    ("kinds", {"kinds": ["sam_seg_prior"]}),
+]
+
+
+@pytest.mark.parametrize("label, change", CHANGES, ids=[c[0] for c in CHANGES])
+def test_configuration_change_recomputes(tmp_path, case, label, change):
+    cache_dir = tmp_path / "cache"
+    _cached(cache_dir)(_loaded(case))
+    old = json.loads((cache_dir / "case_1" / "entry.json").read_text())["signature_sha256"]
+    change = dict(change)
+    spy = SpyGenerator(**change.pop("generator_kwargs", {}))
+    _cached(cache_dir, spy, **change)(_loaded(case))
+    assert spy.images == 5
+    assert json.loads((cache_dir / "case_1" / "entry.json").read_text())["signature_sha256"] != old
+
+
+def test_new_input_content_recomputes(tmp_path, case):
+    cache_dir = tmp_path / "cache"
+    _cached(cache_dir)(_loaded(case))
+    _write(case["image"], _volume(seed=1))
+    spy = SpyGenerator()
+    _cached(cache_dir, spy)(_loaded(case))
+    assert spy.images == 5
+
+
+def test_fingerprints_reuse_sha_when_size_and_mtime_match(tmp_path, case, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    _cached(cache_dir)(_loaded(case))
+    hashed = []
+    real = cache_module._sha256_of
+    monkeypatch.setattr(cache_module, "_sha256_of", lambda p: hashed.append(p) or real(p))
+    spy = SpyGenerator()
+    _cached(cache_dir, spy)(_loaded(case))
+    assert spy.images == 0 and hashed == []  # same path, size and mtime: the stored sha256 is trusted
+    # touched (new mtime) but the same bytes: hashed again, and still a hit
+    stat = os.stat(case["image"])
+    os.utime(case["image"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    _cached(cache_dir, spy)(_loaded(case))
+    assert spy.images == 0 and len(hashed) == 1
+
+
+def _fail_on_second(real, calls):
+    def fake(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError("disk full (simulated)")
+        return real(*args, **kwargs)
+
+    return fake
+
+
+def _crash_nib_save(monkeypatch):
+    monkeypatch.setattr(cache_module.nib, "save", _fail_on_second(nib.save, []))
+
+
+def _crash_replace(monkeypatch):
+    real_replace, calls = os.replace, []
+
+    def fake(src, dst, *args, **kwargs):
+        if str(dst).endswith(".nii.gz"):
+            calls.append(dst)
+            if len(calls) == 2:
+                raise OSError("rename failed (simulated)")
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", fake)
+
+
+def _crash_entry(monkeypatch):
+    def fail(*args, **kwargs):
+        raise OSError("killed before the entry (simulated)")
+
+    monkeypatch.setattr(cache_module, "write_text_atomic", fail)
+
+
+CRASHES = [("nib.save", _crash_nib_save), ("os.replace", _crash_replace), ("entry write", _crash_entry)]
+
+
+@pytest.mark.parametrize("label, crash", CRASHES, ids=[c[0] for c in CRASHES])
+def test_crash_mid_store_leaves_no_usable_partial_case(tmp_path, case, monkeypatch, label, crash):
+    cache_dir = tmp_path / "cache"
+    with monkeypatch.context() as m:
+        crash(m)
+        with pytest.raises(OSError, match="simulated"):
+            _cached(cache_dir)(_loaded(case))
+    case_dir = cache_dir / "case_1"
+    files = _files(case_dir)
+    assert "entry.json" not in files
+    assert files <= KIND_FILES, f"temporary files left behind: {files - KIND_FILES}"
+    for name in files:  # whatever final file exists is complete
+        assert nib.load(str(case_dir / name)).get_fdata().shape == (40, 36, 5)
+    spy = SpyGenerator()
+    prior = _cached(cache_dir, spy)(_loaded(case))["image_prior"]
+    assert spy.images == 5 and prior.shape == (2, 40, 36, 5)
+    assert _files(case_dir) == KIND_FILES | {"entry.json"}
+
+
+def test_crash_while_replacing_a_current_case(tmp_path, case, monkeypatch):
+    """A current entry must not survive a rewrite of its files that was interrupted half way."""
+    cache_dir = tmp_path / "cache"
+    _cached(cache_dir)(_loaded(case))
+    cropped = _loaded(case)
+    cropped["image"] = cropped["image"][:, :32]  # same files and configuration, another grid: recomputed
+    with monkeypatch.context() as m:
+        _crash_nib_save(m)
+        with pytest.raises(OSError, match="simulated"):
+            _cached(cache_dir)(cropped)
+    spy = SpyGenerator()
+    prior = _cached(cache_dir, spy)(_loaded(case))["image_prior"]
+    assert spy.images == 5 and prior.shape == (2, 40, 36, 5)
+
+
+@pytest.mark.parametrize("content", [b'{"case_id": "case_1", "sig', b"\x89\xff\xfe garbage", b"[1, 2]", b"{}"],
+                         ids=["truncated", "binary", "list", "empty object"])
+def test_corrupted_entry_is_recomputed(tmp_path, case, caplog, content):
+    cache_dir = tmp_path / "cache"
+    _cached(cache_dir)(_loaded(case))
+    (cache_dir / "case_1" / "entry.json").write_bytes(content)
+    spy = SpyGenerator()
+    with caplog.at_level(logging.WARNING, logger="bundle.priors.cache"):
+        _cached(cache_dir, spy)(_loaded(case))
+    assert spy.images == 5
+    assert any("entry.json" in r.getMessage() for r in caplog.records)
+    assert json.loads((cache_dir / "case_1" / "entry.json").read_text())["case_id"] == "case_1"
+    PriorCache(cache_dir, {}).write_manifest()  # the manifest copes with what is there now
+
+
+def test_damaged_prior_file_is_recomputed(tmp_path, case, caplog):
+    cache_dir = tmp_path / "cache"
+    _cached(cache_dir)(_loaded(case))
+    target = cache_dir / "case_1" / "sam_seg_prior.nii.gz"
+    target.write_bytes(target.read_bytes()[:200])  # truncated, e.g. by a full disk while copying the cache
+    spy = SpyGenerator()
+    with caplog.at_level(logging.WARNING, logger="bundle.priors.cache"):
+        prior = _cached(cache_dir, spy)(_loaded(case))["image_prior"]
+    assert spy.images == 5 and prior.shape == (2, 40, 36, 5)
+    assert any("sam_seg_prior.nii.gz" in r.getMessage() for r in caplog.records)
+    assert nib.load(str(target)).get_fdata().shape == (40, 36, 5)
+
+
+def test_cached_shape_mismatch_is_recomputed(tmp_path, case, caplog):
+    cache_dir = tmp_path / "cache"
+    transform = _cached(cache_dir)
+    data = _loaded(case)
+    wrong = MetaTensor(torch.zeros(2, 20, 36, 5), affine=data["image"].affine,
+                       meta={"channel_names": ["sam_seg_prior", "sam_boundary_prior"]})
+    transform.cache.store("case_1", source_files_of(data["image"]), wrong)
+    spy = SpyGenerator()
+    with caplog.at_level(logging.WARNING, logger="bundle.priors.cache"):
+        prior = _cached(cache_dir, spy)(data)["image_prior"]
+    assert spy.images == 5 and prior.shape == (2, 40, 36, 5) and prior.any()
+    assert any("recomputing" in r.getMessage() for r in caplog.records)
+    assert json.loads((cache_dir / "case_1" / "entry.json").read_text())["shape"] == [40, 36, 5]
+
+
+def test_manifest_lists_cases_and_generator(tmp_path):
+    cache_dir = tmp_path / "cache"
+    transform = _cached(cache_dir)
+    for n in (1, 2):
+        path = _write(tmp_path / f"case_{n}.nii.gz", _volume(seed=n))
+        transform(_loaded({"image": str(path), "case_id": f"case_{n}"}))
+    manifest = json.loads(transform.cache.write_manifest().read_text())
+    assert set(manifest["cases"]) == {"case_1", "case_2"}
+    assert manifest["cases"]["case_2"]["files"] == {k: f"{k}.nii.gz" for k in ("sam_seg_prior", "sam_boundary_prior")}
+    assert manifest["current_signature"]["prior"]["generator"]["generator"] == "region_proposals"
+    assert manifest["current_signature_sha256"] == transform.cache.digest
+    assert all(c["signature_sha256"] == transform.cache.digest for c in manifest["cases"].values())
+
+
+def test_multimodal_image_is_keyed_by_every_file(tmp_path):
+    paths = [_write(tmp_path / f"c7_{m}.nii.gz", _volume(seed=s)) for s, m in enumerate(("flair", "t1", "t1ce", "t2"))]
+    entry = {"image": [str(p) for p in paths], "case_id": "c7"}
+    cache_dir = tmp_path / "cache"
+    data = _loaded(entry)
+    assert data["image"].shape[0] == 4 and source_files_of(data["image"]) == [str(p) for p in paths]
+    _cached(cache_dir)(data)
+    assert len(json.loads((cache_dir / "c7" / "entry.json").read_text())["inputs"]) == 4
+    _write(paths[2], _volume(seed=9))  # only T1ce changed, FLAIR feeds SAM: still recomputed (inputs changed)
+    spy = SpyGenerator()
+    _cached(cache_dir, spy)(_loaded(entry))
+    assert spy.images == 5
+
+
+def test_image_without_source_file_is_computed_not_stored(tmp_path):
+    cache_dir = tmp_path / "cache"
+    spy = SpyGenerator()
+    image = MetaTensor(torch.from_numpy(_volume())[None])
+    out = _cached(cache_dir, spy)({"image": image, "case_id": "anonymous"})
+    assert out["image_prior"].shape == (2, 40, 36, 5) and spy.images == 5
+    assert not (cache_dir / "anonymous").exists()
+
+
+def test_series_folder_fingerprint(tmp_path):
+    series = tmp_path / "series"
+    series.mkdir()
+    for i in range(3):
+        (series / f"IM{i}.dcm").write_bytes(bytes([i]) * 100)
+    first = file_fingerprint(series)
+    assert first["size"] == 300 and file_fingerprint(series)["sha256"] == first["sha256"]
+    (series / "IM1.dcm").write_bytes(b"\x07" * 100)
+    assert file_fingerprint(series)["sha256"] != first["sha256"]
+
+
+def test_series_rewritten_in_place_is_not_taken_for_unchanged(tmp_path):
+    """Rewriting a file of a series in place keeps the folder's size and mtime: the fast path must look inside."""
+    series = tmp_path / "series"
+    series.mkdir()
+    for i in range(3):
+        (series / f"IM{i}.dcm").write_bytes(bytes([i]) * 100)
+    old = file_fingerprint(series)
+    folder_mtime = os.stat(series).st_mtime_ns
+    (series / "IM1.dcm").write_bytes(b"\x07" * 100)  # same size, same name: the folder itself is not modified
+    stat = os.stat(series / "IM1.dcm")
+    os.utime(series / "IM1.dcm", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert os.stat(series).st_mtime_ns == folder_mtime
+    assert file_fingerprint(series, previous=old)["sha256"] != old["sha256"]
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ({"case_id": "BraTS2021_00001", "image": None}, "BraTS2021_00001"),
+        ({"case_id": "/data/root/case_9/", "image": None}, "case_9"),
+        ({"image": MetaTensor(torch.zeros(1), meta={"filename_or_obj": "/d/volume-12.nii.gz"})}, "volume-12"),
+        ({"image": MetaTensor(torch.zeros(1), meta={"filename_or_obj": "/d/ct.nii"})}, "ct"),
+        ({"image": MetaTensor(torch.zeros(1), meta={"source_filenames": "/d/a_flair.nii.gz\n/d/a_t1.nii.gz"})},
+         "a_flair"),
+    ],
+)
+def test_case_id_of(data, expected):
+    assert case_id_of(data) == expected
+
+
+def test_case_id_needs_a_name():
+    with pytest.raises(ValueError, match="cannot name the case"):
+        case_id_of({"image": MetaTensor(torch.zeros(1))})

@@ -1,0 +1,164 @@
+"""Tests of bundle.priors.precompute and configs/precompute_priors.json on a tiny BraTS 2021 phantom dataset."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bundle.data.datalist import build_datalist, write_datalist
+from bundle.data.phantom_writers import make_phantoms
+from bundle.priors.precompute import PriorPrecompute, default_loader
+from bundle.priors.transforms import SamPrior
+from bundle.sam.factory import make_mask_generator
+from bundle.sam.fallback import RegionProposalMasks
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KIND_FILES = {"sam_seg_prior.nii.gz", "sam_boundary_prior.nii.gz", "entry.json"}
+
+
+class SpyGenerator:
+    def __init__(self, inner):
+        self.inner, self.images = inner, 0
+
+    def generate_batch(self, images):
+        self.images += len(images)
+        return self.inner.generate_batch(images)
+
+    def signature(self):
+        return self.inner.signature()
+
+
+def _fallback():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return RegionProposalMasks()
+
+
+@pytest.fixture(scope="module")
+def brats(tmp_path_factory):
+    """Three BraTS 2021 phantom cases (one per datalist section) and their datalist."""
+    root = tmp_path_factory.mktemp("brats2021")
+    cases = make_phantoms("brats2021", root, cases=3, size=24, seed=0)
+    datalist = build_datalist("brats", root, progress=False)
+    assert all(len(datalist[s]) == 1 for s in ("training", "validation", "testing"))
+    path = write_datalist(datalist, root / "datalist.json")
+    return {"root": root, "datalist": path, "cases": {c.case_id: c for c in cases}}
+
+
+def _runner(brats, cache_dir, generator, **kwargs):
+    prior = SamPrior(generator, window={"preset": "mr_percentile", "channels": 0})
+    return PriorPrecompute(brats["datalist"], brats["root"], cache_dir, prior, progress=False, **kwargs)
+
+
+def test_fallback_run_then_rerun(brats, tmp_path):
+    cache_dir = tmp_path / "cache"
+    summary = _runner(brats, cache_dir, _fallback()).run()
+    assert (summary["computed"], summary["up_to_date"], summary["cases"]) == (3, 0, 3)
+    assert summary["generator"] == "region_proposals"
+    assert json.loads((cache_dir / "last_run.json").read_text()) == summary
+    for case_id, case in brats["cases"].items():
+        assert set(os.listdir(cache_dir / case_id)) == KIND_FILES
+        image = default_loader()({"image": [str(case.images[m]) for m in ("flair", "t1", "t1ce", "t2")]})["image"]
+        seg = nib.load(str(cache_dir / case_id / "sam_seg_prior.nii.gz"))
+        assert seg.shape == tuple(image.shape[1:])
+        np.testing.assert_allclose(seg.affine, image.affine.numpy(), atol=1e-5)
+        entry = json.loads((cache_dir / case_id / "entry.json").read_text())
+        assert [os.path.basename(fp["path"]) for fp in entry["inputs"]] == [
+            f"{case_id}_{m}.nii.gz" for m in ("flair", "t1", "t1ce", "t2")]
+        assert 0 < entry["slices_sent_to_generator"] <= image.shape[-1]
+    manifest = json.loads(open(summary["manifest"]).read())
+    assert set(manifest["cases"]) == set(brats["cases"])
+    assert manifest["current_signature"]["prior"]["generator"]["generator"] == "region_proposals"
+
+    spy = SpyGenerator(_fallback())
+    again = _runner(brats, cache_dir, spy).run()
+    assert (again["computed"], again["up_to_date"], spy.images) == (0, 3, 0)
+
+    # one changed modality file and one deleted case: exactly those two are computed again
+    first, second = sorted(brats["cases"])[:2]
+    flair = brats["cases"][first].images["flair"]
+    img = nib.load(str(flair))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 1.5, img.affine), str(flair))
+    shutil.rmtree(cache_dir / second)
+    spy = SpyGenerator(_fallback())
+    third = _runner(brats, cache_dir, spy).run()
+    assert (third["computed"], third["up_to_date"]) == (2, 1) and spy.images > 0
+
+
+def test_sections(brats, tmp_path):
+    summary = _runner(brats, tmp_path / "cache", _fallback(), sections=("validation", "unknown")).run()
+    assert summary["cases"] == 1 and summary["computed"] == 1
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 1
+
+
+def test_tiny_sam_run(brats, tmp_path, shapes_sam_checkpoint):
+    # the shapes-trained tiny SAM: random weights give only empty masks, hence all-zero priors
+    generator = make_mask_generator("tiny", str(shapes_sam_checkpoint), device="cpu", autocast="none",
+                                    amg={"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})
+    spy = SpyGenerator(generator)
+    cache_dir = tmp_path / "cache"
+    summary = _runner(brats, cache_dir, spy, sections=("training", "testing")).run()
+    assert (summary["computed"], summary["generator"]) == (2, "sam_automatic_masks") and spy.images > 0
+    manifest = json.loads(open(summary["manifest"]).read())
+    sam = manifest["current_signature"]["prior"]["generator"]["sam"]
+    assert sam["model_type"] == "tiny"
+    assert sam["checkpoint_sha256"] == hashlib.sha256(shapes_sam_checkpoint.read_bytes()).hexdigest()
+    for case_id in manifest["cases"]:
+        assert nib.load(str(cache_dir / case_id / "sam_seg_prior.nii.gz")).get_fdata().max() > 0
+    again = _runner(brats, cache_dir, spy, sections=("training", "testing")).run()
+    assert (again["computed"], again["up_to_date"]) == (0, 2)
+
+
+def test_progress_bar_shows_slices_per_second(brats, tmp_path, capsys):
+    prior = SamPrior(_fallback(), window="mr_percentile")
+    PriorPrecompute(brats["datalist"], brats["root"], tmp_path / "cache", prior, progress=True).run()
+    err = capsys.readouterr().err
+    total = sum(e["num_slices"] for s in ("training", "validation", "testing")
+                for e in json.loads(open(brats["datalist"]).read())[s])
+    assert "slice/s" in err and f"{total}/{total}" in err
+
+
+def test_missing_datalist(tmp_path):
+    with pytest.raises(FileNotFoundError, match="prepare_datalist.py") as err:
+        PriorPrecompute(tmp_path / "nope.json", tmp_path, tmp_path / "cache", SamPrior(_fallback()))
+    assert str(tmp_path / "nope.json") in str(err.value)
+
+
+def test_bundle_cli(brats, tmp_path, tiny_sam_checkpoint):
+    """``python -m monai.bundle run precompute`` with the overrides a user passes on the command line."""
+    full = json.loads(open(brats["datalist"]).read())
+    one_case = {k: v for k, v in full.items() if k not in ("validation", "testing")}
+    datalist = write_datalist(one_case, tmp_path / "one_case.json")
+    cache_dir = tmp_path / "priors"
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", "precompute",
+        "--config_file", os.path.join(REPO, "configs", "precompute_priors.json"),
+        "--bundle_root", str(tmp_path),
+        "--dataset_dir", str(brats["root"]),
+        "--datalist", datalist,
+        "--prior_cache_dir", str(cache_dir),
+        "--device", "cpu",
+        "--sam_model_type", "tiny",
+        "--sam_checkpoint", str(tiny_sam_checkpoint),
+        "--amg#points_per_side", "4",
+        "--slices_per_batch", "4",
+    ]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "slice/s" in result.stderr
+    (case_id,) = [e["case_id"] for e in one_case["training"]]
+    assert set(os.listdir(cache_dir / case_id)) == KIND_FILES
+    last = json.loads((cache_dir / "last_run.json").read_text())
+    assert (last["computed"], last["cases"], last["generator"]) == (1, 1, "sam_automatic_masks")
+    signature = json.loads((cache_dir / "manifest.json").read_text())["current_signature"]["prior"]
+    assert signature["generator"]["points_per_side"] == 4 and signature["generator"]["sam"]["model_type"] == "tiny"
+    assert signature["generator"]["pred_iou_thresh"] == 0.5  # the config's value where no override was given
