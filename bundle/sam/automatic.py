@@ -150,12 +150,15 @@ class SamAutomaticMasks:
 
     def generate_batch(self, images) -> list[list[dict]]:
         """Mask records for each ``[H, W, 3]`` uint8 slice (slices of one call must share their size)."""
-        images = np.asarray(images) if not isinstance(images, np.ndarray) else images
+        if not isinstance(images, np.ndarray):
+            sizes = sorted({tuple(np.shape(im)) for im in images})
+            if len(sizes) > 1:
+                raise ValueError(f"slices of one batch must share their size, got {sizes}")
+            images = np.asarray(images)
         if len(images) == 0:
             return []
-        if images.ndim != 4:
-            sizes = {tuple(np.asarray(im).shape) for im in images}
-            raise ValueError(f"slices of one batch must share their size, got {sorted(sizes)}")
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected a batch of [H, W, 3] uint8 slices, got an array of shape {images.shape}")
         emb = self.engine.embed(images)
         return self.generate_from_embeddings(emb, images)
 
@@ -245,12 +248,13 @@ class SamAutomaticMasks:
 
         A bilinearly upsampled logit is a convex combination of its four low-resolution neighbours, so the
         full-resolution mask edge lies within half a low-resolution pixel (``s`` slice pixels) of where the
-        low-resolution edge maps to; one more pixel covers rounding in SAM's two-step resize.
+        low-resolution edge maps to; half a slice pixel covers pixel-centre rounding and half a pixel the
+        second step of SAM's two-step resize.
         """
         h, w = emb.original_size
         in_h, in_w = emb.input_size
         size = self.engine.image_size
-        return max(size / low_shape[1] * w / in_w, size / low_shape[0] * h / in_h) / 2.0 + 1.5
+        return max(size / low_shape[1] * w / in_w, size / low_shape[0] * h / in_h) / 2.0 + 1.0
 
     def _low_res_boxes(self, masks: torch.Tensor, emb: SliceEmbeddings, low_shape: tuple) -> torch.Tensor:
         """XYXY boxes in original-slice pixels from low-resolution masks (for NMS only)."""
@@ -333,7 +337,13 @@ def _iou_bounds(box: np.ndarray, err: float, others: np.ndarray, others_err: np.
 
 
 def exact_greedy_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, thresh: float, error: float, exact_boxes, image_size: tuple | None = None
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    thresh: float,
+    error: float,
+    exact_boxes,
+    image_size: tuple | None = None,
+    lookahead: int = 15,
 ) -> torch.Tensor:
     """Greedy box NMS (drop a box whose IoU with a kept, higher-scoring box exceeds ``thresh``) on approximate boxes.
 
@@ -344,6 +354,9 @@ def exact_greedy_nms(
 
     Args:
         image_size: ``(H, W)``; exact boxes never leave the image, so the bounds are clipped to it.
+        lookahead: when boxes must be made exact, the next ``lookahead`` approximate boxes in score order are made
+            exact in the same call (one batched upsampling instead of many small ones; borderline comparisons
+            come in runs of similar masks).
 
     Returns:
         indices of kept boxes, highest score first.
@@ -351,12 +364,15 @@ def exact_greedy_nms(
     n = len(boxes)
     if n == 0:
         return torch.zeros(0, dtype=torch.long)
+    order = torch.argsort(scores.detach().cpu(), descending=True, stable=True)
+    if thresh >= 1.0:  # no IoU exceeds 1: nothing can be suppressed
+        return order
+    order = order.numpy()
     b = boxes.detach().cpu().double().numpy().copy()
     err = np.full(n, float(error))
-    order = torch.argsort(scores.detach().cpu(), descending=True, stable=True).numpy()
     limit = None if image_size is None else np.array([0, 0, image_size[1] - 1, image_size[0] - 1], dtype=float)
     kept: list = []
-    for i in order:
+    for pos, i in enumerate(order):
         if kept:
             k = np.asarray(kept)
             lo, hi = _iou_bounds(b[i], err[i], b[k], err[k], limit)
@@ -366,6 +382,8 @@ def exact_greedy_nms(
             if unsure.any():
                 todo = [j for j in [i, *k[unsure].tolist()] if err[j] > 0]
                 if todo:
+                    ahead = order[pos + 1 :]
+                    todo += ahead[err[ahead] > 0][:lookahead].tolist()
                     b[todo] = exact_boxes(torch.as_tensor(todo)).detach().cpu().double().numpy()
                     err[todo] = 0.0
                 lo, _ = _iou_bounds(b[i], 0.0, b[k], np.zeros(len(k)), limit)

@@ -14,8 +14,8 @@ TC = {1, 4}, ET = {4}; LiTS liver = {1, 2}, tumour = {2}; AbdomenCT-1K one organ
 
   and the label is ``argmax_v score(v)``. For consistent binary predictions this is the exact inverse of
   :class:`LabelToRegions` (BraTS: ET -> 4, TC without ET -> 1, WT without TC -> 2); for inconsistent ones (ET
-  predicted outside TC) it picks the label that disagrees with the fewest channels, and with probabilities the
-  most confident such label. Ties go to the earlier value in ``(0, values ascending)``.
+  predicted outside TC) it picks a label that disagrees with the fewest channels, and with probabilities (what
+  the inference config passes) the most probable one.
 """
 
 from __future__ import annotations

@@ -228,10 +228,3 @@ def main_rank_only(items: Sequence[Any]) -> list:
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return []
     return list(items)
-
-
-def as_name_list(names: str | Sequence[str] | Mapping) -> list[str]:
-    """Channel or class names as a list of strings (a mapping gives its keys, in order)."""
-    if isinstance(names, str):
-        return [names]
-    return [str(n) for n in names]

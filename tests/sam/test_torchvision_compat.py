@@ -218,6 +218,16 @@ def test_import_after_a_failed_partial_import(fresh_import):
     assert SamEngine(build_sam("tiny")).image_size == 256
 
 
+@pytest.mark.skipif(compat.torchvision_available(), reason="a working torchvision is imported and used")
+def test_this_process_keeps_no_torchvision():
+    from monai.utils import optional_import
+
+    assert "segment_anything" in sys.modules
+    assert not _tv_modules()
+    assert not optional_import("torchvision")[1], "MONAI must not see a fake torchvision"
+
+
+@pytest.mark.slow
 def test_fresh_interpreter_keeps_no_torchvision():
     """The real order of a bundle run: monai.networks first (its failed optional import), then bundle.sam."""
     code = textwrap.dedent(

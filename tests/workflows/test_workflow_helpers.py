@@ -1,0 +1,107 @@
+import json
+
+import pytest
+import torch
+from monai.inferers import SliceInferer, SlidingWindowInferer
+
+from bundle.segmentation import workflow as W
+
+
+class FakeGenerator:
+    def __init__(self, name):
+        self.name = name
+
+    def signature(self):
+        return {"generator": self.name, "points_per_side": 4}
+
+
+@pytest.mark.parametrize("mode, expected", [("add", True), ("channels", True), ("concat", True), ("none", False)])
+def test_uses_priors(mode, expected):
+    assert W.uses_priors(mode) is expected
+
+
+def test_flags_reject_typos():
+    with pytest.raises(ValueError, match="none"):
+        W.uses_priors("nnoe")
+    with pytest.raises(ValueError):
+        W.is_slice_network(4)
+
+
+def test_keys_and_modes():
+    assert W.data_keys("concat") == ["image", "prior", "label"]
+    assert W.data_keys("none") == ["image", "label"]
+    assert W.data_keys("add", label=False) == ["image", "prior"]
+    assert W.interp_modes("channels") == ["bilinear", "bilinear", "nearest"]
+    assert W.interp_modes("none", label=False) == ["bilinear"]
+
+
+def test_shapes_and_samples():
+    assert W.crop_size([64, 48, 32], 2) == [64, 48, 1]
+    assert W.crop_size([64, 48, 32], 3) == [64, 48, 32]
+    assert W.samples_per_volume(2, 16, 2) == 16 and W.samples_per_volume(3, 16, 2) == 2
+    with pytest.raises(ValueError, match="three positive sizes"):
+        W.crop_size([64, 64], 2)
+    with pytest.raises(ValueError, match=">= 1"):
+        W.samples_per_volume(3, 16, 0)
+
+
+def test_volume_inferer():
+    slice_inferer = W.volume_inferer(2, [16, 16, 8], sw_batch_size=3)
+    assert isinstance(slice_inferer, SliceInferer) and slice_inferer.spatial_dim == 2
+    window = W.volume_inferer(3, [16, 16, 8])
+    assert isinstance(window, SlidingWindowInferer) and tuple(window.roi_size) == (16, 16, 8)
+    net2d = torch.nn.Conv2d(2, 3, 1)
+    assert slice_inferer(torch.rand(1, 2, 20, 20, 5), net2d).shape == (1, 3, 20, 20, 5)
+
+
+def test_load_datalist_keeps_workflow_keys(tmp_path):
+    case = tmp_path / "BraTS_1"
+    case.mkdir()
+    (case / "a.nii.gz").write_bytes(b"")
+    datalist = {"testing": [{"case_id": "BraTS_1", "image": ["BraTS_1/a.nii.gz"], "label": "BraTS_1/a.nii.gz",
+                             "slice_labels": {"1": [0, 1]}, "num_slices": 2}]}
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps(datalist))
+    (entry,) = W.load_datalist(path, "testing", tmp_path)
+    assert entry == {"case_id": "BraTS_1", "image": [str(case / "a.nii.gz")], "label": str(case / "a.nii.gz")}
+    with pytest.raises(ValueError, match="validation"):
+        W.load_datalist(path, "validation", tmp_path)
+    with pytest.raises(FileNotFoundError, match="prepare_datalist"):
+        W.load_datalist(tmp_path / "missing.json", "testing", tmp_path)
+
+
+def test_input_items(tmp_path):
+    for name in ("volume-1.nii", "volume-2.nii"):
+        (tmp_path / name).write_bytes(b"")
+    items = W.input_items(str(tmp_path / "volume-*.nii"))
+    assert [i["case_id"] for i in items] == ["volume-1", "volume-2"]
+    case = tmp_path / "BraTS_7"
+    case.mkdir()
+    files = []
+    for m in ("flair", "t1", "t1ce", "t2"):
+        files.append(str(case / f"BraTS_7_{m}.nii.gz"))
+        (case / f"BraTS_7_{m}.nii.gz").write_bytes(b"")
+    assert W.input_items([files]) == [{"case_id": "BraTS_7", "image": files}]
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        W.input_items(str(tmp_path / "*.mha"))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        W.input_items([str(tmp_path / "nope.nii")])
+    with pytest.raises(ValueError, match="datalist"):
+        W.input_items(None)
+
+
+def test_prior_description():
+    fallback = W.prior_description("add", FakeGenerator("region_proposals"))
+    assert fallback["generator"] == "region_proposals" and not fallback["is_sam"]
+    assert "NOT SAM priors" in fallback["note"]
+    sam = W.prior_description("concat", FakeGenerator("sam_automatic_masks"))
+    assert sam["is_sam"] and sam["signature"]["points_per_side"] == 4
+    raw = W.prior_description("none", None)
+    assert raw["generator"] is None and "raw baseline" in raw["note"]
+    with pytest.raises(ValueError, match="mask generator"):
+        W.prior_description("concat", None)
+    json.dumps(fallback)
+
+
+def test_main_rank_only_without_distributed():
+    assert W.main_rank_only((1, 2)) == [1, 2]

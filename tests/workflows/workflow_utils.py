@@ -1,0 +1,115 @@
+"""Helpers of the workflow smoke tests: tiny settings, phantom datasets with datalists, an in-process config runner.
+
+Every run uses :data:`TINY` on top of the configs: 32 x 32 phantoms (4 cases: 2 training, 1 validation, 1 testing),
+a two-level UNet, one epoch and four slices (or one crop) per volume, so a train + evaluate + infer cycle takes
+seconds on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from monai.bundle import ConfigWorkflow
+
+from bundle.data.datalist import build_datalist, write_datalist
+from bundle.data.phantom_writers import make_phantoms
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+TRAIN = str(CONFIGS / "train_samaug_seg.json")
+EVALUATE = str(CONFIGS / "evaluate.json")
+INFERENCE = str(CONFIGS / "inference.json")
+METADATA = str(CONFIGS / "metadata.json")
+PRESET_NAMES = ("brats", "lits", "abdomenct1k")
+PRESETS = {name: str(CONFIGS / "presets" / f"{name}.json") for name in PRESET_NAMES}
+#: preset -> (phantom layout written by make_phantoms, dataset name of build_datalist)
+PHANTOM_LAYOUTS = {"brats": ("brats2021", "brats"), "lits": ("lits", "lits"), "abdomenct1k": ("abdomenct1k", "abdomenct1k")}
+
+#: overrides shared by every workflow run of the tests (train, evaluate and inference must build the same network)
+NETWORK = {"network_def#channels": [8, 16, 32], "network_def#strides": [2, 2], "patch_size": [32, 32, 16]}
+TINY = {
+    **NETWORK,
+    "max_epochs": 1,
+    "val_interval": 1,
+    "slices_per_volume": 4,
+    "crops_per_volume": 1,
+    "sw_batch_size": 8,
+}
+#: SAM settings for the random-weight tiny SAM of tests/conftest.py: few prompts, thresholds at 0 so masks exist
+TINY_SAM = {"sam_model_type": "tiny", "amg": {"points_per_side": 4, "points_per_batch": 16, "pred_iou_thresh": 0.0,
+                                              "stability_score_thresh": 0.0, "box_nms_thresh": 0.7}}
+
+
+@dataclass(frozen=True)
+class PhantomSet:
+    """A phantom dataset on disk: its root, datalist and (fresh per test) prior cache."""
+
+    preset: str
+    root: Path
+    datalist: Path
+    cases: dict
+
+    def overrides(self, work: Path) -> dict:
+        """Config keys pointing a run at this dataset, with outputs, models and prior cache under ``work``."""
+        return {
+            "bundle_root": str(REPO),
+            "dataset_dir": str(self.root),
+            "datalist": str(self.datalist),
+            "prior_cache_dir": str(work / "priors"),
+            "output_dir": str(work / "run"),
+            "ckpt_dir": str(work / "models"),
+        }
+
+
+def make_phantom_set(preset: str, root: Path, cases: int = 4, size: int = 32, seed: int = 0) -> PhantomSet:
+    """Write ``cases`` phantoms of ``preset``'s dataset into ``root`` with a 2 / 1 / 1 (for 4 cases) datalist."""
+    layout, dataset = PHANTOM_LAYOUTS[preset]
+    make_phantoms(layout, root, cases=cases, size=size, seed=seed)
+    datalist = build_datalist(dataset, root, val_fraction=0.25, test_fraction=0.25, seed=seed, progress=False)
+    path = Path(write_datalist(datalist, root / "datalist.json"))
+    cases = {s: [e["case_id"] for e in datalist[s]] for s in ("training", "validation", "testing")}
+    return PhantomSet(preset, root, path, cases)
+
+
+def config_files(preset: str | None, *extra: str) -> list[str]:
+    """The training config, the preset (if any), then ``extra`` files, in merge order."""
+    return [TRAIN] + ([PRESETS[preset]] if preset else []) + list(extra)
+
+
+def run_workflow(files, run_id: str, workflow_type: str, **overrides) -> ConfigWorkflow:
+    """Run a bundle config in-process like ``python -m monai.bundle run RUN_ID``; returns the finished workflow."""
+    workflow = ConfigWorkflow(
+        config_file=list(files), workflow_type=workflow_type, run_id=run_id, logging_file=False,
+        meta_file=METADATA, **overrides,
+    )
+    workflow.initialize()
+    try:
+        workflow.run()
+    finally:
+        workflow.finalize()
+    return workflow
+
+
+def train(data: PhantomSet, work: Path, **overrides) -> ConfigWorkflow:
+    """Tiny training run of ``data``'s preset, outputs under ``work``."""
+    return run_workflow(config_files(data.preset), "training", "train", **{**TINY, **data.overrides(work), **overrides})
+
+
+def evaluate(data: PhantomSet, work: Path, **overrides) -> dict:
+    """Evaluate the model of ``work`` on the testing split; returns the metrics summary written."""
+    workflow = run_workflow(
+        config_files(data.preset, EVALUATE), "evaluating", "train", **{**TINY, **data.overrides(work), **overrides}
+    )
+    eval_dir = workflow.parser.get_parsed_content("eval_dir")
+    with open(os.path.join(eval_dir, "metrics_summary.json")) as f:
+        return json.load(f)
+
+
+def infer(data: PhantomSet, work: Path, **overrides) -> ConfigWorkflow:
+    """Run ``configs/inference.json`` (+ preset) with the model of ``work``; predictions in ``work/predictions``."""
+    keys = {**NETWORK, **data.overrides(work), "output_dir": str(work / "predictions"), **overrides}
+    keys.pop("max_epochs", None)
+    return run_workflow([INFERENCE, PRESETS[data.preset]], "inferring", "infer", **keys)
