@@ -5,6 +5,7 @@ Example::
     python scripts/bench_priors.py                                   # tiny SAM trained on shapes, 4 phantom slices
     python scripts/bench_priors.py --model-type vit_b --slices 2 --points-per-side 16   # ViT-B, random weights
     python scripts/bench_priors.py --autocast bf16 --skip-background-points --repeat 3
+    OMP_WAIT_POLICY=PASSIVE python scripts/bench_priors.py --speed-steps   # on a CPU shared with other processes
 
 On the same phantom slices, the same model and the same point prompts it times, in one run:
 
@@ -13,13 +14,16 @@ On the same phantom slices, the same model and the same point prompts it times, 
 (b) engine: ``SamAutomaticMasks(SamEngine(model)).generate_batch`` + the same ``samaug_prior_maps``;
 (c) floor: the network alone for the prompts of (b): the image encoder once per slice (batched) and SAM's own
     ``prompt_encoder`` + ``mask_decoder`` (multimask) over the point grid in batches of ``points_per_batch``, nothing
-    else. No pipeline built on these forward passes can be faster, so ``b / c`` is the engine's overhead.
+    else. ``b / c`` is the engine's overhead over the network; it drops below 1 only where the engine does less
+    network work than SAM's own modules (its shared first decoder block, its skipped fourth mask token).
 
 Measurements are interleaved (a, b, c, then c, b, a, ...) and each time is the best of ``--repeat`` runs, so a burst
 of load from other processes on a shared machine hits all pipelines alike. The engine's own time is broken down by
 wrapping its methods on the instance (the modules are not changed). ``--speed-steps`` (off by default) measures, in the
 same run, what each speed step of the engine buys and costs: the shared first decoder block, bf16 autocast, and
-skipping background grid points. The last line is machine-readable:
+skipping background grid points (``--no-precision-step`` leaves out the bf16 run, which is slow on CPUs without native
+bf16). On a CPU shared with other processes set ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads that wait for a
+descheduled sibling made small operations 5-20x slower there (docs/benchmarks.md). The last line is machine-readable:
 ``speedup_vs_reference=<a/b> ratio_to_floor=<b/c> seg_prior_pearson=<x> boundary_dice=<x>``
 (agreement of the engine's priors with the reference's, Pearson of the segmentation priors pooled over slices and
 Dice of the boundary priors).
@@ -58,9 +62,10 @@ from bundle.sam.slices import SliceWindow  # noqa: E402
 from bundle.sam.torchvision_compat import import_segment_anything  # noqa: E402
 
 DEFAULT_CHECKPOINT = ROOT / "models" / "bench_sam_tiny_shapes.pth"
-# per model size: (slices, points per side) chosen so the default run fits its time budget on 2 CPU cores
-DEFAULTS = {"tiny": (4, 32), "small": (4, 32)}
-DEFAULTS_LARGE = (2, 16)
+# per model size: (slices, points per side, repeats) chosen so the default run fits its time budget on 2 CPU cores
+# (tiny: about 1.5 min; ViT-B: about 4 min on an idle machine, 13 min at a load of 3-4)
+DEFAULTS = {"tiny": (4, 32, 2), "small": (4, 32, 2)}
+DEFAULTS_LARGE = (2, 16, 1)
 AUTOCAST = {"none": None, "bf16": torch.bfloat16}
 
 
@@ -324,9 +329,10 @@ def plain_decoder_outputs(model, emb, idx, coords, n: int):
     sa = import_segment_anything()
     resize = sa.utils.transforms.ResizeLongestSide(model.image_encoder.img_size)
     s = int(idx[0])
-    pts = torch.as_tensor(resize.apply_coords(coords[:n], emb.original_size), dtype=torch.float32)
-    sparse, dense = model.prompt_encoder(points=(pts[:, None], torch.ones(n, 1, dtype=torch.int)), boxes=None,
-                                         masks=None)
+    device = model.device
+    pts = torch.as_tensor(resize.apply_coords(coords[:n], emb.original_size), dtype=torch.float32, device=device)
+    labels = torch.ones(n, 1, dtype=torch.int, device=device)
+    sparse, dense = model.prompt_encoder(points=(pts[:, None], labels), boxes=None, masks=None)
     low, iou = model.mask_decoder(emb.embeddings[s : s + 1], model.prompt_encoder.get_dense_pe(), sparse, dense,
                                   multimask_output=True)
     return iou, low
@@ -380,9 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision of (b) and (c); the reference always runs float32")
     p.add_argument("--skip-background-points", action="store_true",
                    help="(b) and (c) skip grid points on zero-valued background; the reference keeps the full grid")
-    p.add_argument("--repeat", type=int, default=2, help="interleaved repetitions; the best time of each is kept")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="interleaved repetitions, the best time of each is kept (default 2 for tiny, 1 for ViTs)")
     p.add_argument("--speed-steps", action="store_true",
                    help="also measure each speed step of the engine (shared block, bf16, background skip)")
+    p.add_argument("--precision-step", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --speed-steps: also run engine and floor in the other precision (bf16 <-> float32); "
+                        "slow where the CPU has no native bf16 (12x for ViT-B on AVX2)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -412,9 +422,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    slices_default, pps_default = DEFAULTS.get(args.model_type, DEFAULTS_LARGE)
+    slices_default, pps_default, repeat_default = DEFAULTS.get(args.model_type, DEFAULTS_LARGE)
     args.slices = args.slices or slices_default
     args.points_per_side = args.points_per_side or pps_default
+    args.repeat = args.repeat or repeat_default
     if args.repeat < 1:
         raise SystemExit("--repeat must be >= 1")
     load_start = os.getloadavg()
@@ -454,12 +465,13 @@ def main(argv=None) -> int:
     run_floor(model, images[:1], argparse.Namespace(**{**vars(args), "points_per_side": 2}), main_ac, False)
 
     emb = None
+    on_cpu = device.type == "cpu"  # on a GPU the timers' synchronisation would slow (b): break down separately
     measurements = {
         "a": lambda: run_reference(model, images, amg_kwargs(args)),
-        "b": lambda: run_engine(model, images, args, main_ac, skip, breakdown=device.type == "cpu"),
+        "b": lambda: run_engine(model, images, args, main_ac, skip, breakdown=on_cpu),
         "c": lambda: run_floor(model, images, args, main_ac, skip),
     }
-    if device.type != "cpu":  # timers synchronise the GPU: break down in a separate run
+    if not on_cpu:
         measurements["b_breakdown"] = lambda: run_engine(model, images, args, main_ac, skip, breakdown=True)
     if args.speed_steps:
         emb = SamEngine(model, batch_size=args.batch_size, autocast=main_ac).embed(images)
@@ -467,10 +479,13 @@ def main(argv=None) -> int:
         measurements.update({
             "dec_shared": lambda: run_engine_decoder(model, args, emb, idx, coords, main_ac, shared=True),
             "dec_unshared": lambda: run_engine_decoder(model, args, emb, idx, coords, main_ac, shared=False),
-            "b_alt_precision": lambda: run_engine(model, images, args, alt_ac, skip, breakdown=device.type == "cpu"),
-            "c_alt_precision": lambda: run_floor(model, images, args, alt_ac, skip),
-            "b_alt_skip": lambda: run_engine(model, images, args, main_ac, not skip, breakdown=device.type == "cpu"),
+            "b_alt_skip": lambda: run_engine(model, images, args, main_ac, not skip, breakdown=on_cpu),
         })
+        if args.precision_step:
+            measurements.update({
+                "b_alt_precision": lambda: run_engine(model, images, args, alt_ac, skip, breakdown=on_cpu),
+                "c_alt_precision": lambda: run_floor(model, images, args, alt_ac, skip),
+            })
     best, first = {}, {}
     for r in range(args.repeat):
         order = list(measurements) if r % 2 == 0 else list(reversed(measurements))
@@ -510,7 +525,8 @@ def main(argv=None) -> int:
         groups = summarise(bd_source["breakdown"])
         for name, sec in groups.items():
             print(f"  {name:55s} {sec:8.3f} s  {100 * sec / total:5.1f} %")
-        print(f"  floor for comparison: encoder {c['encoder']:.3f} s, prompt encoder + mask decoder {c['decoder']:.3f} s")
+        print(f"  floor for comparison: encoder {c['encoder']:.3f} s, "
+              f"prompt encoder + mask decoder {c['decoder']:.3f} s")
         results["breakdown"], results["stages"] = bd_source["breakdown"], groups
 
     if args.speed_steps:
@@ -526,15 +542,16 @@ def main(argv=None) -> int:
               f"shared {ds[0]:.2f} s, engine unshared {du[0]:.2f} s, plain mask_decoder (floor) {c['decoder']:.2f} s "
               f"-> {du[0] / ds[0]:.2f}x vs unshared, {c['decoder'] / ds[0]:.2f}x vs plain; max |logit diff| vs plain "
               f"{err_s:.2e} (unshared {err_u:.2e}), max |IoU diff| {err_iou:.2e}")
-        bp, cp = best["b_alt_precision"], best["c_alt_precision"]
-        pa, da = agreement(a["priors"], bp[1]["priors"])
-        enc_main, enc_alt = c["encoder"], cp[1]["encoder"]
-        dec_main, dec_alt = c["decoder"], cp[1]["decoder"]
-        labels = {"none": "float32", "bf16": "bf16"}
-        print(f"(2) autocast {labels[main_ac]} -> {labels[alt_ac]}: encoder {enc_main:.2f} -> {enc_alt:.2f} s "
-              f"({enc_main / enc_alt:.2f}x), plain decoder {dec_main:.2f} -> {dec_alt:.2f} s "
-              f"({dec_main / dec_alt:.2f}x), engine {tb:.2f} -> {bp[0]:.2f} s ({tb / bp[0]:.2f}x); "
-              f"priors vs (a) with {labels[alt_ac]}: seg Pearson {pa:.4f}, boundary Dice {da:.4f}")
+        if args.precision_step:
+            bp, cp = best["b_alt_precision"], best["c_alt_precision"]
+            pa, da = agreement(a["priors"], bp[1]["priors"])
+            enc_main, enc_alt = c["encoder"], cp[1]["encoder"]
+            dec_main, dec_alt = c["decoder"], cp[1]["decoder"]
+            labels = {"none": "float32", "bf16": "bf16"}
+            print(f"(2) autocast {labels[main_ac]} -> {labels[alt_ac]}: encoder {enc_main:.2f} -> {enc_alt:.2f} s "
+                  f"({enc_main / enc_alt:.2f}x), plain decoder {dec_main:.2f} -> {dec_alt:.2f} s "
+                  f"({dec_main / dec_alt:.2f}x), engine {tb:.2f} -> {bp[0]:.2f} s ({tb / bp[0]:.2f}x); "
+                  f"priors vs (a) with {labels[alt_ac]}: seg Pearson {pa:.4f}, boundary Dice {da:.4f}")
         bs = best["b_alt_skip"]
         ps, dsk = agreement(a["priors"], bs[1]["priors"])
         print(f"(3) skip_background_points {skip} -> {not skip}: engine {tb:.2f} -> {bs[0]:.2f} s "
@@ -543,13 +560,16 @@ def main(argv=None) -> int:
         results["speed_steps"] = {
             "decoder_shared_s": ds[0], "decoder_unshared_s": du[0], "decoder_plain_s": c["decoder"],
             "max_logit_diff_shared": err_s, "max_logit_diff_unshared": err_u, "max_iou_diff": err_iou,
-            "alt_precision": alt_ac, "encoder_s": [enc_main, enc_alt], "plain_decoder_s": [dec_main, dec_alt],
-            "engine_s": [tb, bp[0]], "alt_precision_agreement": [pa, da], "skip_toggled": not skip,
+            "skip_toggled": not skip,
             "skip_engine_s": [tb, bs[0]], "skip_prompts": [b["prompts"], bs[1]["prompts"]],
             "skip_agreement": [ps, dsk],
         }
-        if "breakdown" in bp[1]:
-            results["speed_steps"]["alt_precision_breakdown"] = bp[1]["breakdown"]
+        if args.precision_step:
+            results["speed_steps"].update({
+                "alt_precision": alt_ac, "encoder_s": [enc_main, enc_alt], "plain_decoder_s": [dec_main, dec_alt],
+                "engine_s": [tb, bp[0]], "alt_precision_agreement": [pa, da],
+                "alt_precision_breakdown": bp[1].get("breakdown"),
+            })
     print(f"\nload average at end (1/5/15 min): {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}; "
           f"wall time {time.perf_counter() - started:.0f} s")
     if args.json:

@@ -3,7 +3,7 @@
 # three training seeds each: 12 trainings + 12 evaluations with the bundle's own configs, then one comparison table
 # per dataset (scripts/compare_runs.py). Results are written under $ROOT; docs/comparison.md reports a run of it.
 #
-#   bash scripts/run_comparison.sh                     # everything under ./comparison
+#   bash scripts/run_comparison.sh                     # everything under runs/comparison (git-ignored)
 #   ROOT=/tmp/cmp SEEDS="0 1" bash scripts/run_comparison.sh
 #
 # Environment: ROOT (output folder), PYTHON (interpreter), SEEDS, CASES and SIZE (phantoms per dataset, in-plane
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROOT=${ROOT:-comparison}
+ROOT=${ROOT:-runs/comparison}
 PYTHON=${PYTHON:-python}
 SEEDS=${SEEDS:-"0 1 2"}
 CASES=${CASES:-10}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -40,6 +40,10 @@ __all__ = [
     "load_datalist",
     "input_items",
     "prior_description",
+    "init_distributed",
+    "distributed_device",
+    "distributed_network",
+    "rank_log_dir",
     "main_rank_only",
 ]
 
@@ -222,9 +226,44 @@ def prior_description(prior_mode: str, generator: Any = None) -> dict:
     return {"prior_mode": prior_mode, "generator": name, "is_sam": is_sam, "note": note, "signature": signature}
 
 
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def init_distributed() -> int:
+    """Join the process group that ``torchrun`` describes (NCCL with CUDA, gloo on CPU); returns this rank.
+
+    A no-op returning the rank when the group exists already. With CUDA the process uses ``cuda:$LOCAL_RANK``.
+    """
+    dist = torch.distributed
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(distributed_device())
+    return dist.get_rank()
+
+
+def distributed_device() -> torch.device:
+    """``cuda:$LOCAL_RANK`` with CUDA (``LOCAL_RANK`` is set by ``torchrun``), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return torch.device("cpu")
+
+
+def distributed_network(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``network`` on ``device`` wrapped in ``DistributedDataParallel`` (``device_ids`` only for a CUDA device)."""
+    device = torch.device(device)
+    device_ids = [device] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(network.to(device), device_ids=device_ids)
+
+
+def rank_log_dir(log_dir: str | os.PathLike) -> str:
+    """``log_dir`` on rank 0, ``log_dir/rank<r>`` on the other ranks, so TensorBoard writers never share a file."""
+    rank = _rank()
+    return os.fspath(log_dir) if rank == 0 else os.path.join(os.fspath(log_dir), f"rank{rank}")
+
+
 def main_rank_only(items: Sequence[Any]) -> list:
     """``items`` on rank 0 (or without ``torch.distributed``), ``[]`` on other ranks: handlers that write files."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
-        return []
-    return list(items)
+    return list(items) if _rank() == 0 else []

@@ -26,7 +26,11 @@ METADATA = str(CONFIGS / "metadata.json")
 PRESET_NAMES = ("brats", "lits", "abdomenct1k")
 PRESETS = {name: str(CONFIGS / "presets" / f"{name}.json") for name in PRESET_NAMES}
 #: preset -> (phantom layout written by make_phantoms, dataset name of build_datalist)
-PHANTOM_LAYOUTS = {"brats": ("brats2021", "brats"), "lits": ("lits", "lits"), "abdomenct1k": ("abdomenct1k", "abdomenct1k")}
+PHANTOM_LAYOUTS = {
+    "brats": ("brats2021", "brats"),
+    "lits": ("lits", "lits"),
+    "abdomenct1k": ("abdomenct1k", "abdomenct1k"),
+}
 
 #: overrides shared by every workflow run of the tests (train, evaluate and inference must build the same network)
 NETWORK = {"network_def#channels": [8, 16, 32], "network_def#strides": [2, 2], "patch_size": [32, 32, 16]}
