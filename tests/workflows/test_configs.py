@@ -16,6 +16,7 @@ from workflow_utils import (
     NETWORK,
     PRESET_NAMES,
     PRESETS,
+    REPO,
     TRAIN,
     TINY,
     config_files,
@@ -64,7 +65,7 @@ def test_train_and_infer_properties(preset, phantom_set, tmp_path, caplog):
 
 def test_prior_keys_shared_with_precompute():
     """Training and precompute read the same keys with the same defaults, so they share one prior cache."""
-    precompute = json.load(open("configs/precompute_priors.json"))
+    precompute = json.load(open(REPO / "configs" / "precompute_priors.json"))
     for name in (TRAIN, INFERENCE):
         config = json.load(open(name))
         for key in SAM_KEYS:

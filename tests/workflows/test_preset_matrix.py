@@ -1,12 +1,12 @@
-"""Slow tier: every preset with a 2D and a 3D network through train -> evaluate -> infer, covering the other
-``prior_mode`` / ``train_mode`` / ``infer_mode`` values on the way (``pytest -m slow tests/workflows``)."""
+"""Every preset with a 2D and a 3D network through train -> evaluate -> infer, covering the other ``prior_mode`` /
+``train_mode`` / ``infer_mode`` values on the way (about 1 s per case on an idle 2-core machine, 5-15 s when the cores
+are shared, so it stays in the default tier)."""
 
 from __future__ import annotations
 
 import pytest
 
-from test_end_to_end import check_predictions, check_summary, check_training_outputs
-from workflow_utils import evaluate, infer, train
+from workflow_utils import check_predictions, check_summary, check_training_outputs, evaluate, infer, train
 
 #: (preset, spatial_dims, extra config keys); the default prior_mode of each preset unless given
 MATRIX = [
@@ -33,7 +33,6 @@ def _channel_names(preset: str, prior_mode: str) -> list[str]:
     return image + ["sam_seg_prior", "sam_boundary_prior"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("preset, spatial_dims, extra", MATRIX, ids=[f"{p}-{d}d" for p, d, _ in MATRIX])
 def test_preset_train_evaluate_infer(preset, spatial_dims, extra, phantom_set, tmp_path):
     data = phantom_set(preset)

@@ -12,7 +12,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+import torch
 from monai.bundle import ConfigWorkflow
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bundle.data.datalist import build_datalist, write_datalist
 from bundle.data.phantom_writers import make_phantoms
@@ -117,3 +121,55 @@ def infer(data: PhantomSet, work: Path, **overrides) -> ConfigWorkflow:
     keys = {**NETWORK, **data.overrides(work), "output_dir": str(work / "predictions"), **overrides}
     keys.pop("max_epochs", None)
     return run_workflow([INFERENCE, PRESETS[data.preset]], "inferring", "infer", **keys)
+
+
+METRICS = {"dice", "jaccard", "hd95", "slice_dice", "slice_jaccard", "slice_assd", "slice_hd95"}
+
+
+def tensorboard_tags(log_dir: Path) -> tuple[dict, dict]:
+    """``(tags by kind, {text tag: text})`` of the event files in ``log_dir``."""
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    texts = {t: events.Tensors(t)[-1].tensor_proto.string_val[0].decode() for t in tags["tensors"]}
+    return tags, texts
+
+
+def check_training_outputs(work: Path, class_names: list[str], channel_names: list[str]) -> str:
+    """Best model, last checkpoint and TensorBoard logs of a finished 1-epoch run; returns the prior-generator text."""
+    state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert state and all(isinstance(v, torch.Tensor) for v in state.values())  # a bare network state_dict
+    last = torch.load(work / "run" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert set(last) == {"network", "optimizer", "lr_scheduler", "best_model", "trainer", "info"}
+    assert last["trainer"]["iteration"] == last["trainer"]["epoch_length"] and last["best_model"]["_saved"]
+    assert last["info"]["channel_names"] == channel_names
+    tags, texts = tensorboard_tags(work / "run")
+    expected = {"train_loss", "lr", "train_mean_dice", "val_mean_dice"} | {f"val_mean_dice_{c}" for c in class_names}
+    assert expected <= set(tags["scalars"])
+    images = set(tags["images"])
+    assert {"val/case0/label0", "val/case0/pred0"} <= images
+    for name in channel_names:
+        if "+" not in name:  # "CT+sam_seg_prior" is computed in the network input, the logger shows the parts
+            assert f"val/case0/{name}" in images
+    (text,) = [v for k, v in texts.items() if k.startswith("prior_generator")]
+    return text
+
+
+def check_predictions(data: PhantomSet, work: Path, values: set[int]) -> None:
+    """One label map per testing case, on the input's grid (shape and affine) with the dataset's label values."""
+    outputs = sorted((work / "predictions").glob("*_seg.nii.gz"))
+    assert len(outputs) == len(data.cases["testing"]) == 1
+    with open(data.datalist) as f:
+        (entry,) = json.load(f)["testing"]
+    reference = nib.load(data.root / entry["label"])
+    prediction = nib.load(outputs[0])
+    assert prediction.shape == reference.shape
+    np.testing.assert_allclose(prediction.affine, reference.affine, atol=1e-4)
+    found = set(np.unique(np.asarray(prediction.dataobj)).astype(int).tolist())
+    assert found <= values
+
+
+def check_summary(summary: dict, class_names: list[str], prior_mode: str, generator: str | None) -> None:
+    assert summary["n_cases"] == 1 and summary["class_names"] == class_names
+    assert set(summary["metrics"][class_names[0]]) == METRICS
+    assert summary["tags"]["prior_mode"] == prior_mode and summary["tags"]["prior_generator"] == generator
