@@ -23,19 +23,8 @@ import numpy as np
 import torch
 
 from bundle.sam.engine import SamEngine, SliceEmbeddings
-from bundle.sam.torchvision_compat import batched_nms as _batched_nms_fallback
-from bundle.sam.torchvision_compat import torchvision_available
 
 __all__ = ["SamAutomaticMasks", "point_grid", "stability_score", "masks_to_boxes", "exact_greedy_nms"]
-
-
-def _nms(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) -> torch.Tensor:
-    cats = torch.zeros(len(boxes), dtype=torch.long, device=boxes.device)
-    if torchvision_available():
-        from torchvision.ops import batched_nms
-
-        return batched_nms(boxes.float(), scores.float(), cats, iou_threshold=thresh)
-    return _batched_nms_fallback(boxes, scores, cats, iou_threshold=thresh)
 
 
 def point_grid(points_per_side: int) -> np.ndarray:
