@@ -188,7 +188,7 @@ class Timers:
 
 # module-level functions of bundle.sam.automatic that the engine's finishing step may call (the module evolves: only
 # those that exist are wrapped)
-_MODULE_HOOKS = {"exact_greedy_nms": "NMS", "_nms": "NMS"}
+_MODULE_HOOKS = {"exact_greedy_nms": "NMS"}
 _GENERATOR_HOOKS = {"_decode_batch": "decode batch", "_finish_slice": "finish slice",
                     "_full_resolution": "full-res masks"}
 _ENGINE_HOOKS = {"embed": "encoder", "decode_tokens": "decoder tokens", "mask_logits": "mask logits",

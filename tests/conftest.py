@@ -46,13 +46,7 @@ def shapes_sam_checkpoint() -> Path:
     key = hashlib.sha256(source + f"{SHAPES_STEPS}-{SHAPES_BATCH}-{torch.__version__}".encode()).hexdigest()[:16]
     path = _cache_dir() / f"sam_tiny_shapes_{key}.pth"
     if not path.is_file():
-        torch.manual_seed(0)
-        model = loading.load_sam("tiny")
-        training.train_on_shapes(model, steps=SHAPES_STEPS, batch=SHAPES_BATCH, seed=0)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
+        training.make_shapes_checkpoint(path, "tiny", steps=SHAPES_STEPS, batch=SHAPES_BATCH, seed=0)
     return path
 
 

@@ -24,6 +24,8 @@ from monai.transforms import LoadImage, LoadImaged, MapTransform, Transform
 from monai.data.utils import is_no_channel
 from monai.utils import TransformBackends
 
+from bundle.data.case_ids import SOURCE_FILES_KEY
+
 __all__ = [
     "InputError",
     "SOURCE_FILES_KEY",
@@ -36,9 +38,6 @@ __all__ = [
 ]
 
 
-SOURCE_FILES_KEY = "source_filenames"
-"""Meta key where :class:`LoadCheckedImaged` records every file of a key that stacked several (newline-joined):
-MONAI keeps only the first in ``filename_or_obj``, and a NaN in the third modality should name the third file."""
 
 
 class InputError(ValueError):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bundle.atomic import atomic_path
 from bundle.sam.loading import load_sam
 
 __all__ = ["random_shapes", "train_on_shapes", "make_shapes_checkpoint"]
@@ -98,14 +99,13 @@ def train_on_shapes(model: torch.nn.Module, steps: int = 300, batch: int = 8, po
     return losses
 
 
-def make_shapes_checkpoint(path: str | os.PathLike, model_type: str = "tiny", steps: int = 300, seed: int = 0) -> Path:
-    """Train a ``model_type`` SAM on shapes and save its state dict to ``path`` (atomically)."""
-    path = Path(path)
+def make_shapes_checkpoint(
+    path: str | os.PathLike, model_type: str = "tiny", steps: int = 300, batch: int = 8, seed: int = 0
+) -> Path:
+    """Train a ``model_type`` SAM on shapes and save its state dict to ``path`` (atomically; the tests' fixture)."""
     torch.manual_seed(seed)
     model = load_sam(model_type)
-    train_on_shapes(model, steps=steps, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-    return path
+    train_on_shapes(model, steps=steps, batch=batch, seed=seed)
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+    return Path(path)

@@ -20,6 +20,7 @@ import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
 from bundle.atomic import atomic_path
+from bundle.distributed import is_main_process
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
@@ -42,12 +43,6 @@ def _unwrap(obj: Any) -> Any:
     if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
         return obj.module
     return obj
-
-
-def _is_main_process() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
 
 
 class EpochCheckpointSaver:
@@ -109,7 +104,7 @@ class EpochCheckpointSaver:
 
     def __call__(self, engine: Engine | None = None) -> None:
         """Write the checkpoint now."""
-        if not _is_main_process():
+        if not is_main_process():
             return
         checkpoint = {k: _unwrap(obj).state_dict() for k, obj in self.save_dict.items()}
         if self.engine_key is not None and engine is not None:

@@ -34,13 +34,14 @@ import numpy as np
 import torch
 from monai.data import MetaTensor, decollate_batch
 from monai.data.utils import affine_to_spacing
-from monai.utils import IgniteInfo, ImageMetaKey, min_version, optional_import, string_list_all_gather
+from monai.utils import IgniteInfo, min_version, optional_import, string_list_all_gather
 
+from bundle import distributed
 from bundle.atomic import write_text_atomic
+from bundle.data.case_ids import case_id_from_files, source_files_of
 from bundle.segmentation.metrics import METRIC_DEFINITIONS, SLICE_METRICS, VOLUME_METRICS, case_metrics
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
-idist, _ = optional_import("ignite", IgniteInfo.OPT_IMPORT_VERSION, min_version, "distributed")
 if TYPE_CHECKING:
     from ignite.engine import Engine
 else:
@@ -64,31 +65,18 @@ PER_CASE_JSON = "metrics_per_case.json"
 SUMMARY_JSON = "metrics_summary.json"
 METRIC_NAMES = VOLUME_METRICS + SLICE_METRICS
 
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".npy", ".npz", ".dcm", ".gz")
-
-
-def _source_of(*tensors) -> str | None:
+def _sources_of(*tensors) -> list[str]:
     for t in tensors:
-        if isinstance(t, MetaTensor):
-            src = t.meta.get(ImageMetaKey.FILENAME_OR_OBJ)
-            if isinstance(src, (list, tuple)):  # multi-file inputs (e.g. BraTS modalities): the first names the case
-                src = src[0] if src else None
-            if src:
-                return str(src)
-    return None
+        if isinstance(t, MetaTensor) and source_files_of(t):
+            return source_files_of(t)
+    return []
 
 
 def case_id_from_meta(*tensors) -> str | None:
-    """Case id from the first ``MetaTensor`` carrying ``filename_or_obj``: the file name without folders and
-    image extensions (``/data/LiTS/segmentation-3.nii.gz`` -> ``segmentation-3``); ``None`` if there is none."""
-    src = _source_of(*tensors)
-    if src is None:
-        return None
-    name = Path(src.rstrip("/\\")).name
-    for suffix in _IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    """Case id from the first ``MetaTensor`` carrying its source file names (``/data/LiTS/segmentation-3.nii.gz`` ->
+    ``segmentation-3``, see :mod:`bundle.data.case_ids`); ``None`` if there is none."""
+    files = _sources_of(*tensors)
+    return case_id_from_files(files) if files else None
 
 
 def spacing_from_meta(*tensors) -> list[float]:
@@ -131,7 +119,7 @@ def case_record(
         spacing = spacing_from_meta(label, pred)
     return {
         "case_id": case_id if case_id is not None else case_id_from_meta(label, pred),
-        "source": _source_of(label, pred),
+        "source": next(iter(_sources_of(label, pred)), None),
         "spacing": [float(s) for s in spacing],
         "metrics": case_metrics(pred, label, spacing=spacing, class_names=class_names),
     }
@@ -304,7 +292,7 @@ class SegmentationReport:
             if case_id is None:
                 case_id = case_id_from_meta(label, pred)
             if case_id is None:
-                case_id = f"rank{idist.get_rank()}_case{len(self._records):04d}"
+                case_id = f"rank{distributed.rank()}_case{len(self._records):04d}"
                 warnings.warn(f"no {self.case_id_key!r} key and no filename_or_obj meta: naming the case {case_id}")
             record = case_record(
                 _to_cpu(pred), _to_cpu(label), class_names=self._class_names_for(pred), case_id=str(case_id)
@@ -317,14 +305,14 @@ class SegmentationReport:
         return self.class_names
 
     def _write(self, engine: Engine) -> None:
-        world = idist.get_world_size()
+        world = distributed.world_size()
         if self.save_rank >= world:
             raise ValueError(f"save_rank {self.save_rank} is not a rank of this {world}-process group")
         records = self._records
         if world > 1:
             gathered = string_list_all_gather([json.dumps(r) for r in records])
             records = [json.loads(s) for s in gathered if s]
-        if idist.get_rank() != self.save_rank:
+        if distributed.rank() != self.save_rank:
             return
         duplicates = sorted(i for i, k in Counter(r["case_id"] for r in records).items() if k > 1)
         if duplicates:

@@ -25,6 +25,8 @@ from monai.data import load_decathlon_datalist
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.utils import look_up_option
 
+from bundle import distributed
+from bundle.data.case_ids import case_id_from_files
 from bundle.segmentation.inputs import PRIOR_MODES
 
 __all__ = [
@@ -44,13 +46,11 @@ __all__ = [
     "distributed_device",
     "distributed_network",
     "rank_log_dir",
-    "main_rank_only",
 ]
 
 SPATIAL_DIMS = (2, 3)
 #: datalist fields the segmentation workflows read; the others (slice labels of varying length) would break collation
 DATALIST_KEYS = ("case_id", "image", "label")
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".mhd")
 
 
 def uses_priors(prior_mode: str) -> bool:
@@ -158,17 +158,6 @@ def load_datalist(
     return out
 
 
-def _case_id_of_files(files: str | Sequence[str]) -> str:
-    if isinstance(files, (str, os.PathLike)):
-        name = os.path.basename(os.fspath(files))
-        for suffix in _IMAGE_SUFFIXES:
-            if name.lower().endswith(suffix):
-                return name[: -len(suffix)]
-        return name
-    # several modality files of one case: the case is the folder holding them (BraTS layout)
-    return os.path.basename(os.path.dirname(os.path.abspath(os.fspath(files[0]))))
-
-
 def input_items(
     input_files: str | Sequence[str | Sequence[str]] | None,
     datalist: str | os.PathLike | None = None,
@@ -196,7 +185,7 @@ def input_items(
         missing = [f for f in files for p in ([f] if isinstance(f, (str, os.PathLike)) else f) if not os.path.exists(p)]
         if missing:
             raise FileNotFoundError(f"input files not found: {missing}")
-        return [{"case_id": _case_id_of_files(f), "image": f} for f in files]
+        return [{"case_id": case_id_from_files(f), "image": f} for f in files]
     if datalist is None or data_root is None:
         raise ValueError("give input_files, or a datalist and its data root.")
     return load_datalist(datalist, section, data_root, keys=("case_id", "image"))
@@ -224,11 +213,6 @@ def prior_description(prior_mode: str, generator: Any = None) -> dict:
         note = (f"weight-free fallback generator {name!r} (no SAM checkpoint configured): classical region "
                 "proposals stand in for SAM's masks; these priors are NOT SAM priors")
     return {"prior_mode": prior_mode, "generator": name, "is_sam": is_sam, "note": note, "signature": signature}
-
-
-def _rank() -> int:
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def init_distributed() -> int:
@@ -260,10 +244,5 @@ def distributed_network(network: torch.nn.Module, device: torch.device) -> torch
 
 def rank_log_dir(log_dir: str | os.PathLike) -> str:
     """``log_dir`` on rank 0, ``log_dir/rank<r>`` on the other ranks, so TensorBoard writers never share a file."""
-    rank = _rank()
+    rank = distributed.rank()
     return os.fspath(log_dir) if rank == 0 else os.path.join(os.fspath(log_dir), f"rank{rank}")
-
-
-def main_rank_only(items: Sequence[Any]) -> list:
-    """``items`` on rank 0 (or without ``torch.distributed``), ``[]`` on other ranks: handlers that write files."""
-    return list(items) if _rank() == 0 else []

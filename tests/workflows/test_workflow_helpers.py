@@ -101,7 +101,3 @@ def test_prior_description():
     with pytest.raises(ValueError, match="mask generator"):
         W.prior_description("concat", None)
     json.dumps(fallback)
-
-
-def test_main_rank_only_without_distributed():
-    assert W.main_rank_only((1, 2)) == [1, 2]
