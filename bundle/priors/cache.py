@@ -1,21 +1,27 @@
-"""Prior cache: SAM priors are computed once per case and reused by every epoch, run and workflow.
+"""Prior cache: SAM priors are computed once per case and configuration, and reused by every epoch, run and workflow.
 
-Layout of a cache folder::
+A cache folder holds one *partition* per configuration, so priors of several SAM models (LiteMedSAM, ViT-B, the
+fallback) and of several generator settings live side by side without overwriting each other::
 
-    <cache_dir>/<case_id>/<kind>.nii.gz     one NIfTI per prior kind, in the oriented image's grid and affine
-    <cache_dir>/<case_id>/entry.json        the manifest entry of the case, written last
-    <cache_dir>/manifest.json               index of all entries, rewritten after each precompute run
+    <cache_dir>/<partition>/partition.json            the configuration: full signature, its sha256, when made
+    <cache_dir>/<partition>/manifest.json             index of the partition's cases
+    <cache_dir>/<partition>/<case_id>/<kind>.nii.gz   one NIfTI per prior kind, in the oriented image's grid
+    <cache_dir>/<partition>/<case_id>/entry.json      the case's entry, written last
 
-An entry records what the priors were made from: the input files (size, mtime, sha256), the full signature of the
-prior transform (mask generator with SAM model type and checkpoint sha256 and every generator parameter, slice
-window, prior kinds), and the bundle version. A case is up to date when all of that matches; anything else is
-recomputed. Every file is written under a temporary name and renamed, and the entry comes after the NIfTIs, so a
-run killed at any point leaves either a complete, valid case or one that is recomputed on the next run.
+The partition is named after the model (or generator) and the first 12 hex digits of the sha256 of the signature:
+the prior transform's signature (generator with SAM model type, checkpoint sha256, preprocessing and every
+generator setting; slice window; prior kinds) plus the bundle version. The signature is computed without building
+SAM (:class:`bundle.sam.engine.SamEngine` loads its model on first use), so a run whose priors are all cached never
+builds SAM. ``sam-priors-cache list|prune`` (:mod:`bundle.priors.cache_cli`) shows and removes partitions.
+
+An entry records the input files (size, mtime, sha256). A case is current when its entry matches the partition's
+signature and its input files; anything else is recomputed. Every file is written under a temporary name and
+renamed, and the entry comes after the NIfTIs, so a run killed at any point leaves either a complete, valid case or
+one that is recomputed on the next run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,30 +38,21 @@ from monai.transforms import MapTransform
 
 import bundle
 from bundle.atomic import atomic_path, write_text_atomic
+from bundle.data.case_ids import case_id_of, source_files_of
+from bundle.hashing import canonical_json, json_sha256, path_sha256
 from bundle.priors.transforms import SamPrior
 
-__all__ = ["PriorCache", "CachedSamPriord", "file_fingerprint", "case_id_of", "source_files_of"]
+__all__ = ["PriorCache", "CachedSamPriord", "file_fingerprint", "partition_name", "PARTITION_NAME",
+           "MANIFEST_NAME", "ENTRY_NAME"]
 
 logger = logging.getLogger(__name__)
 
 ENTRY_NAME = "entry.json"
 MANIFEST_NAME = "manifest.json"
+PARTITION_NAME = "partition.json"
 # binary priors are stored as uint8 (8x smaller than float32 before compression); the others as float32
 _UINT8_KINDS = {"sam_boundary_prior"}
 _ENTRY_KEYS = {"case_id", "signature_sha256", "inputs", "kinds", "files"}
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    if path.is_dir():  # a DICOM series: every file, in name order, with its name
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(str(f.relative_to(path)).encode())
-            digest.update(_sha256_of(f).encode())
-        return digest.hexdigest()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_fingerprint(path: str | os.PathLike, previous: Mapping | None = None) -> dict:
@@ -77,65 +74,33 @@ def file_fingerprint(path: str | os.PathLike, previous: Mapping | None = None) -
     if previous and all(previous.get(k) == fp[k] for k in ("path", "size", "mtime_ns")) and previous.get("sha256"):
         fp["sha256"] = previous["sha256"]
     else:
-        fp["sha256"] = _sha256_of(p)
+        fp["sha256"] = path_sha256(p)
     return fp
 
 
-def _json_default(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, (np.ndarray, torch.Tensor)):
-        return np.asarray(value).tolist()
-    if isinstance(value, (Path, torch.dtype, torch.device)):
-        return str(value)
-    return repr(value)
-
-
-def signature_digest(signature: Mapping) -> str:
-    """A stable sha256 of a JSON-serialisable signature."""
-    text = json.dumps(signature, sort_keys=True, default=_json_default)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def source_files_of(image) -> list[str]:
-    """The files an image was loaded from (all modalities of a stacked image)."""
-    meta = getattr(image, "meta", None) or {}
-    joined = meta.get("source_filenames")
-    if joined:
-        return [s for s in str(joined).split("\n") if s]
-    name = meta.get("filename_or_obj")
-    if isinstance(name, (list, tuple)):
-        return [str(n) for n in name]
-    return [str(name)] if name else []
-
-
-def case_id_of(data: Mapping, image_key: str = "image", case_id_key: str = "case_id") -> str:
-    """Case id from the datalist entry (its basename: MONAI may have joined it to the data root) or the file name."""
-    value = data.get(case_id_key)
-    if value:
-        return os.path.basename(os.path.normpath(str(value)))
-    files = source_files_of(data[image_key])
-    if not files:
-        raise ValueError(f"cannot name the case of '{image_key}': no '{case_id_key}' and no source file name")
-    name = os.path.basename(os.path.normpath(files[0]))
-    for ext in (".nii.gz", ".nii", ".mha", ".nrrd", ".dcm"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
+def partition_name(signature: Mapping, digest: str) -> str:
+    """``<model or generator>-<12 hex digits>``: readable in a file browser, unique per configuration."""
+    generator = signature.get("prior", {}).get("generator", {})
+    label = generator.get("sam", {}).get("model_type") or generator.get("generator") or "priors"
+    return f"{label}-{digest[:12]}"
 
 
 class PriorCache:
-    """Read and write cached prior volumes for one prior configuration.
+    """Read and write cached prior volumes for one prior configuration (one partition of a cache folder).
 
     Args:
-        cache_dir: the cache folder.
-        signature: the prior transform's signature (:meth:`SamPrior.signature`); part of every entry's key.
+        cache_dir: the cache folder (shared by all configurations).
+        signature: the prior transform's signature (:meth:`SamPrior.signature`); it names the partition.
+
+    Raises:
+        TypeError: the signature holds a value that is not plain JSON (see :func:`bundle.hashing.canonical_json`).
     """
 
     def __init__(self, cache_dir: str | os.PathLike, signature: Mapping) -> None:
-        self.cache_dir = Path(cache_dir)
+        self.root = Path(cache_dir)
         self.signature = {"bundle_version": bundle.__version__, "prior": dict(signature)}
-        self.digest = signature_digest(self.signature)
+        self.digest = json_sha256(self.signature)
+        self.cache_dir = self.root / partition_name(self.signature, self.digest)
         self.kinds = list(signature.get("kinds", []))
 
     def case_dir(self, case_id: str) -> Path:
@@ -190,8 +155,17 @@ class PriorCache:
         meta = {"channel_names": list(entry["kinds"]), "filename_or_obj": str(self.case_dir(case_id))}
         return MetaTensor(torch.from_numpy(np.stack(arrays)), affine=torch.as_tensor(affine), meta=meta)
 
+    def _write_partition(self) -> None:
+        path = self.cache_dir / PARTITION_NAME
+        if path.is_file():
+            return
+        record = {"signature_sha256": self.digest, "signature": self.signature,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        write_text_atomic(path, json.dumps(record, indent=1))
+
     def store(self, case_id: str, sources: Sequence[str], prior: MetaTensor, seconds: float | None = None) -> dict:
         """Write the priors of a case and then its entry; returns the entry."""
+        self._write_partition()
         case_dir = self.case_dir(case_id)
         case_dir.mkdir(parents=True, exist_ok=True)
         # an entry that survived a rewrite interrupted half way would vouch for a mix of old and new files
@@ -220,20 +194,36 @@ class PriorCache:
             "seconds": None if seconds is None else round(float(seconds), 3),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        write_text_atomic(case_dir / ENTRY_NAME, json.dumps(entry, indent=1, default=_json_default))
+        write_text_atomic(case_dir / ENTRY_NAME, json.dumps(entry, indent=1))
         return entry
 
-    def write_manifest(self) -> Path:
-        """Rewrite ``manifest.json`` from the entries present (any configuration)."""
+    def manifest(self) -> dict:
+        """The partition's index: its configuration and, per case, the inputs and files of its entry."""
         entries = {}
         for entry_file in sorted(self.cache_dir.glob(f"*/{ENTRY_NAME}")):
             entry = self.read_entry(entry_file.parent.name)
-            if entry is not None:
-                entries[entry["case_id"]] = {k: entry[k] for k in ("signature_sha256", "inputs", "files", "created")}
-        manifest = {"bundle_version": bundle.__version__, "current_signature": self.signature,
-                    "current_signature_sha256": self.digest, "cases": entries}
+            if entry is not None and entry.get("signature_sha256") == self.digest:
+                entries[entry["case_id"]] = {k: entry[k] for k in ("inputs", "files", "created")}
+        return {"bundle_version": bundle.__version__, "signature": self.signature, "signature_sha256": self.digest,
+                "cases": entries}
+
+    def write_manifest(self) -> Path | None:
+        """Rewrite ``manifest.json`` from the entries present, unless it already says exactly that.
+
+        Returns:
+            the manifest's path, or ``None`` when the partition holds no case yet.
+        """
+        manifest = self.manifest()
         path = self.cache_dir / MANIFEST_NAME
-        write_text_atomic(path, json.dumps(manifest, indent=1, default=_json_default))
+        if not manifest["cases"] and not path.exists():
+            return None
+        try:
+            unchanged = json.loads(path.read_text()) == json.loads(canonical_json(manifest))
+        except (OSError, ValueError):
+            unchanged = False
+        if not unchanged:  # an up-to-date cache on a read-only disk must not fail for a rewrite of the same text
+            self._write_partition()
+            write_text_atomic(path, json.dumps(manifest, indent=1))
         return path
 
 
@@ -245,7 +235,8 @@ class CachedSamPriord(MapTransform):
 
     Args:
         keys: image keys (one prior volume each).
-        cache_dir: the prior cache folder (shared with ``configs/precompute_priors.json``).
+        cache_dir: the prior cache folder (shared with ``configs/precompute_priors.json``); the priors live in the
+            partition of ``prior``'s configuration.
         prior: the :class:`SamPrior` that computes missing priors (its signature keys the cache).
         output_postfix: priors go to ``key + output_postfix``.
         case_id_key: datalist field naming the case; the image file name is used without it.

@@ -3,6 +3,10 @@
 Cases already up to date are skipped; the others are loaded exactly as the training configs load them
 (checked loading, channel first, RAS orientation), computed slice by slice and written atomically. A run stopped at
 any point resumes where it stopped on the next call. Progress is one bar over all slices, with slices/s and ETA.
+
+A bad case stops the run (default) or, with ``continue_on_error``, is reported and skipped; either way the
+partition's manifest is written for what the cache holds (and left alone when it already says that, so an
+up-to-date cache on a read-only disk needs no write at all).
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from monai.data import load_decathlon_datalist
 from monai.transforms import Compose, Orientationd
 from tqdm import tqdm
 
-from bundle.data.checks import LoadCheckedImaged
 from bundle.atomic import write_text_atomic
-from bundle.priors.cache import CachedSamPriord, case_id_of, source_files_of
+from bundle.data.case_ids import case_id_of, source_files_of
+from bundle.data.checks import LoadCheckedImaged
+from bundle.errors import error_line
+from bundle.priors.cache import CachedSamPriord
 from bundle.priors.transforms import SamPrior
 
 __all__ = ["PriorPrecompute", "default_loader"]
@@ -50,6 +56,8 @@ class PriorPrecompute:
         image_key: datalist key of the image.
         loader: transform loading one entry; defaults to :func:`default_loader`.
         progress: show a progress bar.
+        continue_on_error: report a case that cannot be used (unreadable, non-finite, ...) and go on with the others
+            instead of stopping; the run still fails at the end, naming every bad case.
     """
 
     def __init__(
@@ -62,6 +70,7 @@ class PriorPrecompute:
         image_key: str = "image",
         loader=None,
         progress: bool = True,
+        continue_on_error: bool = False,
     ) -> None:
         self.datalist, self.data_root = Path(datalist), Path(data_root)
         if not self.datalist.is_file():
@@ -72,46 +81,75 @@ class PriorPrecompute:
         self.loader = loader if loader is not None else default_loader(image_key)
         self.cached = CachedSamPriord(keys=image_key, cache_dir=cache_dir, prior=prior)
         self.progress = progress
+        self.continue_on_error = bool(continue_on_error)
 
     def entries(self) -> list[dict]:
+        """The datalist's cases in the chosen sections, each once.
+
+        Raises:
+            ValueError: two different cases share a case id (they would share one cache slot).
+        """
         with open(self.datalist) as f:
             present = set(json.load(f))
-        out, seen = [], set()
+        out, seen = [], {}
         for section in self.sections:
             if section not in present:
                 continue
             for entry in load_decathlon_datalist(str(self.datalist), True, section, str(self.data_root)):
-                cid = case_id_of(entry, self.image_key) if entry.get("case_id") else str(entry[self.image_key])
-                if cid not in seen:
-                    seen.add(cid)
-                    out.append(entry)
+                cid = case_id_of(entry, self.image_key)
+                if cid in seen:
+                    if seen[cid] != entry[self.image_key]:
+                        raise ValueError(f"{self.datalist}: case id {cid!r} names two different cases "
+                                         f"({seen[cid]} and {entry[self.image_key]}); they would share a cache slot")
+                    continue
+                seen[cid] = entry[self.image_key]
+                out.append(entry)
         return out
 
     def run(self) -> dict:
-        """Compute what is missing; returns counts and where the manifest is."""
+        """Compute what is missing; returns counts and where the manifest is.
+
+        Raises:
+            the first bad case's error (default), or, with ``continue_on_error``, a ``RuntimeError`` naming every
+            bad case after all the others were done.
+        """
         entries = self.entries()
         total = sum(int(e.get("num_slices") or 0) for e in entries) or None
         done = skipped = 0
+        failed: dict[str, str] = {}
         start = time.perf_counter()
+        cache = self.cached.cache
         bar = tqdm(total=total, unit="slice", desc="SAM priors", disable=not self.progress, dynamic_ncols=True)
         try:
             for entry in entries:
-                loaded = self.loader(dict(entry))
-                image = loaded[self.image_key]
-                case_id = case_id_of(loaded, self.image_key)
+                case_id = case_id_of(entry, self.image_key)
                 bar.set_postfix_str(case_id)
-                if self.cached.cache.is_current(case_id, source_files_of(image)):
-                    skipped += 1
-                    bar.update(int(image.shape[-1]))
-                    continue
-                self.cached.prior_for(loaded, self.image_key, progress=bar.update)
-                done += 1
+                try:
+                    loaded = self.loader(dict(entry))
+                    image = loaded[self.image_key]
+                    if cache.is_current(case_id, source_files_of(image)):
+                        skipped += 1
+                        bar.update(int(image.shape[-1]))
+                        continue
+                    self.cached.prior_for(loaded, self.image_key, progress=bar.update)
+                    done += 1
+                except (ValueError, OSError, RuntimeError) as err:
+                    if not self.continue_on_error:
+                        raise
+                    failed[case_id] = error_line(err).removeprefix("ERROR: ")
+                    logger.error("case %s skipped: %s", case_id, failed[case_id])
         finally:
             bar.close()
-        manifest = self.cached.cache.write_manifest()
-        summary = {"computed": done, "up_to_date": skipped, "cases": len(entries), "manifest": str(manifest),
+            # whatever happened, the manifest describes what the partition holds
+            manifest = cache.write_manifest()
+        summary = {"computed": done, "up_to_date": skipped, "failed": len(failed), "cases": len(entries),
+                   "partition": cache.cache_dir.name, "manifest": None if manifest is None else str(manifest),
                    "seconds": round(time.perf_counter() - start, 2),
                    "generator": self.cached.prior.generator.signature().get("generator")}
         logger.info("SAM priors: %s", summary)
-        write_text_atomic(self.cache_dir / "last_run.json", json.dumps(summary, indent=1))
+        if done or failed or not (self.cache_dir / "last_run.json").is_file():
+            write_text_atomic(self.cache_dir / "last_run.json", json.dumps({**summary, "errors": failed}, indent=1))
+        if failed:
+            listing = "; ".join(f"{k}: {v}" for k, v in failed.items())
+            raise RuntimeError(f"SAM priors: {len(failed)} of {len(entries)} case(s) could not be used: {listing}")
         return summary

@@ -24,7 +24,8 @@ import torch
 
 from bundle.sam.engine import SamEngine, SliceEmbeddings
 
-__all__ = ["SamAutomaticMasks", "point_grid", "stability_score", "masks_to_boxes", "exact_greedy_nms"]
+__all__ = ["PromptGridMasks", "SamAutomaticMasks", "point_grid", "stability_score", "masks_to_boxes",
+           "exact_greedy_nms"]
 
 
 def point_grid(points_per_side: int) -> np.ndarray:
@@ -62,81 +63,75 @@ class _Candidates:
 
     logits: list = field(default_factory=list)  # low-resolution logits, float16 to halve memory
     iou: list = field(default_factory=list)
+    rank: list = field(default_factory=list)  # the score box NMS ranks by
     boxes: list = field(default_factory=list)
-    points: list = field(default_factory=list)
+    prompts: list = field(default_factory=list)
     pending: int = 0  # prompts of this slice not decoded yet
 
 
-class SamAutomaticMasks:
-    """Automatic SAM masks for batches of slices (mask generator protocol of ``docs/design.md``).
+class PromptGridMasks:
+    """What every automatic-mask generator on a :class:`SamEngine` shares: prompts decoded in batches across slices,
+    candidates filtered by stability score at low resolution, greedy box NMS, records with Meta's fields.
+
+    Subclasses say which prompts a slice gets (:meth:`_prompts`) and how a batch of them becomes candidate masks
+    (:meth:`_candidates`); ``rank_by`` names the score NMS ranks by.
 
     Args:
         engine: the :class:`~bundle.sam.engine.SamEngine` holding the model.
-        points_per_side: the grid of single-point prompts is ``points_per_side x points_per_side``.
         points_per_batch: prompts decoded together (they may come from several slices); memory grows linearly.
-        pred_iou_thresh: keep masks whose predicted IoU is strictly above this (Meta default 0.88; SAMAug 0.5).
-        stability_score_thresh: keep masks whose stability score is at least this (default 0.95).
-        stability_score_offset: logit offset of the stability score (default 1.0).
-        box_nms_thresh: IoU above which the lower-scoring of two mask boxes is dropped (default 0.7; SAMAug 0.5).
-        skip_background_points: optional speed-up, off by default (it changes the prompt set): grid points whose
-            pixel is at or below ``background_level`` in all three channels are not decoded.
-        background_level: uint8 level used by ``skip_background_points``.
+        stability_score_thresh: keep masks whose stability score is at least this.
+        stability_score_offset: logit offset of the stability score.
+        box_nms_thresh: IoU above which the lower-ranked of two mask boxes is dropped.
         stability_band: candidates whose low-resolution stability score is within this distance of
             ``stability_score_thresh`` are re-scored at full resolution before the threshold is applied.
     """
 
+    generator_name = ""
+    rank_by = "predicted_iou"
+
     def __init__(
         self,
         engine: SamEngine,
-        points_per_side: int = 32,
         points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
         stability_score_thresh: float = 0.95,
         stability_score_offset: float = 1.0,
         box_nms_thresh: float = 0.7,
-        skip_background_points: bool = False,
-        background_level: int = 0,
         stability_band: float = 0.05,
     ) -> None:
-        if points_per_side < 1 or points_per_batch < 1:
-            raise ValueError("points_per_side and points_per_batch must be >= 1")
+        if points_per_batch < 1:
+            raise ValueError("points_per_batch must be >= 1")
         self.engine = engine
-        self.points_per_side = int(points_per_side)
         self.points_per_batch = int(points_per_batch)
-        self.pred_iou_thresh = float(pred_iou_thresh)
         self.stability_score_thresh = float(stability_score_thresh)
         self.stability_score_offset = float(stability_score_offset)
         self.box_nms_thresh = float(box_nms_thresh)
-        self.skip_background_points = bool(skip_background_points)
-        self.background_level = int(background_level)
         self.stability_band = float(stability_band)
-        self.grid = point_grid(self.points_per_side)
 
     def signature(self) -> dict:
+        """Everything that changes the masks (the prior cache's key); never builds the model."""
         return {
-            "generator": "sam_automatic_masks",
+            "generator": self.generator_name,
             **self.engine.signature(),
-            "points_per_side": self.points_per_side,
-            "pred_iou_thresh": self.pred_iou_thresh,
             "stability_score_thresh": self.stability_score_thresh,
             "stability_score_offset": self.stability_score_offset,
             "box_nms_thresh": self.box_nms_thresh,
-            "skip_background_points": self.skip_background_points,
-            "background_level": self.background_level,
+            "stability_band": self.stability_band,
         }
 
+    # ---- what subclasses define ---------------------------------------------------------------------------------
     def _prompts(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Slice index and (x, y) pixel coordinates of every prompt, slice-major."""
-        h, w = images.shape[1:3]
-        pts = self.grid * np.array([[w, h]])
-        idx = np.repeat(np.arange(len(images)), len(pts))
-        coords = np.tile(pts, (len(images), 1))
-        if self.skip_background_points:
-            px = np.minimum(coords.astype(int), [w - 1, h - 1])
-            fg = images[idx, px[:, 1], px[:, 0]].max(axis=1) > self.background_level
-            idx, coords = idx[fg], coords[fg]
-        return idx, coords
+        """Slice index ``[N]`` and prompt coordinates ``[N, k]`` (pixels of the slice) of every prompt, slice-major."""
+        raise NotImplementedError
 
+    def _candidates(self, emb: SliceEmbeddings, b_idx: torch.Tensor, b_prompts: torch.Tensor):
+        """Candidate masks of one prompt batch: ``(logits [k, 4h, 4w], predicted_iou [k], slice [k], prompt [k, :])``."""
+        raise NotImplementedError
+
+    def _prompt_fields(self, prompt: list) -> dict:
+        """Record fields describing the prompt of a mask."""
+        raise NotImplementedError
+
+    # ---- shared pipeline -----------------------------------------------------------------------------------------
     def generate_batch(self, images) -> list[list[dict]]:
         """Mask records for each ``[H, W, 3]`` uint8 slice (slices of one call must share their size)."""
         if not isinstance(images, np.ndarray):
@@ -148,24 +143,26 @@ class SamAutomaticMasks:
             return []
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected a batch of [H, W, 3] uint8 slices, got an array of shape {images.shape}")
+        idx, prompts = self._prompts(images)
+        if len(idx) == 0:  # no slice has a prompt (all background): nothing to encode
+            return [[] for _ in images]
         emb = self.engine.embed(images)
-        return self.generate_from_embeddings(emb, images)
+        return self._generate(emb, idx, prompts)
 
     def generate_from_embeddings(self, emb: SliceEmbeddings, images: np.ndarray) -> list[list[dict]]:
         """Mask records from already computed embeddings (the same embeddings can serve other prompts)."""
-        idx, coords = self._prompts(images)
+        return self._generate(emb, *self._prompts(images))
+
+    def _generate(self, emb: SliceEmbeddings, idx: np.ndarray, prompts: np.ndarray) -> list[list[dict]]:
         n_slices = len(emb)
         cands = [_Candidates() for _ in range(n_slices)]
         for s in range(n_slices):
             cands[s].pending = int((idx == s).sum())
-        results: list = [None] * n_slices
-        for s in range(n_slices):
-            if cands[s].pending == 0:
-                results[s] = []
+        results: list = [[] if cands[s].pending == 0 else None for s in range(n_slices)]
         for start in range(0, len(idx), self.points_per_batch):
             b_idx = torch.as_tensor(idx[start : start + self.points_per_batch])
-            b_pts = torch.as_tensor(coords[start : start + self.points_per_batch], dtype=torch.float32)
-            self._decode_batch(emb, b_idx, b_pts, cands)
+            b_prompts = torch.as_tensor(prompts[start : start + self.points_per_batch], dtype=torch.float32)
+            self._decode_batch(emb, b_idx, b_prompts, cands)
             for s in torch.unique(b_idx).tolist():
                 cands[s].pending -= int((b_idx == s).sum())
                 if cands[s].pending == 0:
@@ -173,22 +170,11 @@ class SamAutomaticMasks:
                     cands[s] = _Candidates()  # free the candidates' logits
         return results
 
-    def _decode_batch(self, emb: SliceEmbeddings, b_idx, b_pts, cands) -> None:
+    def _decode_batch(self, emb: SliceEmbeddings, b_idx, b_prompts, cands) -> None:
         eng = self.engine
-        decoded = eng.decode_tokens(
-            emb, b_idx, point_coords=b_pts[:, None, :], point_labels=torch.ones(len(b_idx), 1, dtype=torch.int)
-        )
-        iou = decoded.iou[:, 1:]  # the three multimask outputs
-        keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
-        prompt_sel = keep.any(dim=1)
-        if not bool(prompt_sel.any()):
+        cand_logits, cand_iou, cand_slice, cand_prompts = self._candidates(emb, b_idx, b_prompts)
+        if len(cand_logits) == 0:
             return
-        logits = eng.mask_logits(decoded, prompt_sel.to(decoded.iou.device))  # [n, 3, 4h, 4w]
-        keep = keep[prompt_sel]
-        cand_logits = logits[keep]  # [k, 4h, 4w]
-        cand_iou = iou[prompt_sel][keep]
-        cand_slice = b_idx.to(keep.device)[prompt_sel].repeat_interleave(keep.sum(dim=1))
-        cand_pts = b_pts.to(keep.device)[prompt_sel].repeat_interleave(keep.sum(dim=1), dim=0)
         # the low-resolution frame covers the padded input; only its top-left part holds the slice
         in_h, in_w = emb.input_size
         low_h, low_w = cand_logits.shape[-2:]
@@ -199,15 +185,16 @@ class SamAutomaticMasks:
         # empty masks are dropped: Meta's generator returns them with an undefined (0/0) stability score and a
         # zero box that never takes part in NMS; they add nothing to any prior
         ok = (valid > thr).flatten(1).any(dim=1)
+        stab = stability_score(valid, thr, self.stability_score_offset)
         if self.stability_score_thresh > 0.0:
-            stab = stability_score(valid, thr, self.stability_score_offset)
             # low-resolution stability decides clear cases; near the threshold the full-resolution score decides
             near = ok & ((stab - self.stability_score_thresh).abs() < self.stability_band)
             if bool(near.any()):
                 stab[near] = self._full_resolution(cand_logits[near], emb)[1]
             ok &= stab >= self.stability_score_thresh
-        cand_logits, cand_iou, cand_slice, cand_pts, valid = (
-            cand_logits[ok], cand_iou[ok], cand_slice[ok], cand_pts[ok], valid[ok]
+        rank = cand_iou if self.rank_by == "predicted_iou" else stab
+        cand_logits, cand_iou, rank, cand_slice, cand_prompts, valid = (
+            cand_logits[ok], cand_iou[ok], rank[ok], cand_slice[ok], cand_prompts[ok], valid[ok]
         )
         boxes = self._low_res_boxes(valid > thr, emb, (low_h, low_w))
         for s in torch.unique(cand_slice).tolist():
@@ -215,8 +202,9 @@ class SamAutomaticMasks:
             c = cands[s]
             c.logits.append(cand_logits[sel].to(torch.float16))
             c.iou.append(cand_iou[sel])
+            c.rank.append(rank[sel])
             c.boxes.append(boxes[sel])
-            c.points.append(cand_pts[sel])
+            c.prompts.append(cand_prompts[sel])
 
     def _full_resolution(self, low_res: torch.Tensor, emb: SliceEmbeddings, chunk: int = 32):
         """Masks, stability scores and boxes of low-resolution logits upsampled by SAM (in chunks: bounded memory)."""
@@ -232,6 +220,13 @@ class SamAutomaticMasks:
         masks = torch.cat(masks)
         return masks, torch.cat(stabs), masks_to_boxes(masks)
 
+    def _low_res_scale(self, emb: SliceEmbeddings, low_shape: tuple) -> tuple[float, float]:
+        """Slice pixels per low-resolution pixel along x and y."""
+        h, w = emb.original_size
+        in_h, in_w = emb.input_size
+        size = self.engine.image_size
+        return size / low_shape[1] * w / in_w, size / low_shape[0] * h / in_h
+
     def _box_error(self, emb: SliceEmbeddings, low_shape: tuple) -> float:
         """Bound on |low-resolution box - full-resolution box| per coordinate, in slice pixels.
 
@@ -240,19 +235,13 @@ class SamAutomaticMasks:
         low-resolution edge maps to; half a slice pixel covers pixel-centre rounding and half a pixel the
         second step of SAM's two-step resize.
         """
-        h, w = emb.original_size
-        in_h, in_w = emb.input_size
-        size = self.engine.image_size
-        return max(size / low_shape[1] * w / in_w, size / low_shape[0] * h / in_h) / 2.0 + 1.0
+        return max(self._low_res_scale(emb, low_shape)) / 2.0 + 1.0
 
     def _low_res_boxes(self, masks: torch.Tensor, emb: SliceEmbeddings, low_shape: tuple) -> torch.Tensor:
         """XYXY boxes in original-slice pixels from low-resolution masks (for NMS only)."""
         boxes = masks_to_boxes(masks)
         h, w = emb.original_size
-        in_h, in_w = emb.input_size
-        # one low-resolution pixel spans (image_size / low) input pixels = that times (orig / input) slice pixels
-        sx = self.engine.image_size / low_shape[1] * w / in_w
-        sy = self.engine.image_size / low_shape[0] * h / in_h
+        sx, sy = self._low_res_scale(emb, low_shape)
         scale = torch.tensor([sx, sy, sx, sy], device=boxes.device)
         lo = boxes * scale
         lo[:, 2:] = (boxes[:, 2:] + 1) * scale[2:] - 1
@@ -263,18 +252,18 @@ class SamAutomaticMasks:
     def _finish_slice(self, c: _Candidates, emb: SliceEmbeddings) -> list[dict]:
         if not c.iou:
             return []
-        iou, boxes, points = torch.cat(c.iou), torch.cat(c.boxes), torch.cat(c.points)
+        iou, rank, boxes, prompts = torch.cat(c.iou), torch.cat(c.rank), torch.cat(c.boxes), torch.cat(c.prompts)
         logits = torch.cat(c.logits)
         # greedy NMS on low-resolution boxes; a comparison the box error could flip is redone with exact boxes
         error = self._box_error(emb, tuple(logits.shape[-2:]))
-        keep = exact_greedy_nms(boxes, iou, self.box_nms_thresh, error,
+        keep = exact_greedy_nms(boxes, rank, self.box_nms_thresh, error,
                                 lambda idx: self._full_resolution(logits[idx], emb)[2], emb.original_size)
         masks, stab, boxes = self._full_resolution(logits[keep], emb)
-        iou, points = iou[keep], points[keep]
+        iou, prompts = iou[keep], prompts[keep]
         ok = masks.flatten(1).any(dim=1)
         if self.stability_score_thresh > 0.0:
             ok &= stab >= self.stability_score_thresh
-        masks, iou, points, stab, boxes = masks[ok], iou[ok], points[ok], stab[ok], boxes[ok]
+        masks, iou, prompts, stab, boxes = masks[ok], iou[ok], prompts[ok], stab[ok], boxes[ok]
         h, w = emb.original_size
         masks_np, boxes_np = masks.cpu().numpy(), boxes.cpu().numpy()
         areas = masks.flatten(1).sum(1).cpu().numpy()
@@ -287,12 +276,100 @@ class SamAutomaticMasks:
                     "area": int(areas[i]),
                     "bbox": [x0, y0, x1 - x0, y1 - y0],
                     "predicted_iou": float(iou[i]),
-                    "point_coords": [points[i].tolist()],
+                    **self._prompt_fields(prompts[i].tolist()),
                     "stability_score": float(stab[i]),
                     "crop_box": [0, 0, w, h],
                 }
             )
         return records
+
+
+class SamAutomaticMasks(PromptGridMasks):
+    """Automatic SAM masks from a point grid, with the semantics of Meta's ``SamAutomaticMaskGenerator``.
+
+    For SAMs trained with point prompts (ViT-B/L/H). Box-trained medical SAMs ignore points and have an untrained
+    IoU head: use :class:`bundle.sam.box_grid.SamBoxGridMasks` for them.
+
+    Args:
+        engine: the :class:`~bundle.sam.engine.SamEngine` holding the model.
+        points_per_side: the grid of single-point prompts is ``points_per_side x points_per_side``.
+        points_per_batch: prompts decoded together (they may come from several slices); memory grows linearly.
+        pred_iou_thresh: keep masks whose predicted IoU is strictly above this (Meta default 0.88; SAMAug 0.5).
+        stability_score_thresh: keep masks whose stability score is at least this (default 0.95).
+        stability_score_offset: logit offset of the stability score (default 1.0).
+        box_nms_thresh: IoU above which the lower-scoring of two mask boxes is dropped (default 0.7; SAMAug 0.5);
+            masks are ranked by predicted IoU, as Meta's generator does.
+        skip_background_points: optional speed-up, off by default (it changes the prompt set): grid points whose
+            pixel is at or below ``background_level`` in all three channels are not decoded.
+        background_level: uint8 level used by ``skip_background_points``.
+        stability_band: candidates whose low-resolution stability score is within this distance of
+            ``stability_score_thresh`` are re-scored at full resolution before the threshold is applied.
+    """
+
+    generator_name = "sam_automatic_masks"
+    rank_by = "predicted_iou"
+
+    def __init__(
+        self,
+        engine: SamEngine,
+        points_per_side: int = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        skip_background_points: bool = False,
+        background_level: int = 0,
+        stability_band: float = 0.05,
+    ) -> None:
+        super().__init__(engine, points_per_batch, stability_score_thresh, stability_score_offset, box_nms_thresh,
+                         stability_band)
+        if points_per_side < 1:
+            raise ValueError("points_per_side must be >= 1")
+        self.points_per_side = int(points_per_side)
+        self.pred_iou_thresh = float(pred_iou_thresh)
+        self.skip_background_points = bool(skip_background_points)
+        self.background_level = int(background_level)
+        self.grid = point_grid(self.points_per_side)
+
+    def signature(self) -> dict:
+        return {
+            **super().signature(),
+            "points_per_side": self.points_per_side,
+            "pred_iou_thresh": self.pred_iou_thresh,
+            "skip_background_points": self.skip_background_points,
+            "background_level": self.background_level,
+        }
+
+    def _prompts(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h, w = images.shape[1:3]
+        pts = self.grid * np.array([[w, h]])
+        idx = np.repeat(np.arange(len(images)), len(pts))
+        coords = np.tile(pts, (len(images), 1))
+        if self.skip_background_points:
+            px = np.minimum(coords.astype(int), [w - 1, h - 1])
+            fg = images[idx, px[:, 1], px[:, 0]].max(axis=1) > self.background_level
+            idx, coords = idx[fg], coords[fg]
+        return idx, coords
+
+    def _candidates(self, emb: SliceEmbeddings, b_idx: torch.Tensor, b_pts: torch.Tensor):
+        eng = self.engine
+        decoded = eng.decode_tokens(
+            emb, b_idx, point_coords=b_pts[:, None, :], point_labels=torch.ones(len(b_idx), 1, dtype=torch.int)
+        )
+        iou = decoded.iou[:, 1:]  # the three multimask outputs
+        keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
+        prompt_sel = keep.any(dim=1)
+        if not bool(prompt_sel.any()):
+            return torch.zeros(0, 1, 1), iou[:0, 0], b_idx[:0], b_pts[:0]
+        logits = eng.mask_logits(decoded, prompt_sel.to(decoded.iou.device))  # [n, 3, 4h, 4w]
+        keep = keep[prompt_sel]
+        per_prompt = keep.sum(dim=1)
+        return (logits[keep], iou[prompt_sel][keep], b_idx.to(keep.device)[prompt_sel].repeat_interleave(per_prompt),
+                b_pts.to(keep.device)[prompt_sel].repeat_interleave(per_prompt, dim=0))
+
+    def _prompt_fields(self, prompt: list) -> dict:
+        return {"point_coords": [prompt]}
 
 
 def _iou_bounds(box: np.ndarray, err: float, others: np.ndarray, others_err: np.ndarray, limit=None):

@@ -1,8 +1,11 @@
 """One image embedding, any number of prompts: the slice-wise SAM engine.
 
-:class:`SamEngine` runs SAM's image encoder on batches of uint8 RGB slices (exactly the preprocessing of
-``SamPredictor.set_image``: resize of the longest side, pixel normalisation, padding) and decodes point, box and dense
-(mask) prompts for any of those embeddings, prompts of several slices in one batch.
+:class:`SamEngine` runs SAM's image encoder on batches of uint8 RGB slices, with the preprocessing of the model's card
+(:class:`~bundle.sam.loading.Preprocessing`: for SAM exactly ``SamPredictor.set_image``'s resize of the longest
+side, pixel normalisation and padding; for LiteMedSAM a 256 resize and min-max scaling), and decodes point, box and
+dense (mask) prompts for any of those embeddings, prompts of several slices in one batch. Given a
+:class:`~bundle.sam.loading.SamInfo` instead of a model, it loads the model on first use: its signature (the prior
+cache's key) is known before that, so a run whose priors are all cached never builds SAM.
 
 The decoder is SAM's own ``MaskDecoder`` modules, driven in two steps so callers pay only for what they use:
 :meth:`SamEngine.decode_tokens` runs the two-way transformer and the IoU head (enough to filter candidates by
@@ -20,13 +23,29 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.utils import look_up_option
+from PIL import Image
 
-from bundle.sam.torchvision_compat import import_segment_anything
+from bundle.sam.loading import Preprocessing, SamConfig, SamInfo, load_sam
 
-__all__ = ["SamEngine", "SliceEmbeddings", "DecodedTokens"]
+__all__ = ["SamEngine", "SliceEmbeddings", "DecodedTokens", "resolve_autocast"]
 
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": "auto"}
+
+
+def resolve_autocast(autocast: str, device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype ``autocast`` means on ``device`` (``None``: float32).
+
+    ``auto`` is bf16 on a CUDA device that supports it, else fp16 on CUDA, and float32 on the CPU (bf16 autocast was
+    3-17x slower than float32 on the AVX2 CPUs measured here).
+    """
+    choice = look_up_option(autocast, AUTOCAST_DTYPES)
+    if choice != "auto":
+        return choice
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
 
 
 @dataclass
@@ -80,37 +99,60 @@ class SamEngine:
     """Batched SAM image encoding and prompt decoding.
 
     Args:
-        model: a ``segment_anything.modeling.Sam`` (see :func:`bundle.sam.load_sam`).
+        model: a ``segment_anything.modeling.Sam`` with ``sam_info`` (see :func:`bundle.sam.load_sam`), or the
+            :class:`~bundle.sam.loading.SamInfo` of one (:func:`bundle.sam.loading.sam_info`): the model is then
+            loaded on first use.
         batch_size: slices per image-encoder batch.
-        autocast: ``"none"``, ``"bf16"``, ``"fp16"`` or ``"auto"`` (bf16 where the CUDA device supports it, else fp16;
-            float32 on CPU). Mixed precision runs the encoder and decoder; outputs are float32.
-        device: defaults to the model's device.
+        autocast: ``"none"``, ``"bf16"``, ``"fp16"`` or ``"auto"`` (see :func:`resolve_autocast`). Mixed precision
+            runs the encoder and decoder; outputs are float32.
+        device: defaults to the model's device (CUDA when available for a model not loaded yet).
     """
 
-    def __init__(self, model: torch.nn.Module, batch_size: int = 4, autocast: str = "auto", device=None) -> None:
-        sa = import_segment_anything()
+    def __init__(self, model: torch.nn.Module | SamInfo, batch_size: int = 4, autocast: str = "auto",
+                 device=None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = model.eval()
-        self.device = torch.device(device) if device is not None else model.device
-        self.model.to(self.device)
+        if isinstance(model, SamInfo):
+            self._model, self.info = None, model
+            default_device = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            self._model, self.info = model.eval(), getattr(model, "sam_info", None)
+            default_device = model.device
+        self.device = torch.device(device if device is not None else default_device)
+        if self._model is not None:
+            self._model.to(self.device)
+        if self.info is None:
+            raise ValueError("the SAM model carries no sam_info: build it with bundle.sam.load_sam / build_sam")
+        self.preprocessing = Preprocessing(**self.info.preprocessing)
+        self.image_size = self.preprocessing.size
         self.batch_size = int(batch_size)
-        self.image_size = int(model.image_encoder.img_size)
-        self.resize = sa.utils.transforms.ResizeLongestSide(self.image_size)
         self.autocast_name = autocast
-        choice = look_up_option(autocast, AUTOCAST_DTYPES)
-        if choice == "auto":
-            if self.device.type == "cuda":
-                choice = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            else:
-                choice = None
-        self.autocast_dtype = choice
+        self.autocast_dtype = resolve_autocast(autocast, self.device)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The SAM model, loaded on first access when the engine was made from a :class:`SamInfo`."""
+        if self._model is None:
+            info = self.info
+            model_type = SamConfig(**info.config) if info.model_type == "custom" else info.model_type
+            model = load_sam(model_type, info.checkpoint, device=self.device)
+            if model.sam_info.checkpoint_sha256 != info.checkpoint_sha256:
+                raise RuntimeError(
+                    f"{info.checkpoint}: the checkpoint changed since this run started (sha256 "
+                    f"{info.checkpoint_sha256} then, {model.sam_info.checkpoint_sha256} now)"
+                )
+            self._model = model.eval()
+        return self._model
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model has been built (an engine made from a :class:`SamInfo` builds it on first use)."""
+        return self._model is not None
 
     def signature(self) -> dict:
-        """What about the engine changes its outputs (prior-cache key)."""
-        info = getattr(self.model, "sam_info", None)
+        """What about the engine changes its outputs (prior-cache key); never builds the model."""
         return {
-            "sam": info.as_dict() if info is not None else {"model_type": "unrecorded"},
+            "sam": self.info.signature(),
             "autocast": str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "float32",
         }
 
@@ -121,14 +163,25 @@ class SamEngine:
 
     # ---- images ---------------------------------------------------------------------------------------------------
     def preprocess(self, images: np.ndarray) -> tuple[torch.Tensor, tuple, tuple]:
-        """``[B, H, W, 3]`` uint8 -> normalised, padded ``[B, 3, S, S]`` encoder input, as SamPredictor does."""
+        """``[B, H, W, 3]`` uint8 -> the ``[B, 3, S, S]`` encoder input of the model's preprocessing.
+
+        The uint8 slices are resized bilinearly by PIL, as ``SamPredictor.set_image`` does (so SAM's embeddings match
+        Meta's pipeline exactly), then scaled (ImageNet mean/std or per-slice min-max) and zero-padded.
+        """
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"expected [B, H, W, 3] uint8 slices, got {images.shape} {images.dtype}")
-        # the same uint8 resize as SamPredictor.set_image, so embeddings match Meta's pipeline exactly
-        resized = np.stack([self.resize.apply_image(im) for im in images])
+        pre = self.preprocessing
+        new_h, new_w = pre.input_shape(*images.shape[1:3])
+        resized = np.stack([np.asarray(Image.fromarray(im).resize((new_w, new_h), Image.BILINEAR)) for im in images])
         x = torch.as_tensor(resized, device=self.device).permute(0, 3, 1, 2).float()
-        return self.model.preprocess(x), tuple(images.shape[1:3]), tuple(resized.shape[1:3])
+        if pre.intensity == "minmax":
+            low = x.amin(dim=(1, 2, 3), keepdim=True)
+            x = (x - low) / (x.amax(dim=(1, 2, 3), keepdim=True) - low).clamp(min=1e-8)
+        else:
+            x = (x - self.model.pixel_mean) / self.model.pixel_std
+        x = F.pad(x, (0, pre.size - new_w, 0, pre.size - new_h))
+        return x, tuple(images.shape[1:3]), (new_h, new_w)
 
     @torch.inference_mode()
     def embed(self, images: np.ndarray) -> SliceEmbeddings:
@@ -151,7 +204,7 @@ class SamEngine:
         """Point or box coordinates (x, y in pixels of the original slice) -> the encoder's input frame."""
         coords = torch.as_tensor(coords, dtype=torch.float32, device=self.device)
         h, w = original_size
-        new_h, new_w = self.resize.get_preprocess_shape(h, w, self.image_size)
+        new_h, new_w = self.preprocessing.input_shape(h, w)
         scale = torch.tensor([new_w / w, new_h / h], device=self.device)
         return (coords.reshape(*coords.shape[:-1], -1, 2) * scale).reshape(coords.shape)
 

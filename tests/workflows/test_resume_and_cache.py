@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
+import bundle.sam.loading as loading
 from bundle.sam.fallback import RegionProposalMasks
-from workflow_utils import METADATA, TINY, config_files, train
+from workflow_utils import METADATA, PRECOMPUTE, TINY, TINY_SAM, config_files, run_workflow, train
 
 
 def test_priors_computed_once(phantom_set, tmp_path, monkeypatch):
@@ -25,7 +27,7 @@ def test_priors_computed_once(phantom_set, tmp_path, monkeypatch):
     shared = {"prior_cache_dir": str(tmp_path / "priors")}
     # cache_rate 0: the dataset re-runs its transforms every epoch, so only the disk cache can prevent recomputation
     train(data, tmp_path / "first", max_epochs=2, cache_rate=0.0, **shared)
-    entries = [json.loads(p.read_text()) for p in (tmp_path / "priors").glob("*/entry.json")]
+    entries = [json.loads(p.read_text()) for p in (tmp_path / "priors").glob("*/*/entry.json")]
     assert sorted(e["case_id"] for e in entries) == sorted(data.cases["training"] + data.cases["validation"])
     assert sum(slices) == sum(e["slices_sent_to_generator"] for e in entries) > 0  # each slice once in 2 epochs
     slices.clear()
@@ -34,6 +36,23 @@ def test_priors_computed_once(phantom_set, tmp_path, monkeypatch):
     # the raw baseline never builds a generator nor touches a prior cache
     train(data, tmp_path / "raw", prior_mode="none")
     assert slices == [] and not (tmp_path / "raw" / "priors").exists()
+
+
+def test_fully_cached_training_builds_no_sam(phantom_set, tmp_path, monkeypatch, shapes_sam_checkpoint):
+    """Once precompute has filled the cache, training (and its validation) never builds SAM."""
+    data = phantom_set("lits")
+    sam = {**TINY_SAM, "sam_checkpoint": str(shapes_sam_checkpoint)}
+    keys = {**TINY, **data.overrides(tmp_path), **sam}
+    run_workflow(config_files(data.preset, main=PRECOMPUTE), "precompute", "train", **keys)
+    built = []
+    monkeypatch.setattr(loading, "build_sam", lambda *a, **k: built.append(a) or pytest.fail("SAM was built"))
+    workflow = train(data, tmp_path, **sam)
+    assert not built
+    assert not workflow.parser.get_parsed_content("mask_generator").engine.loaded
+    # and the check has teeth: with an empty cache the same run builds SAM
+    with pytest.raises(Exception):
+        train(data, tmp_path / "cold", **{**sam, "prior_cache_dir": str(tmp_path / "cold_priors")})
+    assert built
 
 
 def _workflow(data, work, **overrides) -> ConfigWorkflow:

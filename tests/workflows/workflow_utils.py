@@ -23,7 +23,9 @@ from bundle.data.phantom_writers import make_phantoms
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
+SAM_PRIORS = str(CONFIGS / "sam_priors.json")
 TRAIN = str(CONFIGS / "train_samaug_seg.json")
+PRECOMPUTE = str(CONFIGS / "precompute_priors.json")
 EVALUATE = str(CONFIGS / "evaluate.json")
 INFERENCE = str(CONFIGS / "inference.json")
 METADATA = str(CONFIGS / "metadata.json")
@@ -40,6 +42,7 @@ PHANTOM_LAYOUTS = {
 NETWORK = {"network_def#channels": [8, 16, 32], "network_def#strides": [2, 2], "patch_size": [32, 32, 16]}
 TINY = {
     **NETWORK,
+    "sam_model_type": "fallback",
     "max_epochs": 1,
     "val_interval": 1,
     "slices_per_volume": 4,
@@ -82,9 +85,10 @@ def make_phantom_set(preset: str, root: Path, cases: int = 4, size: int = 32, se
     return PhantomSet(preset, root, path, cases)
 
 
-def config_files(preset: str | None, *extra: str) -> list[str]:
-    """The training config, the preset (if any), then ``extra`` files, in merge order."""
-    return [TRAIN] + ([PRESETS[preset]] if preset else []) + list(extra)
+def config_files(preset: str | None, *extra: str, main: str = TRAIN) -> list[str]:
+    """The shared SAM/prior settings, ``main`` (the training config), the preset (if any), then ``extra`` files, in
+    merge order."""
+    return [SAM_PRIORS, main] + ([PRESETS[preset]] if preset else []) + list(extra)
 
 
 def run_workflow(files, run_id: str, workflow_type: str, **overrides) -> ConfigWorkflow:
@@ -118,9 +122,10 @@ def evaluate(data: PhantomSet, work: Path, **overrides) -> dict:
 
 def infer(data: PhantomSet, work: Path, **overrides) -> ConfigWorkflow:
     """Run ``configs/inference.json`` (+ preset) with the model of ``work``; predictions in ``work/predictions``."""
-    keys = {**NETWORK, **data.overrides(work), "output_dir": str(work / "predictions"), **overrides}
+    keys = {**NETWORK, "sam_model_type": TINY["sam_model_type"], **data.overrides(work),
+            "output_dir": str(work / "predictions"), **overrides}
     keys.pop("max_epochs", None)
-    return run_workflow([INFERENCE, PRESETS[data.preset]], "inferring", "infer", **keys)
+    return run_workflow(config_files(data.preset, main=INFERENCE), "inferring", "infer", **keys)
 
 
 METRICS = {"dice", "jaccard", "hd95", "slice_dice", "slice_jaccard", "slice_assd", "slice_hd95"}

@@ -1,0 +1,140 @@
+"""``sam-priors-cache``: list the partitions of a prior cache folder, and prune one.
+
+    sam-priors-cache list data/priors/brats2021
+    sam-priors-cache list data/priors/brats2021 --json
+    sam-priors-cache prune data/priors/brats2021 fallback-0123456789ab
+
+A partition holds the priors of one configuration (see :mod:`bundle.priors.cache`). ``list`` shows, per partition,
+the generator, the SAM model and its checkpoint hash, the settings that differ between the partitions, the number
+of cases and the size on disk. ``prune`` removes a partition: it is first renamed out of the way (one atomic step:
+no reader ever sees half a partition), then deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from bundle.priors.cache import ENTRY_NAME, PARTITION_NAME
+
+__all__ = ["list_partitions", "prune_partition", "main"]
+
+
+def _flatten(prefix: str, value, out: dict) -> dict:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else k, v, out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def list_partitions(cache_dir: str | os.PathLike) -> list[dict]:
+    """One row per partition of ``cache_dir``: name, generator, model, checkpoint hash, cases, bytes, settings.
+
+    ``settings`` holds the flattened prior signature; folders that are not partitions (an older cache layout, other
+    files) are listed with ``generator: None``.
+
+    Raises:
+        FileNotFoundError: ``cache_dir`` is not a folder.
+    """
+    root = Path(cache_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a prior cache folder (it does not exist)")
+    rows = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        record_file = folder / PARTITION_NAME
+        try:
+            record = json.loads(record_file.read_text())
+        except (OSError, ValueError):
+            rows.append({"partition": folder.name, "generator": None, "model": None, "checkpoint_sha256": None,
+                         "cases": 0, "bytes": _size(folder), "created": None, "settings": {}})
+            continue
+        prior = record["signature"]["prior"]
+        generator = prior.get("generator", {})
+        sam = generator.get("sam", {})
+        rows.append({
+            "partition": folder.name,
+            "generator": generator.get("generator"),
+            "model": sam.get("model_type"),
+            "checkpoint_sha256": sam.get("checkpoint_sha256"),
+            "cases": sum(1 for _ in folder.glob(f"*/{ENTRY_NAME}")),
+            "bytes": _size(folder),
+            "created": record.get("created"),
+            "settings": _flatten("", prior, {}),
+        })
+    return rows
+
+
+def prune_partition(cache_dir: str | os.PathLike, partition: str) -> int:
+    """Delete one partition; returns the bytes freed.
+
+    Raises:
+        FileNotFoundError: no such partition (the message lists the ones there are).
+    """
+    root = Path(cache_dir)
+    folder = root / partition
+    if os.sep in partition or partition.startswith(".") or not (folder / PARTITION_NAME).is_file():
+        names = [r["partition"] for r in list_partitions(root) if r["generator"]]
+        raise FileNotFoundError(f"{folder}: no such partition; {root} holds {names or 'none'}")
+    freed = _size(folder)
+    doomed = root / f".pruning-{partition}-{os.getpid()}"
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed)
+    return freed
+
+
+def _table(rows: list[dict]) -> str:
+    # settings that differ between partitions are what tells them apart; the rest is noise in a listing
+    keys = sorted({k for r in rows for k in r["settings"]})
+    varying = [k for k in keys if len({json.dumps(r["settings"].get(k)) for r in rows}) > 1]
+    varying = [k for k in varying if k not in ("generator.sam.checkpoint_sha256", "generator.generator",
+                                               "generator.sam.model_type")]
+    lines = []
+    for r in rows:
+        if r["generator"] is None:
+            lines.append(f"{r['partition']}  (not a partition: {r['bytes'] / 1e6:.1f} MB)")
+            continue
+        sha = (r["checkpoint_sha256"] or "")[:12]
+        model = f"{r['model']} ({sha})" if r["model"] else "-"
+        lines.append(f"{r['partition']}  generator={r['generator']}  model={model}  cases={r['cases']}  "
+                     f"size={r['bytes'] / 1e6:.1f} MB  created={r['created']}")
+        for k in varying:
+            lines.append(f"    {k} = {json.dumps(r['settings'].get(k))}")
+    return "\n".join(lines) if lines else "(empty cache)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sam-priors-cache", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="list the partitions of a cache folder")
+    ls.add_argument("cache_dir")
+    ls.add_argument("--json", action="store_true", help="print the rows as JSON")
+    pr = sub.add_parser("prune", help="remove one partition")
+    pr.add_argument("cache_dir")
+    pr.add_argument("partition")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            rows = list_partitions(args.cache_dir)
+            print(json.dumps(rows, indent=1) if args.json else _table(rows))
+        else:
+            freed = prune_partition(args.cache_dir, args.partition)
+            print(f"removed {args.partition} ({freed / 1e6:.1f} MB)")
+    except FileNotFoundError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
