@@ -1,3 +1,9 @@
 """SAM priors for 3D medical imaging: SAMAug, SAMAug-C, WeakMedSAM and SAM-Mix as a MONAI bundle."""
 
+from bundle.errors import install_excepthook
+
 __version__ = "0.1.0"
+
+# every config imports the package: a failing ``python -m monai.bundle run ...`` then ends with one
+# ``ERROR: <file>: <problem>`` line under MONAI's long traceback (bundle/errors.py)
+install_excepthook()

@@ -7,8 +7,9 @@
 #   ROOT=/tmp/cmp SEEDS="0 1" bash scripts/run_comparison.sh
 #
 # Environment: ROOT (output folder), PYTHON (interpreter), SEEDS, CASES and SIZE (phantoms per dataset, in-plane
-# size), DATASETS (subset of "brats lits"), SAM_CHECKPOINT and SAM_MODEL_TYPE (SAM weights for the priors; without
-# them the weight-free fallback generator makes the priors), EXTRA (more overrides for every run, e.g. "--max_epochs 20").
+# size), DATASETS (subset of "brats lits"), SAM_MODEL_TYPE and SAM_CHECKPOINT (the SAM that makes the priors; default
+# lite_medsam with its packaged weights, `fallback` for the weight-free generator), EXTRA (more overrides for every
+# run, e.g. "--max_epochs 20").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,9 +20,9 @@ CASES=${CASES:-10}
 SIZE=${SIZE:-64}
 DATASETS=${DATASETS:-"brats lits"}
 EXTRA=${EXTRA:-}
-SAM=()
+SAM=(--sam_model_type "${SAM_MODEL_TYPE:-lite_medsam}")
 if [[ -n "${SAM_CHECKPOINT:-}" ]]; then
-    SAM=(--sam_checkpoint "$SAM_CHECKPOINT" --sam_model_type "${SAM_MODEL_TYPE:-vit_b}")
+    SAM+=(--sam_checkpoint "$SAM_CHECKPOINT")
 fi
 
 mkdir -p "$ROOT/logs"
@@ -52,10 +53,11 @@ for preset in $DATASETS; do
     timed "${preset}_datalist" "$PYTHON" scripts/prepare_datalist.py --dataset "$preset" --root "$data" \
         --out "$data/datalist.json" --val-fraction 0.2 --test-fraction 0.4 --seed 0 --no-progress
     timed "${preset}_priors" "$PYTHON" -m monai.bundle run precompute \
-        --config_file "['configs/precompute_priors.json','configs/presets/$preset.json']" --bundle_root "$ROOT" "${SAM[@]}"
+        --config_file "['configs/sam_priors.json','configs/precompute_priors.json','configs/presets/$preset.json']" \
+        --bundle_root "$ROOT" "${SAM[@]}"
 
-    train_files="['configs/train_samaug_seg.json','configs/presets/$preset.json']"
-    eval_files="['configs/train_samaug_seg.json','configs/presets/$preset.json','configs/evaluate.json']"
+    train_files="['configs/sam_priors.json','configs/train_samaug_seg.json','configs/presets/$preset.json']"
+    eval_files="['configs/sam_priors.json','configs/train_samaug_seg.json','configs/presets/$preset.json','configs/evaluate.json']"
     for seed in $SEEDS; do
         for label in raw samaug; do
             mode=$([[ $label == raw ]] && echo none || echo "$samaug_mode")

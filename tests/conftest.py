@@ -61,5 +61,5 @@ def shapes_sam(shapes_sam_checkpoint):
 def _quiet_known_warnings():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torchvision could not be imported.*")
-        warnings.filterwarnings("ignore", message=".*no SAM checkpoint.*")
+        warnings.filterwarnings("ignore", message=".*sam_model_type is 'fallback'.*")
         yield

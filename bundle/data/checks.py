@@ -4,9 +4,12 @@ A wrong input found late costs an hour of training or a cryptic broadcast error 
 loading time it is one line: ``/data/BraTS/x/x_seg.nii.gz: label values [3] are not in the label set [0, 1, 2, 4]``.
 
 - :func:`check_image_file`: can the file be read at all (missing, empty, truncated, not an image)?
-- :func:`check_case`: is a loaded case usable (3D, finite, one grid shared by its modalities and its label, label
-  values integer and within the dataset's label set)?
-- :class:`LoadCheckedImaged` / :class:`CheckCased`: the same for MONAI dictionary pipelines in configs.
+- :func:`check_case`: is a loaded case usable (3D, finite in every channel, one grid shared by its modalities and
+  its label, label values integer and within the dataset's label set)?
+- :func:`check_case_headers`: the same dimension and grid rules on file headers, before any voxel is read (run by
+  the case check of every workflow, :func:`bundle.data.case_check.check_case_files`).
+- :class:`LoadCheckedImaged` / :class:`CheckCased`: the same for MONAI dictionary pipelines in configs;
+  ``LoadCheckedImaged`` checks each case right where its voxels arrive, so the voxel checks cost no second read.
 """
 
 from __future__ import annotations
@@ -20,41 +23,26 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, LoadImaged, MapTransform, Transform
 from monai.data.utils import is_no_channel
+from monai.transforms import LoadImage, LoadImaged, MapTransform, Transform
 from monai.utils import TransformBackends
 
 from bundle.data.case_ids import SOURCE_FILES_KEY
+from bundle.data.headers import ImageHeader
+from bundle.errors import InputError, MissingInputError
 
 __all__ = [
     "InputError",
+    "MissingInputError",
     "SOURCE_FILES_KEY",
     "check_image_file",
     "check_case",
+    "check_case_headers",
     "check_label",
     "CheckCase",
     "CheckCased",
     "LoadCheckedImaged",
 ]
-
-
-
-
-class InputError(ValueError):
-    """An input file cannot be used. The message always starts with the file path, then the problem.
-
-    Attributes:
-        path: the file (or a description of an in-memory array) at fault.
-        problem: what is wrong with it.
-    """
-
-    def __init__(self, path, problem: str = ""):
-        self.path = os.fspath(path) if isinstance(path, os.PathLike) else path
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}" if problem else str(self.path))
-
-    def __reduce__(self):  # keep (path, problem) through pickling, e.g. out of DataLoader worker processes
-        return type(self), (self.path, self.problem)
 
 
 # ------------------------------------------------------------------------------------------------- reading a file
@@ -90,11 +78,12 @@ def check_image_file(path: str | os.PathLike, **load_kwargs) -> MetaTensor:
         the loaded ``MetaTensor`` (no channel dimension added unless ``ensure_channel_first=True`` is passed).
 
     Raises:
-        InputError: missing, empty, truncated, or not an image; the original exception is chained.
+        MissingInputError: the file does not exist (an :class:`InputError` and a ``FileNotFoundError``).
+        InputError: empty, truncated, or not an image; the original exception is chained.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise InputError(path, "cannot be read: the file does not exist")
+        raise MissingInputError(path, "cannot be read: the file does not exist")
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise InputError(path, "cannot be read: the file is empty (0 bytes)")
     loader = LoadImage(image_only=True, **{k: v for k, v in load_kwargs.items() if k != "image_only"})
@@ -110,15 +99,26 @@ def check_image_file(path: str | os.PathLike, **load_kwargs) -> MetaTensor:
 
 @dataclass
 class _Volume:
+    """One file's part of a case: its spatial grid and, when the voxels are at hand, ``data`` ``[C, *spatial]``."""
+
     name: str
-    data: np.ndarray  # [C, *spatial]
+    shape: tuple[int, ...]
     affine: np.ndarray | None
+    data: np.ndarray | None = None
 
 
 def _to_numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy() if not isinstance(x, MetaTensor) else x.as_tensor().detach().cpu().numpy()
     return np.asarray(x)
+
+
+def _channel_problem(shape: tuple[int, ...], per_file: int, channels: int | None) -> str | None:
+    if channels is None or per_file == channels:
+        return None
+    if channels == 1:
+        return f"has shape {shape}: a 4D series of {per_file} volumes (time points or channels); expected a single 3D volume"
+    return f"has shape {shape}: {per_file} channels; expected {channels}"
 
 
 def _volumes(item, default_name: str, channels: int | None) -> list[_Volume]:
@@ -128,6 +128,8 @@ def _volumes(item, default_name: str, channels: int | None) -> list[_Volume]:
     file) or, after ``EnsureChannelFirst`` or stacking several files, channel-first; the reader's
     ``spatial_shape`` tells the spatial rank, the array shape tells where the extra axis is.
     """
+    if isinstance(item, ImageHeader):
+        return [_header_volume(item, channels)]
     if isinstance(item, (str, os.PathLike)):
         item = check_image_file(item)
     meta = item.meta if isinstance(item, MetaTensor) else {}
@@ -166,28 +168,40 @@ def _volumes(item, default_name: str, channels: int | None) -> list[_Volume]:
     per_file = total // len(names) if len(names) > 1 and total % len(names) == 0 else total
     if len(names) > 1 and per_file * len(names) != total:
         names = [", ".join(names)]
-    if channels is not None and per_file != channels:
-        if channels == 1:
-            problem = f"a 4D series of {per_file} volumes (time points or channels); expected a single 3D volume"
-        else:
-            problem = f"{per_file} channels; expected {channels}"
-        raise InputError(names[0], f"has shape {shape}: {problem}")
+    problem = _channel_problem(shape, per_file, channels)
+    if problem:
+        raise InputError(names[0], problem)
     affine = _to_numpy(item.affine) if isinstance(item, MetaTensor) else None
     return [
-        _Volume(name, data[i * per_file : (i + 1) * per_file], affine)
+        _Volume(name, tuple(data.shape[1:]), affine, data[i * per_file : (i + 1) * per_file])
         for i, name in enumerate(names if len(names) > 1 else names[:1])
     ]
 
 
+def _header_volume(header: ImageHeader, channels: int | None) -> _Volume:
+    """The grid of a file from its header; the same dimension rules as for loaded voxels."""
+    rank, shape = len(header.spatial_shape), header.shape
+    if rank != 3:
+        raise InputError(header.path, f"has shape {shape}: a {rank}D image; expected a 3D volume")
+    if len(shape) - rank > 1:
+        raise InputError(header.path, f"has shape {shape}: {len(shape) - rank} non-spatial axes; expected a 3D volume")
+    problem = _channel_problem(shape, header.channels, channels)
+    if problem:
+        raise InputError(header.path, problem)
+    return _Volume(header.path, tuple(header.spatial_shape), header.affine)
+
+
 def _check_finite(vol: _Volume) -> None:
-    if not np.issubdtype(vol.data.dtype, np.floating):
-        return
-    n_nan = int(np.isnan(vol.data).sum())
-    n_inf = int(np.isinf(vol.data).sum())
-    if n_nan or n_inf:
-        raise InputError(
-            vol.name, f"contains {n_nan + n_inf} non-finite values ({n_nan} NaN, {n_inf} inf) of {vol.data.size}"
-        )
+    data = vol.data
+    if data is None or not np.issubdtype(data.dtype, np.floating) or np.isfinite(data).all():
+        return  # one vectorised pass (about 11 ms for a 4 x 240 x 240 x 155 BraTS case); details only on failure
+    n_nan = int(np.isnan(data).sum())
+    n_inf = int(np.isinf(data).sum())
+    channels = [c for c in range(data.shape[0]) if not np.isfinite(data[c]).all()]
+    where = f" in channel(s) {channels}" if data.shape[0] > 1 else ""
+    raise InputError(
+        vol.name, f"contains {n_nan + n_inf} non-finite values ({n_nan} NaN, {n_inf} inf) of {data.size}{where}"
+    )
 
 
 def _grid(affine: np.ndarray) -> str:
@@ -197,25 +211,25 @@ def _grid(affine: np.ndarray) -> str:
 
 
 def _check_same_grid(vol: _Volume, ref: _Volume, what: str, affine_atol: float) -> None:
-    if vol.data.shape[1:] != ref.data.shape[1:]:
-        raise InputError(
-            vol.name,
-            f"{what} shape {tuple(vol.data.shape[1:])} does not match {ref.name} shape {tuple(ref.data.shape[1:])}",
-        )
+    if vol.shape != ref.shape:
+        raise InputError(vol.name, f"{what} shape {vol.shape} does not match {ref.name} shape {ref.shape}")
     if vol.affine is None or ref.affine is None:
         return
     a, b = np.asarray(vol.affine, dtype=np.float64), np.asarray(ref.affine, dtype=np.float64)
     if a.shape != b.shape or not np.allclose(a, b, rtol=0.0, atol=affine_atol):
         same_spacing_origin = a.shape == b.shape and _grid(a) == _grid(b)
         hint = " (same spacing and origin, different axis directions)" if same_spacing_origin else ""
+        diff = f" (largest difference {float(np.abs(a - b).max()):.4g})" if a.shape == b.shape else ""
         raise InputError(
             vol.name,
-            f"{what} affine differs from {ref.name} by more than {affine_atol}{hint}: {_grid(a)} vs {_grid(b)}",
+            f"{what} affine differs from {ref.name} by more than {affine_atol}{diff}{hint}: {_grid(a)} vs {_grid(b)}",
         )
 
 
 def _check_label_values(vol: _Volume, label_values: Iterable[int] | None) -> None:
     data = vol.data
+    if data is None:
+        return
     if np.issubdtype(data.dtype, np.floating):
         fractional = data != np.round(data)
         n_frac = int(fractional.sum())
@@ -233,6 +247,14 @@ def _check_label_values(vol: _Volume, label_values: Iterable[int] | None) -> Non
         raise InputError(vol.name, f"label values {bad} are not in the label set {allowed}")
 
 
+def _check_grids(images: list[_Volume], label: _Volume | None, affine_atol: float) -> None:
+    ref = images[0]
+    for vol in images[1:]:
+        _check_same_grid(vol, ref, "modality", affine_atol)
+    if label is not None:
+        _check_same_grid(label, ref, "label", affine_atol)
+
+
 def check_case(
     images,
     label=None,
@@ -245,7 +267,7 @@ def check_case(
     Args:
         images: the case's image(s): a path, an array, a ``MetaTensor`` (after ``LoadImage``, with or without
             ``EnsureChannelFirst``; stacked multi-file MetaTensors are split per file), or a list of them (one per
-            modality). Plain arrays are ``[H, W, D]`` or channel-first ``[C, H, W, D]``.
+            modality). Plain arrays are ``[H, W, D]`` or channel-first ``[C, H, W, D]``. Paths are read completely.
         label: the label volume (same forms), or None.
         label_values: the dataset's label set (e.g. ``get_dataset_spec("brats").label_values``); None skips the
             value check (integer-ness is still checked).
@@ -254,8 +276,8 @@ def check_case(
         affine_atol: largest absolute difference between affine entries (mm) still counted as the same grid.
 
     Raises:
-        InputError: not 3D (2D, or 4D with time), NaN/inf values, modalities or label on another grid (shape or
-            affine), label not integer-valued or holding values outside ``label_values``.
+        InputError: not 3D (2D, or 4D with time), NaN/inf values in any channel, modalities or label on another grid
+            (shape or affine), label not integer-valued or holding values outside ``label_values``.
     """
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     if not items:
@@ -263,14 +285,33 @@ def check_case(
     volumes = [v for i, item in enumerate(items) for v in _volumes(item, f"<image {i}>", channels)]
     for vol in volumes:
         _check_finite(vol)
-    ref = volumes[0]
-    for vol in volumes[1:]:
-        _check_same_grid(vol, ref, "modality", affine_atol)
-    if label is None:
-        return
-    lab = _label_volume(label)
-    _check_same_grid(lab, ref, "label", affine_atol)
-    _check_label_values(lab, label_values)
+    lab = None if label is None else _label_volume(label)
+    _check_grids(volumes, lab, affine_atol)
+    if lab is not None:
+        _check_label_values(lab, label_values)
+
+
+def check_case_headers(
+    images: Sequence[ImageHeader],
+    label: ImageHeader | None = None,
+    channels: int | None = 1,
+    affine_atol: float = 1e-3,
+) -> None:
+    """The rules of :func:`check_case` that a header can answer: 3D, channels per file, one grid.
+
+    Args:
+        images: headers of the case's image files (:func:`bundle.data.headers.read_header`), modality order.
+        label: header of the label file, or None.
+        channels: channels each image file must hold (see :func:`check_case`).
+        affine_atol: affine tolerance in mm.
+
+    Raises:
+        InputError: naming the first file at fault, with both shapes or grids in the message.
+    """
+    if not images:
+        raise ValueError("check_case_headers needs at least one image header.")
+    volumes = [_header_volume(h, channels) for h in images]
+    _check_grids(volumes, None if label is None else _header_volume(label, 1), affine_atol)
 
 
 def _label_volume(label) -> _Volume:
@@ -318,7 +359,7 @@ class CheckCased(MapTransform):
 
     Place it after loading (``LoadCheckedImaged``, optionally ``EnsureChannelFirstd``) and before any spatial
     transform, so the shapes and affines checked are the files' own. MetaTensors name their file through
-    ``meta["filename_or_obj"]``.
+    ``meta["filename_or_obj"]``. (``LoadCheckedImaged`` runs the same check by itself.)
 
     Args:
         keys: image keys (one per modality, or one key holding all modalities).
@@ -358,14 +399,61 @@ def _filenames(value) -> list[str]:
     return []
 
 
-class LoadCheckedImaged(LoadImaged):
-    """:class:`monai.transforms.LoadImaged` whose reader failures become an :class:`InputError` naming the file.
+def channels_per_file(files: Sequence[str], image_channels: int | None) -> int | None:
+    """Channels each of ``files`` must hold so that together they make ``image_channels`` (None: any).
 
-    Takes exactly the arguments of ``LoadImaged``. Loading is unchanged when it succeeds, except that a key holding
-    several files (stacked as channels) records all of them in ``meta["source_filenames"]`` (newline-joined), so
-    later checks name the right file; when it fails, each file of each key is checked with
-    :func:`check_image_file` to name the culprit and the reason.
+    Raises:
+        InputError: the files cannot hold that many channels evenly (e.g. 3 files for a 4-channel configuration).
     """
+    if image_channels is None:
+        return None
+    n_files = max(len(files), 1)
+    if int(image_channels) % n_files:
+        where = files[0] if files else "<image>"
+        raise InputError(where, f"the case has {n_files} image files, which cannot hold the {image_channels} "
+                                "channels the configuration expects (image_channel_names)")
+    return int(image_channels) // n_files
+
+
+class LoadCheckedImaged(LoadImaged):
+    """:class:`monai.transforms.LoadImaged` that names the file of any reader failure and checks each case it loads.
+
+    Takes the arguments of ``LoadImaged``, plus the keyword-only check settings below. Loading is unchanged when it
+    succeeds, except that a key holding several files (stacked as channels) records all of them in
+    ``meta["source_filenames"]`` (newline-joined), so later checks name the right file; when it fails, each file of
+    each key is checked with :func:`check_image_file` to name the culprit and the reason.
+
+    After loading (``check=True``), :func:`check_case` runs on the voxels just read, before any other transform:
+    every image key finite in every channel and 3D, modalities and the label on one grid (shape and affine), the
+    label integer-valued with values in ``label_values``. This is the voxel half of the case check that
+    :func:`bundle.data.case_check.check_case_files` runs on headers before any work starts.
+
+    Args:
+        check: run the case check on the loaded data.
+        label_key: the key holding the label (checked as one; the other keys are the image's modalities).
+        label_values: the dataset's label set; None skips the value check.
+        image_channels: channels the image keys hold in total (``len(image_channel_names)``): 1 per file for a list
+            of modality files, all of them in one 4D file (MSD); None accepts any number.
+        affine_atol: affine tolerance in mm.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        *args,
+        check: bool = True,
+        label_key: str | None = "label",
+        label_values: Sequence[int] | None = None,
+        image_channels: int | None = None,
+        affine_atol: float = 1e-3,
+        **kwargs,
+    ) -> None:
+        super().__init__(keys, *args, **kwargs)
+        self.check = check
+        self.label_key = label_key
+        self.label_values = None if label_values is None else [int(v) for v in label_values]
+        self.image_channels = None if image_channels is None else int(image_channels)
+        self.affine_atol = affine_atol
 
     def __call__(self, data, reader=None):
         try:
@@ -389,4 +477,18 @@ class LoadCheckedImaged(LoadImaged):
             paths = _filenames(data[key])
             if len(paths) > 1 and isinstance(d[key], MetaTensor):
                 d[key].meta[SOURCE_FILES_KEY] = "\n".join(paths)  # one string: collates like filename_or_obj
+        if self.check:
+            self._check(data, d)
         return d
+
+    def _check(self, data: Mapping, d: Mapping) -> None:
+        keys = list(self.key_iterator(d))
+        label = d[self.label_key] if self.label_key in keys else None
+        image_keys = [k for k in keys if k != self.label_key]
+        if not image_keys:
+            if label is not None:
+                check_label(label, self.label_values)
+            return
+        files = [p for k in image_keys for p in _filenames(data[k])]
+        per_file = channels_per_file(files, self.image_channels)
+        check_case([d[k] for k in image_keys], label, self.label_values, per_file, self.affine_atol)

@@ -9,9 +9,11 @@ which slices are positive. Entries follow the contract in ``docs/design.md``::
      "slice_labels": {"1": [0, 0, 1, ...], "2": [...], "4": [...]}, "slice_foreground": [0, 0, 1, ...]}
 
 Slices run along the last axis after ``Orientation("RAS")``, i.e. inferior to superior, whatever the file's
-own axis order. Note: ``monai.data.load_decathlon_datalist`` joins ``base_dir`` to any string value that names an
-existing path, so for layouts with ``<root>/<case_id>/`` folders ``case_id`` comes back as a folder path; its
-basename is still the case id.
+own axis order. Each entry also records what the case check verified (``"checked"``: size, modification time and
+checks per file, :mod:`bundle.data.case_check`), so the workflows re-check only files changed since. Note:
+``monai.data.load_decathlon_datalist`` joins ``base_dir`` to any string value that names an existing path, so for
+layouts with ``<root>/<case_id>/`` folders ``case_id`` comes back as a folder path; its basename is still the case
+id (the workflows read datalists with :mod:`bundle.data.datalist_io` instead).
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from monai.data import MetaTensor
 from monai.transforms import EnsureChannelFirst, Orientation
 from tqdm import tqdm
 
-from bundle.atomic import write_text_atomic
+from bundle.atomic import remove_stale_temps, write_text_atomic
+from bundle.data.case_check import RECORD_KEY, check_case_files
 from bundle.data.checks import InputError, check_image_file, check_label
 from bundle.data.layouts import DatasetLayoutError, natural_key, scan_dataset
 
@@ -91,14 +95,17 @@ def split_cases(
     return {name: sorted(part, key=natural_key) for name, part in parts.items()}
 
 
-def label_summary(label_path: str, foreground_values: Sequence[int], label_values: Sequence[int] | None = None) -> dict:
+def label_summary(
+    label_path: str | MetaTensor, foreground_values: Sequence[int], label_values: Sequence[int] | None = None
+) -> dict:
     """Read a label volume once and summarise it per axial slice.
 
     The volume goes through MONAI ``LoadImage(image_only=True)``, ``EnsureChannelFirst()`` and
     ``Orientation(axcodes="RAS")``, so "slice d" means the same anatomy whichever way the file stores its axes.
 
     Args:
-        label_path: the label file.
+        label_path: the label file, or the label already read and checked (``CaseCheck.label`` of
+            :func:`bundle.data.case_check.check_case_files`), which is then neither read nor checked again.
         foreground_values: the dataset's foreground label values; each gets a ``slice_labels`` row.
         label_values: the full label set, background included, to reject other values; None skips that check.
 
@@ -109,10 +116,12 @@ def label_summary(label_path: str, foreground_values: Sequence[int], label_value
         InputError: unreadable file, not a 3D single-channel volume, non-finite or non-integer values, or values
             outside ``label_values``; the message starts with the file path.
     """
-    image = check_image_file(label_path, dtype=None)  # native dtype: a uint8 label stays 1 byte per voxel
+    loaded = isinstance(label_path, MetaTensor)
+    image = label_path if loaded else check_image_file(label_path, dtype=None)  # native dtype: uint8 stays 1 byte
     # labels=None: axis codes follow the MetaTensor's own space (RAS from MONAI's readers), MONAI's new default
     image = Orientation(axcodes="RAS", labels=None)(EnsureChannelFirst()(image))
-    check_label(image, label_values)
+    if not loaded:
+        check_label(image, label_values)
     volume = image.as_tensor().numpy()[0]
     present = [int(v) for v in np.unique(volume) if int(v) != 0]
     slice_labels = {str(int(v)): (volume == v).any(axis=(0, 1)).astype(int).tolist() for v in foreground_values}
@@ -146,11 +155,14 @@ def build_datalist(
         val_fraction: fraction of cases for validation.
         test_fraction: fraction of cases for testing.
         seed: seed of the case permutation.
-        skip_incomplete: leave out cases with problems (missing files, duplicates, unreadable or invalid labels)
-            with one warning listing them, instead of raising.
+        skip_incomplete: leave out cases with problems (missing files, duplicates, unreadable, truncated or
+            mismatched images and labels, invalid label values) with one warning listing them, instead of raising.
         relative: paths relative to ``root`` (for ``load_decathlon_datalist(..., base_dir=root)``); False gives
             absolute paths.
         progress: show a progress bar over cases.
+
+    Every case goes through :func:`bundle.data.case_check.check_case_files` (every image header and the label's
+    voxels: readable, complete, 3D, one grid, label values in the set) and its entry records what was verified.
 
     Returns:
         the datalist: ``training`` / ``validation`` / ``testing`` entries (see the module docstring), ``dataset``,
@@ -169,18 +181,21 @@ def build_datalist(
         raise DatasetLayoutError(text + "\n" + hint)
 
     spec = scan.spec
-    entries, label_problems = [], []
-    for case in tqdm(scan.cases, desc=f"label summaries ({scan.layout})", unit="case", disable=not progress):
+    entries, case_problems = [], []
+    for case in tqdm(scan.cases, desc=f"case checks ({scan.layout})", unit="case", disable=not progress):
+        paths = _paths(case, root, relative)
         try:
-            summary = label_summary(case["label"], spec.foreground_values, spec.label_values)
+            checked = check_case_files(paths["image"], paths["label"], label_values=spec.label_values,
+                                       image_channels=len(spec.modalities), data_root=root)
+            summary = label_summary(checked.label, spec.foreground_values)
         except InputError as err:
-            label_problems.append(f"case {case['case_id']}: {err}")
+            case_problems.append(f"case {case['case_id']}: {err}")
             continue
-        entries.append({**_paths(case, root, relative), **summary})
+        entries.append({**paths, **summary, RECORD_KEY: checked.record})
 
-    if label_problems and not skip_incomplete:
-        raise DatasetLayoutError(_problem_text(root, "unusable label file(s)", label_problems) + "\n" + hint)
-    skipped = list(scan.problems) + label_problems
+    if case_problems and not skip_incomplete:
+        raise DatasetLayoutError(_problem_text(root, "unusable case file(s)", case_problems) + "\n" + hint)
+    skipped = list(scan.problems) + case_problems
     if skipped:
         warnings.warn(_problem_text(root, "problem(s); leaving those cases out", skipped), stacklevel=2)
     if not entries:
@@ -228,5 +243,6 @@ def write_datalist(datalist: dict, path: str | os.PathLike) -> str:
         the absolute path written.
     """
     path = os.path.abspath(os.fspath(path))
+    remove_stale_temps(os.path.dirname(path))  # leftovers of a write killed earlier
     write_text_atomic(path, _dumps(datalist) + "\n")
     return path

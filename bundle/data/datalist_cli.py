@@ -14,6 +14,7 @@ from bundle.data.checks import InputError
 from bundle.data.datalist import build_datalist, split_sizes, write_datalist
 from bundle.data.labels import DATASET_NAMES
 from bundle.data.layouts import DatasetLayoutError
+from bundle.errors import error_line
 
 __all__ = ["build_parser", "main"]
 
@@ -39,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the tool; exits with status 2 and the error text (no traceback) when the dataset or a file is unusable."""
+    """Run the tool; exits with status 2 when the dataset or a file is unusable.
+
+    The error text comes without a traceback (a user error, not a bug): the list of problems when there are several,
+    then one last line ``ERROR: <file>: <problem>`` like every bundle command.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -59,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         path = write_datalist(datalist, args.out)
     except (DatasetLayoutError, InputError, OSError) as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+        details = f"{parser.prog}: error: {err}\n" if len(str(err).strip().splitlines()) > 1 else ""
+        parser.exit(2, f"{details}{error_line(err)}\n")
     counts = ", ".join(f"{len(datalist[k])} {k}" for k in ("training", "validation", "testing"))
     print(f"wrote {path}: {counts} cases ({datalist['layout']})")
     return 0

@@ -115,7 +115,7 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
             name="lits",
             labels={0: "background", 1: "liver", 2: "tumour"},
             modalities=("CT",),
-            # the tumour lies inside the liver, so "liver" is the organ with its lesions (METHODS.md, SAM-Mix)
+            # the tumour lies inside the liver, so "liver" is the organ with its lesions (docs/methods.md §4, SAM-Mix)
             regions={"liver": (1, 2), "tumour": (2,)},
             description="LiTS liver and liver tumour CT",
         ),

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from monai.utils import look_up_option
 
 from bundle.data.labels import DATASET_NAMES, DATASETS, DatasetSpec, msd_spec
+from bundle.errors import BundleError
 
 __all__ = ["DatasetLayoutError", "DatasetScan", "LAYOUTS", "scan_dataset", "discover_cases", "natural_key"]
 
@@ -45,7 +46,7 @@ _ACT1K_IMAGE = re.compile(r"^Case_(\d+)_0000\.nii(?:\.gz)?$", re.IGNORECASE)
 _ACT1K_MASK = re.compile(r"^Case_(\d+)\.nii(?:\.gz)?$", re.IGNORECASE)
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(BundleError, ValueError):
     """A dataset folder does not hold what its layout promises; the message lists every problem found."""
 
 

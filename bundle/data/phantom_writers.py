@@ -1,4 +1,4 @@
-"""Phantom datasets written in the exact on-disk layouts of the real ones (METHODS.md section 6).
+"""Phantom datasets written in the exact on-disk layouts of the real ones (docs/methods.md §6).
 
 | dataset | layout | labels |
 |---|---|---|

@@ -1,4 +1,4 @@
-"""Prior maps of one 2D slice from its SAM mask records (METHODS.md §2 SAMAug, §3 SAMAug-C).
+"""Prior maps of one 2D slice from its SAM mask records (docs/methods.md §2 SAMAug, §3 SAMAug-C).
 
 A mask record is a dict with Meta's field names (docs/design.md); only ``segmentation`` (bool ``[H, W]``) and the
 score fields are read here. These functions run on every axial slice of every volume: the masks of a slice are
@@ -124,7 +124,7 @@ def _scores(masks: Sequence[dict], key: str) -> np.ndarray:
 
 
 def samaug_prior_maps(masks: Sequence[dict], shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """SAMAug segmentation and boundary priors of one slice (METHODS.md §2).
+    """SAMAug segmentation and boundary priors of one slice (docs/methods.md §2).
 
     ``S(p) = sum_k stability_score_k * [p in mask_k]`` (overlapping masks add up, not normalised) and
     ``B(p) = 1`` where p lies on the thick boundary (:func:`thick_boundary`) of any mask.
@@ -148,7 +148,7 @@ def samaug_prior_maps(masks: Sequence[dict], shape: Sequence[int]) -> tuple[np.n
 def samaugc_prior_map(
     masks: Sequence[dict], shape: Sequence[int], score: str = "stability_score", combine: str = "sum"
 ) -> np.ndarray:
-    """SAMAug-C prior map ``P`` of one slice (METHODS.md §3).
+    """SAMAug-C prior map ``P`` of one slice (docs/methods.md §3).
 
     Each mask contributes a map equal to its score inside the mask and 0 outside; the maps are combined by sum or
     maximum and min-max normalised to ``[0, 1]``.

@@ -18,14 +18,23 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from monai.data import load_decathlon_datalist
 from monai.transforms import Compose, Orientationd
 from tqdm import tqdm
 
-from bundle.atomic import write_text_atomic
-from bundle.data.case_ids import case_id_of, source_files_of
+from bundle.atomic import remove_stale_temps, write_text_atomic
+from bundle.data.case_check import check_entry
+from bundle.data.case_ids import case_id_of
 from bundle.data.checks import LoadCheckedImaged
+from bundle.data.datalist_io import (
+    check_case_ids,
+    datalist_image_channels,
+    datalist_label_values,
+    join_paths,
+    read_datalist,
+    section_entries,
+)
 from bundle.errors import error_line
+from bundle.folders import check_writable_folder
 from bundle.priors.cache import CachedSamPriord
 from bundle.priors.transforms import SamPrior
 
@@ -84,53 +93,63 @@ class PriorPrecompute:
         self.continue_on_error = bool(continue_on_error)
 
     def entries(self) -> list[dict]:
-        """The datalist's cases in the chosen sections, each once.
+        """The datalist's cases in the chosen sections, each once, paths as the datalist writes them.
 
         Raises:
-            ValueError: two different cases share a case id (they would share one cache slot).
+            InputError: the datalist cannot be read, an entry has no image, or two different cases share a case id
+                (they would share one cache slot).
         """
-        with open(self.datalist) as f:
-            present = set(json.load(f))
-        out, seen = [], {}
-        for section in self.sections:
-            if section not in present:
-                continue
-            for entry in load_decathlon_datalist(str(self.datalist), True, section, str(self.data_root)):
+        data = read_datalist(self.datalist)
+        sections = {name: section_entries(data, name, self.datalist, (self.image_key,))
+                    for name in self.sections if isinstance(data.get(name), list) and data[name]}
+        check_case_ids(sections, self.datalist, self.image_key)
+        out, seen = [], set()
+        for entries in sections.values():
+            for entry in entries:
                 cid = case_id_of(entry, self.image_key)
-                if cid in seen:
-                    if seen[cid] != entry[self.image_key]:
-                        raise ValueError(f"{self.datalist}: case id {cid!r} names two different cases "
-                                         f"({seen[cid]} and {entry[self.image_key]}); they would share a cache slot")
-                    continue
-                seen[cid] = entry[self.image_key]
-                out.append(entry)
+                if cid not in seen:
+                    seen.add(cid)
+                    out.append(entry)
         return out
 
     def run(self) -> dict:
         """Compute what is missing; returns counts and where the manifest is.
 
+        Up-to-date cases are recognised from their files' fingerprints without loading them. Before any SAM work a
+        case is checked (:func:`bundle.data.case_check.check_entry`: readable, one grid, label values), and the
+        cache folder is checked for space and writability once something needs computing.
+
         Raises:
             the first bad case's error (default), or, with ``continue_on_error``, a ``RuntimeError`` naming every
             bad case after all the others were done.
         """
+        data = read_datalist(self.datalist)
+        label_values, channels = datalist_label_values(data), datalist_image_channels(data)
         entries = self.entries()
+        cache = self.cached.cache
+        remove_stale_temps(cache.cache_dir, recursive=True)  # left by runs killed while writing
+        todo = []
+        for entry in entries:
+            files = join_paths(entry, self.data_root, (self.image_key,))[self.image_key]
+            if not cache.is_current(case_id_of(entry, self.image_key), [files] if isinstance(files, str) else files):
+                todo.append(entry)
+        if todo:
+            check_writable_folder(self.cache_dir, what="prior_cache_dir")
         total = sum(int(e.get("num_slices") or 0) for e in entries) or None
-        done = skipped = 0
+        done = 0
         failed: dict[str, str] = {}
         start = time.perf_counter()
-        cache = self.cached.cache
         bar = tqdm(total=total, unit="slice", desc="SAM priors", disable=not self.progress, dynamic_ncols=True)
         try:
-            for entry in entries:
+            pending = {id(e) for e in todo}
+            bar.update(sum(int(e.get("num_slices") or 0) for e in entries if id(e) not in pending))
+            for entry in todo:
                 case_id = case_id_of(entry, self.image_key)
                 bar.set_postfix_str(case_id)
                 try:
-                    loaded = self.loader(dict(entry))
-                    image = loaded[self.image_key]
-                    if cache.is_current(case_id, source_files_of(image)):
-                        skipped += 1
-                        bar.update(int(image.shape[-1]))
-                        continue
+                    check_entry(entry, self.data_root, label_values=label_values, image_channels=channels,
+                                image_key=self.image_key)
+                    loaded = self.loader(join_paths(entry, self.data_root, (self.image_key, "label")))
                     self.cached.prior_for(loaded, self.image_key, progress=bar.update)
                     done += 1
                 except (ValueError, OSError, RuntimeError) as err:
@@ -142,8 +161,9 @@ class PriorPrecompute:
             bar.close()
             # whatever happened, the manifest describes what the partition holds
             manifest = cache.write_manifest()
-        summary = {"computed": done, "up_to_date": skipped, "failed": len(failed), "cases": len(entries),
-                   "partition": cache.cache_dir.name, "manifest": None if manifest is None else str(manifest),
+        summary = {"computed": done, "up_to_date": len(entries) - len(todo), "failed": len(failed),
+                   "cases": len(entries), "partition": cache.cache_dir.name,
+                   "manifest": None if manifest is None else str(manifest),
                    "seconds": round(time.perf_counter() - start, 2),
                    "generator": self.cached.prior.generator.signature().get("generator")}
         logger.info("SAM priors: %s", summary)

@@ -1,7 +1,7 @@
 """Automatic masks with the semantics of Meta's ``SamAutomaticMaskGenerator``, at a fraction of its cost.
 
 Same prompts (a ``points_per_side`` grid of single foreground points at cell centres, three masks per point), same
-parameters with the same meaning (METHODS.md §1): keep a mask when ``predicted_iou > pred_iou_thresh`` and
+parameters with the same meaning (docs/methods.md §1): keep a mask when ``predicted_iou > pred_iou_thresh`` and
 ``stability_score >= stability_score_thresh`` (stability = area at logit > +offset / area at logit > -offset),
 box NMS at ``box_nms_thresh`` ranked by predicted IoU, records with Meta's fields.
 
@@ -13,6 +13,10 @@ resolution and the threshold applied again, so every returned record satisfies t
 defines them. Prompts of several slices share one decoder batch.
 
 Only the single-crop mode (``crop_n_layers=0``, Meta's default) is implemented; ``min_mask_region_area`` is not.
+
+:class:`PromptGridMasks` holds everything but the prompts (batched decoding across slices, low-resolution stability
+filtering, exact greedy NMS, records); :class:`SamAutomaticMasks` adds Meta's point grid and predicted-IoU filter, and
+:class:`bundle.sam.box_grid.SamBoxGridMasks` a box grid for box-trained medical SAMs.
 """
 
 from __future__ import annotations
@@ -171,17 +175,12 @@ class PromptGridMasks:
         return results
 
     def _decode_batch(self, emb: SliceEmbeddings, b_idx, b_prompts, cands) -> None:
-        eng = self.engine
         cand_logits, cand_iou, cand_slice, cand_prompts = self._candidates(emb, b_idx, b_prompts)
         if len(cand_logits) == 0:
             return
-        # the low-resolution frame covers the padded input; only its top-left part holds the slice
-        in_h, in_w = emb.input_size
         low_h, low_w = cand_logits.shape[-2:]
-        valid_h = min(low_h, -(-in_h * low_h // eng.image_size))
-        valid_w = min(low_w, -(-in_w * low_w // eng.image_size))
-        valid = cand_logits[:, :valid_h, :valid_w]
-        thr = eng.model.mask_threshold
+        valid = self._valid_part(cand_logits, emb)
+        thr = self.engine.model.mask_threshold
         # empty masks are dropped: Meta's generator returns them with an undefined (0/0) stability score and a
         # zero box that never takes part in NMS; they add nothing to any prior
         ok = (valid > thr).flatten(1).any(dim=1)
@@ -205,6 +204,13 @@ class PromptGridMasks:
             c.rank.append(rank[sel])
             c.boxes.append(boxes[sel])
             c.prompts.append(cand_prompts[sel])
+
+    def _valid_part(self, low_res: torch.Tensor, emb: SliceEmbeddings) -> torch.Tensor:
+        """The part of ``[k, 4h, 4w]`` low-resolution logits that holds the slice (the rest covers the padding)."""
+        in_h, in_w = emb.input_size
+        low_h, low_w = low_res.shape[-2:]
+        size = self.engine.image_size
+        return low_res[:, : min(low_h, -(-in_h * low_h // size)), : min(low_w, -(-in_w * low_w // size))]
 
     def _full_resolution(self, low_res: torch.Tensor, emb: SliceEmbeddings, chunk: int = 32):
         """Masks, stability scores and boxes of low-resolution logits upsampled by SAM (in chunks: bounded memory)."""

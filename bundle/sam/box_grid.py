@@ -7,7 +7,9 @@ bundle's extension for them (no paper describes it; see ``docs/methods.md`` §1)
 
 - prompts: square boxes of several sizes tiled over the slice's foreground bounding box, each kept when enough of it
   is foreground (a box over air or outside the skull prompts nothing worth segmenting);
-- one mask per box (SAM's single-mask output, the one these models were trained to produce);
+- one mask per box (SAM's single-mask output, the one these models were trained to produce), optionally refined:
+  these models segment best from a box that fits the object, which a grid box rarely does, so each mask's tight
+  box is given back as the prompt (``refine_rounds`` times; measured in ``docs/prior_quality.md``);
 - quality: stability score only (the predicted IoU is recorded but, untrained, never used); box NMS ranks by
   stability score;
 - everything else as :class:`~bundle.sam.automatic.SamAutomaticMasks`: decoding batched across slices, filtering at
@@ -77,6 +79,8 @@ class SamBoxGridMasks(PromptGridMasks):
         min_box_foreground: a box is prompted only when at least this fraction of its pixels is foreground.
         foreground_level: a pixel is foreground when one of its channels exceeds this uint8 level (13 = 5 % of the
             range, as :class:`~bundle.sam.slices.SliceWindow` counts non-empty slices).
+        refine_rounds: times each mask's tight bounding box is decoded again as the prompt (each round costs one more
+            decoder pass per box).
         points_per_batch: prompts decoded together (they may come from several slices); memory grows linearly.
         stability_score_thresh: keep masks whose stability score is at least this.
         stability_score_offset: logit offset of the stability score.
@@ -94,10 +98,11 @@ class SamBoxGridMasks(PromptGridMasks):
         box_stride: float = 0.5,
         min_box_foreground: float = 0.5,
         foreground_level: int = 13,
+        refine_rounds: int = 1,
         points_per_batch: int = 64,
-        stability_score_thresh: float = 0.9,
+        stability_score_thresh: float = 0.7,
         stability_score_offset: float = 1.0,
-        box_nms_thresh: float = 0.7,
+        box_nms_thresh: float = 0.5,
         stability_band: float = 0.05,
     ) -> None:
         super().__init__(engine, points_per_batch, stability_score_thresh, stability_score_offset, box_nms_thresh,
@@ -109,9 +114,12 @@ class SamBoxGridMasks(PromptGridMasks):
             raise ValueError(f"box_stride must be in (0, 1], got {box_stride}")
         if not 0.0 <= min_box_foreground <= 1.0:
             raise ValueError(f"min_box_foreground must be in [0, 1], got {min_box_foreground}")
+        if refine_rounds < 0:
+            raise ValueError(f"refine_rounds must be >= 0, got {refine_rounds}")
         self.box_stride = float(box_stride)
         self.min_box_foreground = float(min_box_foreground)
         self.foreground_level = int(foreground_level)
+        self.refine_rounds = int(refine_rounds)
 
     def signature(self) -> dict:
         return {
@@ -120,6 +128,7 @@ class SamBoxGridMasks(PromptGridMasks):
             "box_stride": self.box_stride,
             "min_box_foreground": self.min_box_foreground,
             "foreground_level": self.foreground_level,
+            "refine_rounds": self.refine_rounds,
         }
 
     def slice_boxes(self, image: np.ndarray) -> np.ndarray:
@@ -142,10 +151,23 @@ class SamBoxGridMasks(PromptGridMasks):
         idx = np.repeat(np.arange(len(images)), [len(b) for b in per_slice])
         return idx, np.concatenate(per_slice) if per_slice else np.zeros((0, 4))
 
+    def _decode(self, emb: SliceEmbeddings, b_idx: torch.Tensor, boxes: torch.Tensor):
+        decoded = self.engine.decode_tokens(emb, b_idx, boxes=boxes)
+        return self.engine.mask_logits(decoded, multimask_output=False)[:, 0], decoded.iou[:, 0]  # [n, 4h, 4w], [n]
+
     def _candidates(self, emb: SliceEmbeddings, b_idx: torch.Tensor, b_boxes: torch.Tensor):
-        decoded = self.engine.decode_tokens(emb, b_idx, boxes=b_boxes)
-        logits = self.engine.mask_logits(decoded, multimask_output=False)[:, 0]  # [n, 4h, 4w]
-        return logits, decoded.iou[:, 0], b_idx.to(logits.device), b_boxes.to(logits.device)
+        logits, iou = self._decode(emb, b_idx, b_boxes)
+        boxes = b_boxes.to(logits.device)
+        for _ in range(self.refine_rounds):
+            masks = self._valid_part(logits, emb) > self.engine.model.mask_threshold
+            found = masks.flatten(1).any(dim=1)
+            if not bool(found.any()):
+                break
+            tight = self._low_res_boxes(masks, emb, tuple(logits.shape[-2:]))
+            tight[:, 2:] += 1.0  # inclusive last pixel -> pixel edge, as box prompts are given
+            boxes = torch.where(found[:, None], tight, boxes)
+            logits, iou = self._decode(emb, b_idx, boxes)
+        return logits, iou, b_idx.to(logits.device), boxes
 
     def _prompt_fields(self, prompt: list) -> dict:
         x0, y0, x1, y1 = prompt

@@ -1,6 +1,6 @@
 """A weight-free mask generator: classical region proposals that stand in for SAM's automatic masks.
 
-Used when no SAM checkpoint is configured (tests, quick trials, machines without the weights). It implements the mask
+Selected by ``sam_model_type: fallback`` (fast tests, quick trials of a workflow). It implements the mask
 generator protocol of docs/design.md and returns records with Meta's field names, types and threshold semantics, so
 everything downstream (prior maps, caches) runs unchanged; the priors are of course not SAM's.
 

@@ -1,4 +1,4 @@
-"""From a channel-first CT/MRI volume to the ``H x W x 3`` uint8 RGB slices SAM expects (METHODS.md §0).
+"""From a channel-first CT/MRI volume to the ``H x W x 3`` uint8 RGB slices SAM expects (docs/methods.md §0).
 
 A volume is ``[C, H, W, D]`` after ``EnsureChannelFirst`` + ``Orientation("RAS")``; slice ``d`` is ``[..., d]`` and
 becomes an ``[H, W, 3]`` image in array order (rows = first spatial axis). Priors are stacked back in the same frame,

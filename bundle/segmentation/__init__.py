@@ -8,6 +8,7 @@ from bundle.segmentation.checkpoints import (
     load_network_weights,
     save_atomic,
 )
+from bundle.segmentation.guards import NonFiniteLossError, NonFiniteStateError, StopOnNonFiniteLoss
 from bundle.segmentation.handlers import LearningRateLogger, PerClassMetricLogger, PriorImageLogger, TextLogger
 from bundle.segmentation.inferer import ENTROPY_MODES, INFER_MODES, SamAugInferer, SamAugPrepareBatch, selection_score
 from bundle.segmentation.inputs import (
@@ -41,6 +42,9 @@ __all__ = [
     "load_network_weights",
     "save_atomic",
     "CheckedCheckpointLoader",
+    "StopOnNonFiniteLoss",
+    "NonFiniteLossError",
+    "NonFiniteStateError",
     "PerClassMetricLogger",
     "LearningRateLogger",
     "PriorImageLogger",

@@ -7,30 +7,88 @@ best-score memory is lost when an interrupted training is resumed, so the first 
 overwrite ``model.pt`` even when it is worse. :class:`BestModelSaver` adds ``state_dict()`` for that memory, so the
 last-epoch checkpoint (:class:`bundle.segmentation.checkpoints.EpochCheckpointSaver`) can store it and
 :class:`bundle.segmentation.checkpoints.ResumeFromCheckpoint` restore it (``load_state_dict`` is MONAI's).
+
+MONAI's saver writes in place (ignite ``DiskSaver(atomic=False)``) after deleting the old file, so a kill or a
+full disk during the write left no ``model.pt`` or an unloadable one. :class:`AtomicSaveHandler` replaces its disk
+writer: the new file is written next to the old one and renamed over it (:mod:`bundle.atomic`), an old file is
+deleted only after its successor is complete, and weights holding NaN or inf are refused
+(:func:`bundle.segmentation.guards.check_finite_state`).
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
+from collections.abc import Mapping
 
 from monai.handlers import CheckpointSaver
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from bundle.distributed import is_main_process
+from bundle.segmentation.checkpoints import save_atomic
+from bundle.segmentation.guards import check_finite_state
+
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
+BaseSaveHandler, _ = optional_import(
+    "ignite.handlers.checkpoint", IgniteInfo.OPT_IMPORT_VERSION, min_version, "BaseSaveHandler"
+)
 
-__all__ = ["BestModelSaver", "FinalValidation"]
+__all__ = ["AtomicSaveHandler", "BestModelSaver", "FinalValidation"]
+
+
+class AtomicSaveHandler(BaseSaveHandler):
+    """Ignite save handler writing each checkpoint atomically, refusing non-finite weights, removing old files late.
+
+    Ignite's ``Checkpoint`` calls ``remove(old)`` *before* saving the new file; here the removal waits until the next
+    save has completed, and never touches the file just written (a fixed name like ``model.pt`` is replaced by the
+    rename instead). Only the main process writes.
+
+    Args:
+        dirname: the folder of the checkpoints.
+        filename: a fixed file name (``model.pt``) used instead of ignite's score-based names; None keeps those.
+    """
+
+    def __init__(self, dirname: str | os.PathLike, filename: str | None = None) -> None:
+        self.dirname = os.fspath(dirname)
+        self.filename = filename
+        self._pending: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        """Write ``checkpoint`` under ``filename`` (or the fixed name), then delete the files replaced by it."""
+        if not is_main_process():
+            return
+        name = self.filename or filename
+        path = os.path.join(self.dirname, name)
+        check_finite_state(checkpoint, path)
+        save_atomic(checkpoint, path)
+        for old in self._pending:
+            if old != name:
+                try:
+                    os.remove(os.path.join(self.dirname, old))
+                except FileNotFoundError:  # already gone: nothing to tidy
+                    pass
+        self._pending = []
+
+    def remove(self, filename: str) -> None:
+        """Remember ``filename`` for deletion after the next successful save."""
+        self._pending.append(self.filename or filename)
 
 
 class BestModelSaver(CheckpointSaver):
-    """``CheckpointSaver`` that saves the best key-metric model and exposes its best-score memory.
+    """``CheckpointSaver`` that saves the best key-metric model atomically and exposes its best-score memory.
 
-    Takes the arguments of :class:`monai.handlers.CheckpointSaver`; ``save_key_metric`` is forced on.
+    Takes the arguments of :class:`monai.handlers.CheckpointSaver`; ``save_key_metric`` is forced on. Every file it
+    writes (best, final and interval checkpoints) goes through :class:`AtomicSaveHandler`.
     """
 
     def __init__(self, save_dir: str, save_dict: dict, **kwargs) -> None:
         kwargs["save_key_metric"] = True
         super().__init__(save_dir=save_dir, save_dict=save_dict, **kwargs)
+        for checkpoint in (self._key_metric_checkpoint, self._final_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                fixed = getattr(checkpoint.save_handler, "filename", None)
+                checkpoint.save_handler = AtomicSaveHandler(save_dir, fixed)
 
     def state_dict(self) -> OrderedDict:
         """The key-metric tracking list (scores and file names of the saved best models)."""

@@ -7,6 +7,10 @@
 - :func:`load_network_weights` / :class:`CheckedCheckpointLoader` load weights for evaluation and inference and turn
   an input-channel mismatch (a model trained with SAM priors run without them, or vice versa) into an error that
   says so.
+
+Every file is read through :func:`bundle.checkpoint_files.load_checkpoint` (``weights_only=True``, CRC-checked), so a
+missing, empty, truncated, corrupt, foreign or unsafe file fails with one :class:`CheckpointError` naming it, and
+every file is written only when its tensors are finite (:func:`bundle.segmentation.guards.check_finite_state`).
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
 from bundle.atomic import atomic_path
+from bundle.checkpoint_files import CheckpointError, load_checkpoint
 from bundle.distributed import is_main_process
+from bundle.segmentation.guards import check_finite_state
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
 __all__ = [
     "INFO_KEY",
+    "CheckpointError",
     "save_atomic",
     "EpochCheckpointSaver",
     "ResumeFromCheckpoint",
@@ -110,6 +117,7 @@ class EpochCheckpointSaver:
         if self.engine_key is not None and engine is not None:
             checkpoint[self.engine_key] = engine.state_dict()
         checkpoint[INFO_KEY] = self.info
+        check_finite_state(checkpoint, self.path)
         save_atomic(checkpoint, self.path)
         epoch = engine.state.epoch if engine is not None else "?"
         self.logger.info(f"saved checkpoint {self.path} (epoch {epoch})")
@@ -129,6 +137,9 @@ class ResumeFromCheckpoint:
     and iteration so the run continues at the next epoch. The configured ``max_epochs`` is kept (the checkpoint's is
     ignored): a run resumed with a larger ``max_epochs`` trains up to it, a run that is already complete finishes
     without another iteration. Without the file the handler does nothing (fresh start).
+
+    A damaged file (truncated by a kill on an old version of this bundle, copied badly, not a checkpoint) stops the
+    run with a :class:`CheckpointError` naming it: silently starting again would throw away the finished epochs.
 
     Args:
         path: checkpoint file.
@@ -170,10 +181,17 @@ class ResumeFromCheckpoint:
         if not os.path.isfile(self.path):
             self.logger.info(f"no checkpoint at {self.path}: starting from scratch")
             return
-        checkpoint = torch.load(self.path, map_location=self.map_location, weights_only=True)
+        checkpoint = load_checkpoint(self.path, self.map_location, what="resume checkpoint")
+        if not isinstance(checkpoint, Mapping):
+            raise CheckpointError(self.path, f"resume checkpoint holds a {type(checkpoint).__name__}, not a dictionary "
+                                             "of states; move it away to start from scratch")
         missing = [k for k in [*self.load_dict, self.engine_key] if k is not None and k not in checkpoint]
         if missing:
-            raise KeyError(f"checkpoint {self.path} lacks {missing} (has {sorted(checkpoint)}).")
+            raise CheckpointError(
+                self.path,
+                f"resume checkpoint lacks {missing} (it has {sorted(map(str, checkpoint))}): it was written by another "
+                "configuration; move it away to start from scratch",
+            )
         self.info = dict(checkpoint.get(INFO_KEY) or {})
         configured = (engine.state.max_epochs, engine.state.epoch_length)
         for key, obj in self.load_dict.items():
@@ -213,7 +231,7 @@ def _load_engine_state(engine: Engine, state: Mapping, max_epochs: int | None, e
 def _network_state(checkpoint: Any, path: str) -> tuple[Mapping[str, torch.Tensor], dict]:
     """The network state_dict and the info dict of a bare state_dict or a ``{"network"|"model": ...}`` file."""
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a state_dict or a checkpoint dictionary.")
+        raise CheckpointError(path, f"holds a {type(checkpoint).__name__}, not a state_dict or a checkpoint dictionary")
     info = checkpoint.get(INFO_KEY) if isinstance(checkpoint.get(INFO_KEY), Mapping) else {}
     for key in _NETWORK_KEYS:
         if isinstance(checkpoint.get(key), Mapping):
@@ -252,11 +270,12 @@ def _load_module_state(
         if found != expected:
             mode = f" (prior_mode={prior_mode})" if prior_mode else ""
             trained = f"; it was trained with prior_mode={found_prior_mode}" if found_prior_mode else ""
-            raise ValueError(
-                f"{path} was trained with {found} input channels{_fmt_names(found_names)} but this configuration "
-                f"builds {expected}{_fmt_names(expected_names)}{mode}. Use the prior_mode the model was trained "
-                f"with{trained}: a model trained with SAM priors needs the priors at inference, and a model trained "
-                "without them must run with prior_mode='none'."
+            raise CheckpointError(
+                path,
+                f"wrong architecture: trained with {found} input channels{_fmt_names(found_names)} but this "
+                f"configuration builds {expected}{_fmt_names(expected_names)}{mode}. Use the prior_mode the model was "
+                f"trained with{trained}: a model trained with SAM priors needs the priors at inference, and a model "
+                "trained without them must run with prior_mode='none'",
             )
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -271,9 +290,11 @@ def _load_module_state(
             if items:
                 more = f" ... (+{len(items) - 5} more)" if len(items) > 5 else ""
                 parts.append(f"{label} ({len(items)}): {', '.join(items[:5])}{more}")
-        raise ValueError(
-            f"{path} does not match the configured network ({type(network).__name__}): " + "; ".join(parts) + ". "
-            "Check network_def (architecture, channels, strides) against the one used for training."
+        raise CheckpointError(
+            path,
+            f"wrong architecture: does not match the configured network ({type(network).__name__}): "
+            + "; ".join(parts)
+            + ". Check network_def (architecture, channels, strides) against the one used for training",
         )
     network.load_state_dict(state, strict=True)
 
@@ -300,14 +321,13 @@ def load_network_weights(
         ``network``, loaded.
 
     Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: the first layer's input channels differ (naming the file, both channel counts and the channel
-            names where known), or other keys / shapes differ (listing the first few).
+        MissingInputError: no file at ``path`` (a ``FileNotFoundError``).
+        CheckpointError: the file is empty, truncated, corrupt, not a checkpoint or an unsafe pickle; or the first
+            layer's input channels differ (naming both channel counts and the channel names where known), or other
+            keys / shapes differ (listing the first few). A ``ValueError``; the message starts with the file.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"network weights not found: {path}")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    checkpoint = load_checkpoint(path, map_location, what="network weights")
     state, info = _network_state(checkpoint, path)
     _load_module_state(
         _unwrap(network),

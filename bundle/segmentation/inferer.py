@@ -1,6 +1,6 @@
 """SAMAug inference: which network input to run (``infer_mode``) and how the evaluator batches image and prior.
 
-METHODS.md section 2, ``infer_mode``:
+docs/methods.md §2, ``infer_mode``:
 
 - ``aug_only``: the network on the prior-augmented input.
 - ``raw``: the network on the raw input (priors zero, same layout), e.g. to measure what the priors add.

@@ -1,6 +1,6 @@
 """Network input of SAMAug: the image combined with the SAM priors according to ``prior_mode``.
 
-METHODS.md section 2. With the segmentation prior ``S`` (channel 0 of the prior volume) and the boundary prior ``B``
+docs/methods.md §2. With the segmentation prior ``S`` (channel 0 of the prior volume) and the boundary prior ``B``
 (channel 1), and ``x`` the image:
 
 - ``add`` (the authors' code): ``[x, x + S / prior_scale, x + B]``; ``x`` must be a single channel in ``[0, 1]``.

@@ -1,6 +1,6 @@
 """Segmentation metrics for multi-label region masks: standard 3D metrics and the WeakMedSAM per-slice convention.
 
-Two families are computed for every region channel of a case (see ``docs/METHODS.md`` §5):
+Two families are computed for every region channel of a case (see ``docs/methods.md`` §5):
 
 - **Volume metrics** (the standard report): 3D Dice, 3D Jaccard and HD95 in millimetres.
 - **Slice metrics** (the convention the WeakMedSAM authors report, needed to compare with their anchors): 2D Dice

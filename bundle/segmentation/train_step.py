@@ -1,6 +1,6 @@
 """One SAMAug training iteration, as the ``iteration_update`` of MONAI's ``SupervisedTrainer``.
 
-METHODS.md section 2, ``train_mode``:
+docs/methods.md §2, ``train_mode``:
 
 - ``aug_only``: loss on ``M(x_aug)``.
 - ``blend``: ``beta * L(M(x), y) + lam * L(M(x_aug), y)``, one optimizer step.

@@ -21,12 +21,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from monai.data import load_decathlon_datalist
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.utils import look_up_option
 
 from bundle import distributed
+from bundle.data.case_check import check_case_files
 from bundle.data.case_ids import case_id_from_files
+from bundle.data.datalist_io import load_checked_section
+from bundle.errors import MissingInputError
 from bundle.segmentation.inputs import PRIOR_MODES
 
 __all__ = [
@@ -128,27 +130,23 @@ def volume_inferer(
 def load_datalist(
     datalist: str | os.PathLike, section: str, data_root: str | os.PathLike, keys: Sequence[str] = DATALIST_KEYS
 ) -> list[dict]:
-    """Entries of one datalist section with paths joined to ``data_root``, keeping only ``keys``.
+    """Entries of one datalist section with paths joined to ``data_root``, keeping only ``keys``, after the case check.
 
-    ``case_id`` is reduced to its basename: ``load_decathlon_datalist`` joins the data root to any value naming an
-    existing path, which turns BraTS case ids (also folder names) into folders.
+    Every case of the section goes through :func:`bundle.data.case_check.check_case_files` first (readable,
+    complete, 3D, one grid, label values in the datalist's label set; files unchanged since the datalist recorded its
+    checks cost one ``stat``), so a bad case stops the run before any prior, network or epoch. The label is checked
+    only when ``keys`` holds ``label``. ``case_id`` is reduced to its basename.
 
     Raises:
-        FileNotFoundError: the datalist does not exist (with the command that makes it).
-        ValueError: the section is missing or empty.
+        MissingInputError: the datalist or a file of a case does not exist.
+        InputError: the datalist cannot be read, lacks the section or a key of a case, two cases share an id, or a
+            case's files fail the check; the message names the file at fault (:mod:`bundle.data.datalist_io`).
     """
-    path = os.fspath(datalist)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"datalist not found: {os.path.abspath(path)}; make it with scripts/prepare_datalist.py (and the data "
-            "with scripts/make_phantoms.py for a trial run)."
-        )
-    try:
-        entries = load_decathlon_datalist(path, True, section, os.fspath(data_root))
-    except ValueError as err:
-        raise ValueError(f"{path}: no datalist section {section!r} ({err}).") from err
-    if not entries:
-        raise ValueError(f"{path}: datalist section {section!r} is empty.")
+    with_label = "label" in keys
+    entries = load_checked_section(
+        datalist, section, data_root, required=("image", "label") if with_label else ("image",),
+        label_key="label" if with_label else None,
+    )
     out = []
     for entry in entries:
         item = {k: entry[k] for k in keys if k in entry}
@@ -173,18 +171,22 @@ def input_items(
         section: datalist section.
         data_root: folder the datalist's relative paths are relative to.
 
+    Every case's files go through :func:`bundle.data.case_check.check_case_files` (headers: readable, complete, 3D,
+    modalities on one grid) before any work starts.
+
     Raises:
-        FileNotFoundError: the pattern matches nothing, or a listed file does not exist.
+        MissingInputError: the pattern matches nothing, or a listed file does not exist (a ``FileNotFoundError``).
+        InputError: a file fails the case check.
     """
     if input_files:
         files = sorted(glob.glob(os.fspath(input_files))) if isinstance(input_files, (str, os.PathLike)) else list(
             input_files
         )
         if not files:
-            raise FileNotFoundError(f"input_files pattern {input_files!r} matches no file.")
-        missing = [f for f in files for p in ([f] if isinstance(f, (str, os.PathLike)) else f) if not os.path.exists(p)]
-        if missing:
-            raise FileNotFoundError(f"input files not found: {missing}")
+            raise MissingInputError(os.fspath(input_files) if isinstance(input_files, (str, os.PathLike)) else "[]",
+                                    "the input_files pattern matches no file")
+        for f in files:
+            check_case_files(f)
         return [{"case_id": case_id_from_files(f), "image": f} for f in files]
     if datalist is None or data_root is None:
         raise ValueError("give input_files, or a datalist and its data root.")
@@ -196,8 +198,8 @@ def prior_description(prior_mode: str, generator: Any = None) -> dict:
 
     Returns:
         ``{"prior_mode", "generator", "is_sam", "note", "signature"}``; ``generator`` is the generator's own name
-        (``sam_automatic_masks`` or ``region_proposals``), None without priors. The note says plainly when the
-        weight-free fallback stood in for SAM.
+        (``sam_automatic_masks``, ``sam_box_grid_masks`` or ``region_proposals``), None without priors. The note
+        names the SAM model and says plainly when the weight-free fallback stood in for SAM.
     """
     if not uses_priors(prior_mode):
         return {"prior_mode": "none", "generator": None, "is_sam": False, "signature": None,
@@ -206,11 +208,12 @@ def prior_description(prior_mode: str, generator: Any = None) -> dict:
         raise ValueError(f"prior_mode={prior_mode!r} needs a mask generator with signature(), got {generator!r}.")
     signature = generator.signature()
     name = signature.get("generator")
-    is_sam = name == "sam_automatic_masks"
+    is_sam = "sam" in signature
     if is_sam:
-        note = "SAM automatic masks"
+        prompts = "box grid" if name == "sam_box_grid_masks" else "point grid"
+        note = f"SAM automatic masks ({prompts}) from {signature['sam']['model_type']}"
     else:
-        note = (f"weight-free fallback generator {name!r} (no SAM checkpoint configured): classical region "
+        note = (f"weight-free fallback generator {name!r} (sam_model_type 'fallback'): classical region "
                 "proposals stand in for SAM's masks; these priors are NOT SAM priors")
     return {"prior_mode": prior_mode, "generator": name, "is_sam": is_sam, "note": note, "signature": signature}
 

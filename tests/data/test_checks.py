@@ -200,7 +200,10 @@ def test_stacked_modalities_name_the_bad_file(case, tmp_path):
     data[1, 1, 1] = np.nan
     bad = write_nifti(tmp_path / "x_t1ce.nii.gz", data)
     files = [case[0][0], bad, case[0][1]]
-    stacked = LoadCheckedImaged(keys="image", ensure_channel_first=True)({"image": files})["image"]
+    with pytest.raises(InputError) as info:  # the loader checks what it loaded
+        LoadCheckedImaged(keys="image", ensure_channel_first=True)({"image": files})
+    assert_input_error(info, bad, "1 non-finite values (1 NaN")
+    stacked = LoadCheckedImaged(keys="image", ensure_channel_first=True, check=False)({"image": files})["image"]
     with pytest.raises(InputError) as info:
         CheckCased()({"image": stacked})
     assert_input_error(info, bad, "1 non-finite values (1 NaN")
@@ -277,7 +280,7 @@ def test_check_cased_pipeline(case, tmp_path):
 
 def test_check_cased_keys_are_modalities(case, tmp_path):
     other = write_nifti(tmp_path / "x_flair.nii.gz", np.zeros((8, 8, 7), np.float32))
-    loader = LoadCheckedImaged(keys=["t1", "flair", "label"])
+    loader = LoadCheckedImaged(keys=["t1", "flair", "label"], check=False)
     data = loader({"t1": case[0][0], "flair": other, "label": case[1]})
     with pytest.raises(InputError, match=f"^{other}: modality shape"):
         CheckCased(keys=["t1", "flair"])(data)
@@ -297,3 +300,39 @@ def test_load_checked_imaged_names_modality_that_cannot_stack(case, tmp_path):
     with pytest.raises(InputError) as info:
         LoadCheckedImaged(keys="image")({"image": [case[0][0], other]})
     assert_input_error(info, other, "modality shape (8, 8, 7) does not match", case[0][0])
+
+
+# ------------------------------------------------------------------------------------- checks where voxels arrive
+
+
+def test_loader_finds_inf_in_a_modality_sam_never_sees(tmp_path):
+    """Inf voxels in T1 (not the SAM channel): the loader names T1 and the count, before any other transform."""
+    rng = np.random.default_rng(0)
+    files = [write_nifti(tmp_path / f"x_{m}.nii.gz", rng.random(SHAPE).astype(np.float32))
+             for m in ("flair", "t1", "t1ce", "t2")]
+    data = rng.random(SHAPE).astype(np.float32)
+    data[3, 3, 2:4] = np.inf
+    write_nifti(files[1], data)
+    label = write_nifti(tmp_path / "x_seg.nii.gz", good_label())
+    loader = LoadCheckedImaged(keys=["image", "label"], ensure_channel_first=True, label_values=BRATS_LABELS,
+                               image_channels=4)
+    with pytest.raises(InputError) as info:
+        loader({"image": files, "label": label})
+    assert_input_error(info, files[1], "contains 2 non-finite values (0 NaN, 2 inf) of 384")
+
+
+def test_loader_checks_label_values_and_channels(case, tmp_path):
+    images, _ = case
+    data = good_label()
+    data[0, 0, 0] = 7
+    label = write_nifti(tmp_path / "seven_seg.nii.gz", data)
+    loader = LoadCheckedImaged(keys=["image", "label"], ensure_channel_first=True, label_values=BRATS_LABELS)
+    with pytest.raises(InputError) as info:
+        loader({"image": images, "label": label})
+    assert_input_error(info, label, "label values [7] are not in the label set [0, 1, 2, 4]")
+    with pytest.raises(InputError) as info:
+        LoadCheckedImaged(keys="image", image_channels=4)({"image": images[:1]})
+    assert_input_error(info, images[0], "has shape (8, 8, 6): 1 channels; expected 4")
+    out = LoadCheckedImaged(keys=["image", "label"], ensure_channel_first=True, label_values=BRATS_LABELS,
+                            image_channels=2)({"image": images, "label": case[1]})
+    assert tuple(out["image"].shape) == (2, *SHAPE)

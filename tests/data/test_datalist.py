@@ -71,8 +71,14 @@ def test_brats_entry_contract(tmp_path):
     assert list(datalist["labels"]) == ["0", "1", "2", "4"] and datalist["labels"]["0"] == "background"
     assert datalist["modalities"] == ["flair", "t1", "t1ce", "t2"]
     assert datalist["fractions"] == {"validation": 0.0, "testing": 0.0}
-    entry = datalist["training"][0]
+    entry = dict(datalist["training"][0])
     cid = "BraTS19_2013_2_1"
+    record = entry.pop("checked")  # what the case check verified, per file (tests/data/test_case_check.py)
+    assert record["label_values"] == [0, 1, 2, 4] and record["image_channels"] == 4
+    files = [f"HGG/{cid}/{cid}_{m}.nii.gz" for m in ("flair", "t1", "t1ce", "t2", "seg")]
+    assert list(record["files"]) == files
+    assert record["files"][files[-1]]["verified"] == ["header", "grid", "label_values"]
+    assert record["files"][files[0]]["size"] == os.path.getsize(tmp_path / files[0])
     assert entry == {
         "case_id": cid,
         "image": [f"HGG/{cid}/{cid}_{m}.nii.gz" for m in ("flair", "t1", "t1ce", "t2")],

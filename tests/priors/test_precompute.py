@@ -83,7 +83,8 @@ def test_fallback_run_then_rerun(brats, tmp_path):
     assert manifest["signature"]["prior"]["generator"]["generator"] == "region_proposals"
 
     spy = SpyGenerator(_fallback())
-    again = _runner(brats, root, spy).run()
+    unloadable = lambda data: pytest.fail("an up-to-date case was loaded")  # noqa: E731
+    again = _runner(brats, root, spy, loader=unloadable).run()
     assert (again["computed"], again["up_to_date"], spy.images) == (0, 3, 0)
 
     # one changed modality file and one deleted case: exactly those two are computed again

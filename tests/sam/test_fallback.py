@@ -145,7 +145,7 @@ def test_warns_once_per_process(monkeypatch):
         warnings.simplefilter("always")
         RegionProposalMasks()
         RegionProposalMasks(classes=4)
-    messages = [str(w.message) for w in caught if "No SAM checkpoint" in str(w.message)]
+    messages = [str(w.message) for w in caught if "not SAM priors" in str(w.message)]
     assert len(messages) == 1 and "region proposals" in messages[0]
 
 

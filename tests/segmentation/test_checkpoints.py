@@ -9,6 +9,7 @@ from monai.networks.nets import UNet
 
 from bundle.segmentation.checkpoints import (
     CheckedCheckpointLoader,
+    CheckpointError,
     EpochCheckpointSaver,
     ResumeFromCheckpoint,
     load_network_weights,
@@ -157,7 +158,7 @@ def test_channel_mismatch_names_file_counts_and_channels(tmp_path):
 
     # bare state_dict: no names from the file, counts still there
     torch.save(make_net(1).state_dict(), tmp_path / "model.pt")
-    expected = r"model\.pt was trained with 1 input channels but this configuration builds 3"
+    expected = r"model\.pt: wrong architecture: trained with 1 input channels but this configuration builds 3"
     with pytest.raises(ValueError, match=expected):
         load_network_weights(make_net(3), tmp_path / "model.pt")
 
@@ -182,3 +183,30 @@ def test_checked_loader_on_evaluator(tmp_path):
     evaluator.run()
     for v, w in zip(source.state_dict().values(), net.state_dict().values()):
         torch.testing.assert_close(v, w)
+
+
+def test_resume_from_damaged_checkpoint_names_it(tmp_path):
+    """A truncated checkpoint_last.pt stops the resume with the file and the problem, not a raw torch error."""
+    first, *_ = make_trainer(tmp_path, max_epochs=1)
+    first.run()
+    path = tmp_path / "checkpoint_last.pt"
+    path.write_bytes(path.read_bytes()[:3000])
+    second, *_ = make_trainer(tmp_path, max_epochs=2, resume=True)
+    with pytest.raises(CheckpointError) as info:
+        second.run()
+    assert str(info.value).startswith(f"{path}: resume checkpoint is truncated")
+    assert second.state.iteration == 0  # nothing trained on top of an unknown state
+
+    torch.save({"network": make_net().state_dict()}, path)  # a checkpoint of another configuration
+    third, *_ = make_trainer(tmp_path, max_epochs=2, resume=True)
+    with pytest.raises(CheckpointError, match=r"resume checkpoint lacks \['optimizer', 'lr_scheduler', 'trainer'\]"):
+        third.run()
+
+
+def test_network_weights_of_another_kind(tmp_path):
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match=r"list\.pt: holds a list, not a state_dict"):
+        load_network_weights(make_net(), tmp_path / "list.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty\.pt: network weights is empty \(0 bytes\)"):
+        load_network_weights(make_net(), tmp_path / "empty.pt")

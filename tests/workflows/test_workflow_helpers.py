@@ -1,18 +1,19 @@
 import json
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from monai.inferers import SliceInferer, SlidingWindowInferer
 
+from bundle.sam.factory import make_mask_generator
 from bundle.segmentation import workflow as W
 
 
-class FakeGenerator:
-    def __init__(self, name):
-        self.name = name
-
-    def signature(self):
-        return {"generator": self.name, "points_per_side": 4}
+def _nifti(path, data=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.uint8) if data is None else data, np.eye(4)), str(path))
+    return str(path)
 
 
 @pytest.mark.parametrize("mode, expected", [("add", True), ("channels", True), ("concat", True), ("none", False)])
@@ -56,8 +57,7 @@ def test_volume_inferer():
 
 def test_load_datalist_keeps_workflow_keys(tmp_path):
     case = tmp_path / "BraTS_1"
-    case.mkdir()
-    (case / "a.nii.gz").write_bytes(b"")
+    _nifti(case / "a.nii.gz")
     datalist = {"testing": [{"case_id": "BraTS_1", "image": ["BraTS_1/a.nii.gz"], "label": "BraTS_1/a.nii.gz",
                              "slice_labels": {"1": [0, 1]}, "num_slices": 2}]}
     path = tmp_path / "datalist.json"
@@ -70,32 +70,45 @@ def test_load_datalist_keeps_workflow_keys(tmp_path):
         W.load_datalist(tmp_path / "missing.json", "testing", tmp_path)
 
 
+def test_load_datalist_checks_cases_first(tmp_path):
+    """A case whose label sits on another grid stops the run when the datalist is read, naming the label."""
+    image = _nifti(tmp_path / "x" / "x_t1.nii.gz")
+    _nifti(tmp_path / "x" / "x_seg.nii.gz", np.zeros((4, 4, 3), np.uint8))
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"training": [{"image": ["x/x_t1.nii.gz"], "label": "x/x_seg.nii.gz"}]}))
+    with pytest.raises(ValueError, match=r"x_seg.nii.gz: label shape \(4, 4, 3\) does not match .*x_t1.nii.gz"):
+        W.load_datalist(path, "training", tmp_path)
+    # inference reads no label: only the image is checked
+    assert W.load_datalist(path, "training", tmp_path, keys=("image",)) == [{"image": [image]}]
+
+
 def test_input_items(tmp_path):
     for name in ("volume-1.nii", "volume-2.nii"):
-        (tmp_path / name).write_bytes(b"")
+        _nifti(tmp_path / name)
     items = W.input_items(str(tmp_path / "volume-*.nii"))
     assert [i["case_id"] for i in items] == ["volume-1", "volume-2"]
     case = tmp_path / "BraTS_7"
-    case.mkdir()
-    files = []
-    for m in ("flair", "t1", "t1ce", "t2"):
-        files.append(str(case / f"BraTS_7_{m}.nii.gz"))
-        (case / f"BraTS_7_{m}.nii.gz").write_bytes(b"")
+    files = [_nifti(case / f"BraTS_7_{m}.nii.gz") for m in ("flair", "t1", "t1ce", "t2")]
     assert W.input_items([files]) == [{"case_id": "BraTS_7", "image": files}]
     with pytest.raises(FileNotFoundError, match="matches no file"):
         W.input_items(str(tmp_path / "*.mha"))
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(FileNotFoundError, match="nope.nii: cannot be read: the file does not exist"):
         W.input_items([str(tmp_path / "nope.nii")])
+    (tmp_path / "empty.nii").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.nii: cannot be read: the file is empty"):
+        W.input_items([str(tmp_path / "empty.nii")])
     with pytest.raises(ValueError, match="datalist"):
         W.input_items(None)
 
 
 def test_prior_description():
-    fallback = W.prior_description("add", FakeGenerator("region_proposals"))
+    fallback = W.prior_description("add", make_mask_generator("fallback"))
     assert fallback["generator"] == "region_proposals" and not fallback["is_sam"]
     assert "NOT SAM priors" in fallback["note"]
-    sam = W.prior_description("concat", FakeGenerator("sam_automatic_masks"))
-    assert sam["is_sam"] and sam["signature"]["points_per_side"] == 4
+    sam = W.prior_description("concat", make_mask_generator("lite_medsam", device="cpu"))
+    assert sam["is_sam"] and sam["generator"] == "sam_box_grid_masks"
+    assert "box grid" in sam["note"] and "lite_medsam" in sam["note"]
+    assert sam["signature"]["sam"]["checkpoint_sha256"].startswith("79d8c9dca6db")
     raw = W.prior_description("none", None)
     assert raw["generator"] is None and "raw baseline" in raw["note"]
     with pytest.raises(ValueError, match="mask generator"):

@@ -1,0 +1,134 @@
+"""The project's own errors, and the one line a failing bundle command ends with.
+
+Every fault a user can cause (an unreadable or inconsistent input file, a broken checkpoint or datalist, a full or
+read-only output folder, a diverged training) raises a :class:`BundleError` whose message is complete on its own;
+:class:`InputError` adds the file at fault (``path``) and what is wrong with it (``problem``).
+
+``python -m monai.bundle run ...`` buries such an error under MONAI's ``Failed to evaluate ConfigExpression`` and a
+long traceback. :func:`install_excepthook` (run when the package is imported, which every config does) keeps that
+traceback for developers and then prints one last line, ``ERROR: <file>: <problem>``, found by walking the
+exception chain (``__cause__`` / ``__context__``) down to the project's own error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Iterator
+
+__all__ = [
+    "BundleError",
+    "FileError",
+    "InputError",
+    "MissingInputError",
+    "exception_chain",
+    "error_line",
+    "install_excepthook",
+]
+
+
+class BundleError(Exception):
+    """Base of the project's own errors: the message says what is wrong and, where there is one, names the file."""
+
+
+class FileError(BundleError):
+    """A file or folder is at fault. The message always starts with the path, then the problem.
+
+    Attributes:
+        path: the file (or a description of an in-memory array) at fault.
+        problem: what is wrong with it.
+    """
+
+    def __init__(self, path, problem: str = ""):
+        self.path = os.fspath(path) if isinstance(path, os.PathLike) else path
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if problem else str(self.path))
+
+    def __reduce__(self):  # keep (path, problem) through pickling, e.g. out of DataLoader worker processes
+        return type(self), (self.path, self.problem)
+
+
+class InputError(FileError, ValueError):
+    """An input file (image, label, datalist, checkpoint) or folder cannot be used.
+
+    ``/data/x_seg.nii.gz: label values [7] are not in the label set [0, 1, 2, 4]``.
+    """
+
+
+class MissingInputError(InputError, FileNotFoundError):
+    """An input file or folder does not exist (also a ``FileNotFoundError``, with ``filename`` set)."""
+
+    def __init__(self, path, problem: str = "does not exist"):
+        super().__init__(path, problem)
+        self.filename = self.path
+
+    def __str__(self) -> str:  # OSError would print "[Errno None] ..." otherwise
+        return f"{self.path}: {self.problem}" if self.problem else str(self.path)
+
+
+def exception_chain(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then its cause (or, unless suppressed, its context), and so on; each exception once."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        if current.__cause__ is not None:
+            current = current.__cause__
+        elif not current.__suppress_context__:
+            current = current.__context__
+        else:
+            current = None
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "Original Traceback" in lines[1]:
+        # torch's DataLoader re-raises a worker's exception with its formatted traceback as the only argument: the
+        # last line is the original "package.SomeError: message"
+        return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1])
+    return lines[0] if lines else ""
+
+
+def error_line(error: BaseException) -> str:
+    """The one-line summary of a failure: ``ERROR: <file>: <problem>``.
+
+    The outermost project error of the chain wins (it carries the most context); without one, a file-system error
+    names its file (``ERROR: /models: [Errno 13] Permission denied``), and anything else gives the innermost cause as
+    ``ERROR: <type>: <first line of its message>``.
+    """
+    chain = list(exception_chain(error))
+    for exc in chain:
+        if isinstance(exc, FileError):
+            return f"ERROR: {exc.path}: {_first_line(exc.problem)}" if exc.problem else f"ERROR: {_first_line(exc.path)}"
+        if isinstance(exc, BundleError):
+            return f"ERROR: {_first_line(str(exc))}"
+    for exc in chain:
+        if isinstance(exc, OSError) and exc.filename:
+            return f"ERROR: {exc.filename}: {exc.strerror or _first_line(str(exc))}"
+    root = chain[-1]
+    message = _first_line(str(root))
+    return f"ERROR: {type(root).__name__}: {message}" if message else f"ERROR: {type(root).__name__}"
+
+
+def install_excepthook() -> None:
+    """Make an uncaught exception end with :func:`error_line` after the usual traceback (idempotent).
+
+    The previous hook still prints the traceback; ``KeyboardInterrupt`` gets no extra line.
+    """
+    if getattr(sys.excepthook, "_bundle_error_line", False):
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        previous(exc_type, exc, tb)
+        if exc is not None and not isinstance(exc, KeyboardInterrupt):
+            try:
+                line = error_line(exc)
+            except Exception:  # noqa: BLE001 - a broken summary must never hide the traceback printed above
+                return
+            print(line, file=sys.stderr, flush=True)
+
+    hook._bundle_error_line = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
