@@ -15,8 +15,9 @@ measures, in one run:
    slice, and the largest difference of their embeddings;
 2. box grid: ``SamBoxGridMasks`` (settings of ``configs/sam_priors.json`` ``box_grid``) ``generate_batch`` +
    ``samaug_prior_maps`` against what a user writes with segment-anything's public classes for the same box prompts
-   (``slice_boxes``): ``SamPredictor.set_image`` and ``predict_torch`` (single-mask output, full-resolution logits)
-   per slice, ``calculate_stability_score`` filter, box NMS ranked by stability score, the same ``samaug_prior_maps``;
+   (``slice_boxes``): ``SamPredictor.set_image`` and ``predict_torch`` (single-mask output, full-resolution logits;
+   ``refine_rounds`` times again with the tight box of each low-resolution mask, as the engine refines) per slice,
+   ``calculate_stability_score`` filter, box NMS ranked by stability score, the same ``samaug_prior_maps``;
 3. point grid: ``SamAutomaticMasks`` (``amg`` settings, ``--points-per-side``) against Meta's
    ``SamAutomaticMaskGenerator`` with the same grid and thresholds, slice by slice (``--permissive``: predicted-IoU
    and stability thresholds 0 for both, since LiteMedSAM is box-trained and its IoU head untrained).
@@ -141,9 +142,21 @@ def run_reference_boxes(model, images, gen: SamBoxGridMasks, nms):
             boxes = torch.as_tensor(gen.slice_boxes(image), dtype=torch.float32, device=model.device)
             boxes = predictor.transform.apply_boxes_torch(boxes, shape)
             masks, stab = [torch.zeros(0, *shape, dtype=torch.bool)], [torch.zeros(0)]
+            in_h, in_w = predictor.input_size
             for start in range(0, len(boxes), gen.points_per_batch):
-                logits = predictor.predict_torch(None, None, boxes=boxes[start : start + gen.points_per_batch],
-                                                 multimask_output=False, return_logits=True)[0][:, 0]
+                batch = boxes[start : start + gen.points_per_batch]
+                logits, _, low = predictor.predict_torch(None, None, boxes=batch, multimask_output=False,
+                                                         return_logits=True)
+                for _ in range(gen.refine_rounds):  # prompt again with each mask's tight box (pixel edges)
+                    low_masks = low[:, 0] > thr
+                    tight = batched_mask_to_box(low_masks).float()
+                    tight[:, 2:] += 1
+                    tight *= predictor.model.image_encoder.img_size / low.shape[-1]
+                    tight[:, 0::2], tight[:, 1::2] = tight[:, 0::2].clamp(max=in_w), tight[:, 1::2].clamp(max=in_h)
+                    batch = torch.where(low_masks.flatten(1).any(1)[:, None], tight, batch)
+                    logits, _, low = predictor.predict_torch(None, None, boxes=batch, multimask_output=False,
+                                                             return_logits=True)
+                logits = logits[:, 0]
                 score = calculate_stability_score(logits, thr, gen.stability_score_offset)
                 keep = score >= gen.stability_score_thresh  # an empty mask scores 0 / 0 = nan: never kept
                 masks.append((logits[keep] > thr).cpu())
