@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import sys
@@ -54,6 +53,7 @@ if __name__ == "__main__":
 
 import bundle.sam  # noqa: F401  (makes segment_anything, torchvision and so timm importable)
 from bundle.data.phantoms import brain_phantom, ct_phantom
+from bundle.hashing import file_sha256
 from bundle.priors.maps import samaug_prior_maps
 from bundle.sam.automatic import SamAutomaticMasks
 from bundle.sam.box_grid import SamBoxGridMasks
@@ -211,7 +211,7 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "capability": torch.backends.cpu.get_cpu_capability(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"), "torchvision": torchvision_available(),
-            "code": {f: hashlib.sha256((ROOT / f).read_bytes()).hexdigest()[:12] for f in CODE}}
+            "code": {f: file_sha256(ROOT / f)[:12] for f in CODE}}
 
 
 def main(argv=None) -> int:

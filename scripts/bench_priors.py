@@ -52,7 +52,7 @@ if __name__ == "__main__":
     # run from a checkout without `pip install -e .`: make this repository's package importable
     sys.path.insert(0, str(ROOT))
 
-import bundle.sam  # noqa: E402  (makes segment_anything importable without torchvision)
+import bundle.sam  # noqa: E402, F401  (makes segment_anything importable without torchvision)
 import bundle.sam.automatic as automatic  # noqa: E402
 from bundle.data.phantoms import brain_phantom, ct_phantom  # noqa: E402
 from bundle.priors.maps import samaug_prior_maps  # noqa: E402
@@ -216,7 +216,6 @@ def run_engine(model, images, args, autocast: str, skip: bool, breakdown: bool):
             setattr(automatic, attr, timers.wrap(_MODULE_HOOKS[attr], fn))
         generate = timers.wrap("generate_batch", generate)
     try:
-        t0 = time.perf_counter()
         records = generate(images)
         _sync(model.device)
         t1 = time.perf_counter()
@@ -412,10 +411,10 @@ def cpu_model() -> str:
 
 def code_versions() -> dict:
     """sha256 prefixes of the engine's modules, so a number can be tied to the code it measured."""
-    import hashlib
+    from bundle.hashing import file_sha256
 
     files = ("bundle/sam/engine.py", "bundle/sam/automatic.py", "bundle/priors/maps.py")
-    return {f: hashlib.sha256((ROOT / f).read_bytes()).hexdigest()[:12] for f in files}
+    return {f: file_sha256(ROOT / f)[:12] for f in files}
 
 
 def main(argv=None) -> int:

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 PY=.venv/bin/python
-CASES=${CASES:-4}
+CASES=${CASES:-6}
 SIZE=${SIZE:-48}
 # a coarser box grid than the default (half-size and quarter-size boxes side by side instead of overlapping, no
 # refinement round): about 4x fewer decoder passes per slice, so the job fits in minutes on two CPU cores

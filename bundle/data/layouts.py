@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from monai.utils import look_up_option
 
+from bundle.data.case_ids import strip_image_suffix
 from bundle.data.labels import DATASET_NAMES, DATASETS, DatasetSpec, msd_spec
 from bundle.errors import BundleError
 
@@ -314,7 +315,7 @@ def _scan_abdomenct1k(root: str) -> DatasetScan:
 
 
 def _case_stem(path: str) -> str:
-    return _NIFTI.sub("", os.path.basename(path))
+    return strip_image_suffix(os.path.basename(path))
 
 
 def _scan_msd(root: str) -> DatasetScan:

@@ -228,7 +228,7 @@ def init_distributed() -> int:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
         torch.cuda.set_device(distributed_device())
-    return dist.get_rank()
+    return distributed.rank()
 
 
 def distributed_device() -> torch.device:
