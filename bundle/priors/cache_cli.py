@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from bundle.folders import format_bytes
 from bundle.priors.cache import ENTRY_NAME, PARTITION_NAME
 
 __all__ = ["list_partitions", "prune_partition", "main"]
@@ -102,12 +103,12 @@ def _table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         if r["generator"] is None:
-            lines.append(f"{r['partition']}  (not a partition: {r['bytes'] / 1e6:.1f} MB)")
+            lines.append(f"{r['partition']}  (not a partition: {format_bytes(r['bytes'])})")
             continue
         sha = (r["checkpoint_sha256"] or "")[:12]
         model = f"{r['model']} ({sha})" if r["model"] else "-"
         lines.append(f"{r['partition']}  generator={r['generator']}  model={model}  cases={r['cases']}  "
-                     f"size={r['bytes'] / 1e6:.1f} MB  created={r['created']}")
+                     f"size={format_bytes(r['bytes'])}  created={r['created']}")
         for k in varying:
             lines.append(f"    {k} = {json.dumps(r['settings'].get(k))}")
     return "\n".join(lines) if lines else "(empty cache)"
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(rows, indent=1) if args.json else _table(rows))
         else:
             freed = prune_partition(args.cache_dir, args.partition)
-            print(f"removed {args.partition} ({freed / 1e6:.1f} MB)")
+            print(f"removed {args.partition} ({format_bytes(freed)})")
     except FileNotFoundError as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 1

@@ -41,3 +41,18 @@ def test_automatic_masks_on_gpu_match_cpu(shapes_sam_checkpoint):
         sa = sum(r["segmentation"].astype(float) * r["stability_score"] for r in a)
         sb = sum(r["segmentation"].astype(float) * r["stability_score"] for r in b)
         assert np.corrcoef(np.ravel(sa), np.ravel(sb))[0, 1] > 0.98
+
+
+def test_lite_medsam_on_gpu_matches_cpu():
+    """LiteMedSAM's TinyViT (fused attention with a bias mask, channels-last) and its box grid on CUDA."""
+    from bundle.sam.box_grid import SamBoxGridMasks
+
+    images = np.zeros((2, 96, 112, 3), np.uint8)
+    images[:, 10:80, 12:100] = 90
+    images[:, 20:45, 25:60] = 210
+    images[1, 50:70, 60:90] = 160
+    cpu = SamEngine(load_sam("lite_medsam"), autocast="none")
+    gpu = SamEngine(load_sam("lite_medsam", device="cuda"), autocast="none")
+    torch.testing.assert_close(gpu.embed(images).embeddings.cpu(), cpu.embed(images).embeddings, atol=1e-3, rtol=1e-3)
+    for a, b in zip(SamBoxGridMasks(cpu).generate_batch(images), SamBoxGridMasks(gpu).generate_batch(images)):
+        assert abs(len(a) - len(b)) <= 1
