@@ -55,6 +55,7 @@ import bundle.sam  # noqa: F401  (makes segment_anything, torchvision and so tim
 from bundle.data.phantoms import brain_phantom, ct_phantom
 from bundle.hashing import file_sha256
 from bundle.priors.maps import samaug_prior_maps
+from bundle.priors.quality import prior_agreement
 from bundle.sam.automatic import SamAutomaticMasks
 from bundle.sam.box_grid import SamBoxGridMasks
 from bundle.sam.engine import SamEngine
@@ -177,15 +178,6 @@ def run_reference_points(model, images, amg: dict):
             "nonempty": [sum(r["area"] > 0 for r in rec) for rec in records]}
 
 
-def agreement(ref, test) -> tuple[float, float]:
-    """Pearson of segmentation priors and Dice of boundary priors, each pooled over all slices."""
-    s_ref, s_test = (np.concatenate([p[0].ravel() for p in x]).astype(np.float64) for x in (ref, test))
-    pearson = float("nan") if s_ref.std() == 0 or s_test.std() == 0 else float(np.corrcoef(s_ref, s_test)[0, 1])
-    b_ref, b_test = (np.concatenate([p[1].ravel() for p in x]) > 0 for x in (ref, test))
-    denom = int(b_ref.sum() + b_test.sum())
-    return pearson, 1.0 if denom == 0 else float(2 * (b_ref & b_test).sum() / denom)
-
-
 # ---------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
@@ -290,8 +282,8 @@ def main(argv=None) -> int:
     o = {k: v[1] for k, v in best.items()}
     n = len(images)
     enc_diff = float((o["encoder"]["embeddings"] - o["encoder_ref"]["embeddings"]).abs().max())
-    box_pearson, box_dice = agreement(o["box_ref"]["priors"], o["box"]["priors"])
-    point_pearson, point_dice = agreement(o["point_ref"]["priors"], o["point"]["priors"])
+    box_pearson, box_dice = prior_agreement(o["box_ref"]["priors"], o["box"]["priors"])
+    point_pearson, point_dice = prior_agreement(o["point_ref"]["priors"], o["point"]["priors"])
     results = {
         "args": vars(args), "machine": info, "load_start": load_start, "load_end": load_end, "slices": picked,
         "box_settings": box_settings, "amg": amg, "boxes_per_slice": n_boxes, "times_s": t,

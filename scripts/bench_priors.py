@@ -56,6 +56,7 @@ import bundle.sam  # noqa: E402, F401  (makes segment_anything importable withou
 import bundle.sam.automatic as automatic  # noqa: E402
 from bundle.data.phantoms import brain_phantom, ct_phantom  # noqa: E402
 from bundle.priors.maps import samaug_prior_maps  # noqa: E402
+from bundle.priors.quality import prior_agreement  # noqa: E402
 from bundle.sam.engine import SamEngine  # noqa: E402
 from bundle.sam.loading import load_sam  # noqa: E402
 from bundle.sam.slices import SliceWindow  # noqa: E402
@@ -337,22 +338,7 @@ def plain_decoder_outputs(model, emb, idx, coords, n: int):
     return iou, low
 
 
-# ---------------------------------------------------------------------------------------------------- agreement
-def agreement(ref, test) -> tuple[float, float]:
-    """Pearson of segmentation priors pooled over slices, Dice of boundary priors pooled over slices."""
-    s_ref = np.concatenate([p[0].ravel() for p in ref]).astype(np.float64)
-    s_test = np.concatenate([p[0].ravel() for p in test]).astype(np.float64)
-    if s_ref.std() == 0 or s_test.std() == 0:
-        pearson = float("nan")
-    else:
-        pearson = float(np.corrcoef(s_ref, s_test)[0, 1])
-    b_ref = np.concatenate([p[1].ravel() for p in ref]) > 0
-    b_test = np.concatenate([p[1].ravel() for p in test]) > 0
-    denom = b_ref.sum() + b_test.sum()
-    dice = 1.0 if denom == 0 else float(2 * (b_ref & b_test).sum() / denom)
-    return pearson, dice
-
-
+# ---------------------------------------------------------------------------------------------------- settings
 def amg_kwargs(args) -> dict:
     return {
         "points_per_side": args.points_per_side,
@@ -500,7 +486,7 @@ def main(argv=None) -> int:
 
     ta, tb, tc = best["a"][0], best["b"][0], best["c"][0]
     a, b, c = first["a"], best["b"][1], best["c"][1]
-    pearson, dice = agreement(a["priors"], b["priors"])
+    pearson, dice = prior_agreement(a["priors"], b["priors"])
     print("\n== results (best of repeats) ==")
     print(f"(a) reference  {ta:8.2f} s   masks per slice {a['masks']} (non-empty {a['nonempty']})")
     print(f"(b) engine     {tb:8.2f} s   masks per slice {b['masks']} (empty masks are dropped), "
@@ -543,7 +529,7 @@ def main(argv=None) -> int:
               f"{err_s:.2e} (unshared {err_u:.2e}), max |IoU diff| {err_iou:.2e}")
         if args.precision_step:
             bp, cp = best["b_alt_precision"], best["c_alt_precision"]
-            pa, da = agreement(a["priors"], bp[1]["priors"])
+            pa, da = prior_agreement(a["priors"], bp[1]["priors"])
             enc_main, enc_alt = c["encoder"], cp[1]["encoder"]
             dec_main, dec_alt = c["decoder"], cp[1]["decoder"]
             labels = {"none": "float32", "bf16": "bf16"}
@@ -552,7 +538,7 @@ def main(argv=None) -> int:
                   f"({dec_main / dec_alt:.2f}x), engine {tb:.2f} -> {bp[0]:.2f} s ({tb / bp[0]:.2f}x); "
                   f"priors vs (a) with {labels[alt_ac]}: seg Pearson {pa:.4f}, boundary Dice {da:.4f}")
         bs = best["b_alt_skip"]
-        ps, dsk = agreement(a["priors"], bs[1]["priors"])
+        ps, dsk = prior_agreement(a["priors"], bs[1]["priors"])
         print(f"(3) skip_background_points {skip} -> {not skip}: engine {tb:.2f} -> {bs[0]:.2f} s "
               f"({tb / bs[0]:.2f}x), prompts {b['prompts']} -> {bs[1]['prompts']}; priors vs (a): "
               f"seg Pearson {ps:.4f}, boundary Dice {dsk:.4f}")

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["dice", "structure_coverage", "coverage_summary"]
+__all__ = ["dice", "structure_coverage", "coverage_summary", "prior_agreement"]
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,3 +52,19 @@ def coverage_summary(values: Sequence[float]) -> dict[str, float]:
     q1, median, q3 = np.percentile(v, [25, 50, 75])
     return {"n": int(v.size), "mean": float(v.mean()), "q1": float(q1), "median": float(median), "q3": float(q3),
             "at_least_0.5": float((v >= 0.5).mean()), "at_least_0.8": float((v >= 0.8).mean())}
+
+
+def prior_agreement(reference: Sequence, test: Sequence) -> tuple[float, float]:
+    """How closely two pipelines' SAMAug priors agree, over the same slices (the benchmarks' agreement figures).
+
+    Args:
+        reference, test: per slice, the ``(segmentation prior, boundary prior)`` pair of ``samaug_prior_maps``.
+
+    Returns:
+        ``(Pearson of the segmentation priors pooled over all slices' pixels, Dice of the boundary priors pooled the
+        same way)``; the Pearson is NaN when either prior is constant (no mask anywhere).
+    """
+    s_ref, s_test = (np.concatenate([p[0].ravel() for p in x]).astype(np.float64) for x in (reference, test))
+    pearson = float("nan") if s_ref.std() == 0 or s_test.std() == 0 else float(np.corrcoef(s_ref, s_test)[0, 1])
+    b_ref, b_test = (np.concatenate([p[1].ravel() for p in x]) > 0 for x in (reference, test))
+    return pearson, dice(b_ref, b_test)
