@@ -8,13 +8,22 @@ read-only output folder, a diverged training) raises a :class:`BundleError` whos
 long traceback. :func:`install_excepthook` (run when the package is imported, which every config does) keeps that
 traceback for developers and then prints one last line, ``ERROR: <file>: <problem>``, found by walking the
 exception chain (``__cause__`` / ``__context__``) down to the project's own error.
+
+A failure while MONAI's ``CacheDataset`` fills its cache leaves the other workers of its thread pool running (the
+pool is terminated, but thread workers are never joined). At interpreter shutdown those daemon threads are stopped
+inside torch's C++ code and the process dies with ``terminate called without an active exception`` (SIGABRT, exit
+134) after the error line. The hook therefore ends such a process itself, with exit status 1 (130 for Ctrl-C),
+once streams and log handlers are flushed.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
+import threading
+import time
 from collections.abc import Iterator
 
 __all__ = [
@@ -25,6 +34,7 @@ __all__ = [
     "exception_chain",
     "error_line",
     "install_excepthook",
+    "busy_pool_workers",
 ]
 
 
@@ -112,10 +122,41 @@ def error_line(error: BaseException) -> str:
     return f"ERROR: {type(root).__name__}: {message}" if message else f"ERROR: {type(root).__name__}"
 
 
+def busy_pool_workers(grace_s: float = 1.0) -> list[threading.Thread]:
+    """Thread-pool workers (``multiprocessing.pool.ThreadPool``) still running after ``grace_s`` seconds.
+
+    Idle workers of a terminated pool exit at once; the ones returned are inside a task.
+    """
+    from multiprocessing.dummy import DummyProcess
+
+    deadline = time.monotonic() + grace_s
+    workers = [t for t in threading.enumerate() if isinstance(t, DummyProcess) and t.is_alive()]
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+    return [w for w in workers if w.is_alive()]
+
+
+def _exit_before_busy_workers_abort(exc) -> None:
+    if hasattr(sys, "ps1") or sys.flags.interactive:  # an interactive session survives its exceptions
+        return
+    busy = busy_pool_workers()
+    if not busy:
+        return
+    print(f"({len(busy)} thread-pool worker(s) still busy; exiting without waiting for them)", file=sys.stderr)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(130 if isinstance(exc, KeyboardInterrupt) else 1)
+
+
 def install_excepthook() -> None:
     """Make an uncaught exception end with :func:`error_line` after the usual traceback (idempotent).
 
-    The previous hook still prints the traceback; ``KeyboardInterrupt`` gets no extra line.
+    The previous hook still prints the traceback; ``KeyboardInterrupt`` gets no extra line. When thread-pool workers
+    are still busy, the process exits right after (see the module docstring).
     """
     if getattr(sys.excepthook, "_bundle_error_line", False):
         return
@@ -127,8 +168,10 @@ def install_excepthook() -> None:
             try:
                 line = error_line(exc)
             except Exception:  # noqa: BLE001 - a broken summary must never hide the traceback printed above
-                return
-            print(line, file=sys.stderr, flush=True)
+                line = None
+            if line:
+                print(line, file=sys.stderr, flush=True)
+        _exit_before_busy_workers_abort(exc)
 
     hook._bundle_error_line = True  # type: ignore[attr-defined]
     sys.excepthook = hook

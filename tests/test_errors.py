@@ -82,3 +82,35 @@ def test_uncaught_error_ends_with_one_error_line(code, last_line):
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert lines[-1] == last_line
+
+
+BUSY_POOL = """
+import time
+from multiprocessing.pool import ThreadPool
+
+import torch
+
+import bundle
+
+
+def case(i):
+    if i == 0:
+        time.sleep(0.3)
+        raise RuntimeError("case 0 failed")
+    x, end = torch.randn(256, 256), time.monotonic() + 60
+    while time.monotonic() < end:  # a prior computation in torch's C++ code, as CacheDataset's workers run them
+        torch.nn.functional.layer_norm(x, (256,))
+
+
+with ThreadPool(2) as pool:
+    list(pool.imap(case, range(4)))
+"""
+
+
+def test_failure_with_busy_pool_workers_exits_cleanly():
+    """One case fails while CacheDataset's other workers compute: exit 1 at once, not SIGABRT at shutdown."""
+    result = subprocess.run([sys.executable, "-c", BUSY_POOL], capture_output=True, text=True, timeout=50)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "terminate called" not in result.stderr
+    assert "ERROR: RuntimeError: case 0 failed" in result.stderr
+    assert "thread-pool worker(s) still busy" in result.stderr.strip().splitlines()[-1]

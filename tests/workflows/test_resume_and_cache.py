@@ -56,9 +56,10 @@ def test_fully_cached_training_builds_no_sam(phantom_set, tmp_path, monkeypatch,
     workflow = train(data, tmp_path, **sam)
     assert not built
     assert not workflow.parser.get_parsed_content("mask_generator").engine.loaded
-    # and the check has teeth: with an empty cache the same run builds SAM
+    # and the check has teeth: with an empty cache the same run builds SAM (cache_rate 0: the priors are computed in
+    # this thread, so no thread-pool worker is left computing after the failure and the monkeypatch)
     with pytest.raises(RuntimeError):
-        train(data, tmp_path / "cold", **{**sam, "prior_cache_dir": str(tmp_path / "cold_priors")})
+        train(data, tmp_path / "cold", cache_rate=0.0, **{**sam, "prior_cache_dir": str(tmp_path / "cold_priors")})
     assert built
 
 
