@@ -5,8 +5,9 @@ Example::
     python scripts/compare_runs.py --run raw=eval/raw_s0,eval/raw_s1,eval/raw_s2 \
         --run samaug='eval/samaug_s*' --metric dice --metric hd95 --out compare.md
 
-Each folder holds the ``metrics_summary.json`` written by ``bundle.segmentation.report.SegmentationReport``.
-The logic lives in :mod:`bundle.segmentation.compare`.
+Each folder holds the ``metrics_summary.json`` of a per-case report (e.g. the segmentation workflow's
+``bundle.workflows.segmentation.report.SegmentationReport``, written by ``configs/evaluate.json``).
+The logic lives in :mod:`bundle.workflows.common.compare`.
 """
 
 import sys
@@ -15,6 +16,6 @@ from pathlib import Path
 if __name__ == "__main__":
     # run from a checkout without `pip install -e .`: make this repository's package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bundle.segmentation.compare import main
+    from bundle.workflows.common.compare import main
 
     sys.exit(main())

@@ -17,16 +17,16 @@ from monai.engines import SupervisedTrainer
 
 from bundle.atomic import TEMP_NAME
 from bundle.errors import error_line
-from bundle.segmentation.best_model import AtomicSaveHandler, BestModelSaver
-from bundle.segmentation.checkpoints import EpochCheckpointSaver
-from bundle.segmentation.guards import (
+from bundle.workflows.common.best_model import AtomicSaveHandler, BestModelSaver
+from bundle.workflows.common.checkpoints import EpochCheckpointSaver
+from bundle.workflows.common.guards import (
     NonFiniteLossError,
     NonFiniteStateError,
     StopOnNonFiniteLoss,
     check_finite_state,
     non_finite_tensors,
 )
-from bundle.segmentation.train_step import SamAugTrainStep
+from bundle.workflows.segmentation.train_step import SamAugTrainStep
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -133,7 +133,7 @@ KILLED_TRAINING = textwrap.dedent(
     import torch
     from ignite.engine import Engine, Events
     from monai.engines import SupervisedTrainer
-    from bundle.segmentation.best_model import BestModelSaver
+    from bundle.workflows.common.best_model import BestModelSaver
 
     torch.manual_seed(0)
     net = torch.nn.Conv2d(1, 1, 3, padding=1)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bundle.segmentation.inputs import (
+from bundle.workflows.segmentation.inputs import (
     PRIOR_MODES,
     build_network_input,
     input_channels,

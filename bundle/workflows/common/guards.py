@@ -6,8 +6,8 @@ be saved as "best" and inference then wrote all-zero label maps with exit code 0
 
 - :class:`StopOnNonFiniteLoss` raises :class:`NonFiniteLossError` at ``LOSS_COMPLETED``, before the backward pass
   and the optimizer step, naming the epoch, the iteration and the batch's cases.
-- :func:`check_finite_state` is called by every checkpoint writer (:mod:`bundle.segmentation.checkpoints`,
-  :mod:`bundle.segmentation.best_model`) before it writes: the previous file stays.
+- :func:`check_finite_state` is called by every checkpoint writer (:mod:`bundle.workflows.common.checkpoints`,
+  :mod:`bundle.workflows.common.best_model`) before it writes: the previous file stays.
 """
 
 from __future__ import annotations
@@ -99,9 +99,9 @@ def _loss_value(output: Any) -> float | None:
 class StopOnNonFiniteLoss:
     """Handler: stop training with :class:`NonFiniteLossError` as soon as the loss is NaN or infinite.
 
-    It runs at ``IterationEvents.LOSS_COMPLETED`` (fired by ``SupervisedTrainer`` and
-    :class:`bundle.segmentation.train_step.SamAugTrainStep` before the backward pass), so the bad step never reaches
-    the weights, and the last good checkpoint stays on disk. Reading the loss costs one device synchronisation per
+    It runs at ``IterationEvents.LOSS_COMPLETED`` (fired before the backward pass by ``SupervisedTrainer`` and by
+    the task workflows' own train steps, e.g. SAMAug's ``SamAugTrainStep``), so the bad step never reaches the
+    weights, and the last good checkpoint stays on disk. Reading the loss costs one device synchronisation per
     iteration, which ``StatsHandler`` pays already.
 
     Args:

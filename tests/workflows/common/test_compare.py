@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bundle.segmentation.compare import compare_table, load_runs, main, parse_run_spec
+from bundle.workflows.common.compare import compare_table, load_runs, main, parse_run_spec
 
 RAW = {"dice": [0.80, 0.82, 0.84], "hd95": [10.0, 12.0, 14.0]}
 SAMAUG = {"dice": [0.85, 0.86, 0.87], "hd95": [9.0, 9.5, 10.0]}
@@ -90,3 +90,16 @@ def test_bad_specs_and_metric_names(tmp_path):
     runs = load_runs([f"raw={raw[0]}"])
     with pytest.raises(ValueError, match="dice"):
         compare_table({k: [s for _, s in v] for k, v in runs.items()}, metrics=["dic"])
+
+
+def test_legend_quotes_the_reports_metric_definitions(tmp_path):
+    dirs = _write_summaries(tmp_path, "raw", RAW)
+    path = dirs[0] / "metrics_summary.json"
+    summary = json.loads(path.read_text())
+    summary["metric_definitions"] = {"dice": "3D Dice", "hd95": "HD95 in mm", "other": "not shown"}
+    path.write_text(json.dumps(summary))
+    runs = load_runs(["raw=" + ",".join(map(str, dirs))])
+    table = compare_table({k: [s for _, s in v] for k, v in runs.items()}, metrics=["hd95"])
+    assert "- hd95: HD95 in mm" in table and "3D Dice" not in table and "not shown" not in table
+    plain = compare_table({"raw": [json.loads((d / "metrics_summary.json").read_text()) for d in dirs[1:]]})
+    assert "as the reports define them" not in plain

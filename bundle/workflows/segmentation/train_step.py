@@ -7,8 +7,8 @@ docs/methods.md §2, ``train_mode``:
 - ``alternate``: two optimizer steps per batch, first on the raw input ``x``, then on ``x_aug`` (what the released
   polyp script did).
 
-``x`` is the raw input in the layout of ``prior_mode`` (:func:`bundle.segmentation.inputs.raw_network_input`), so
-the same network sees both. With ``prior_mode="none"`` there is no prior and ``aug_only`` is plain supervised
+``x`` is the raw input in the layout of ``prior_mode`` (:func:`bundle.workflows.segmentation.inputs.raw_network_input`),
+so the same network sees both. With ``prior_mode="none"`` there is no prior and ``aug_only`` is plain supervised
 training on the image; ``blend`` / ``alternate`` would only repeat the same input and are rejected.
 """
 
@@ -23,7 +23,7 @@ from monai.data import MetaTensor
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys, look_up_option
 
-from bundle.segmentation.inputs import PRIOR_MODES, build_network_input, raw_network_input
+from bundle.workflows.segmentation.inputs import PRIOR_MODES, build_network_input, raw_network_input
 
 __all__ = ["TRAIN_MODES", "SamAugTrainStep"]
 

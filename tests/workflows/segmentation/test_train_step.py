@@ -6,8 +6,8 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.networks.nets import UNet
 
-from bundle.segmentation.inputs import build_network_input, input_channels, raw_network_input
-from bundle.segmentation.train_step import SamAugTrainStep
+from bundle.workflows.segmentation.inputs import build_network_input, input_channels, raw_network_input
+from bundle.workflows.segmentation.train_step import SamAugTrainStep
 
 
 class Recorder(torch.nn.Module):

@@ -1,15 +1,23 @@
-"""Per-case segmentation reports: one row per evaluated case, a per-class summary, written atomically.
+"""Per-case reports of the task workflows: one row per evaluated case, a per-class summary, written atomically.
 
-:class:`SegmentationReport` is the thin ignite handler; the work is done by the functions of this module
-(:func:`case_record`, :func:`summarise`, :func:`write_report`, :func:`format_summary_table`), which can also be
-used on predictions saved to disk.
+A task workflow scores each case class by class (segmentation: Dice, HD95, ... per region; classification: whatever
+it measures per class) and hands over *records*::
 
-Files written into ``output_dir`` at the end of an evaluator run:
+    {"case_id": str, "source": str | None, "metrics": {class: {metric: float}}, ...}
 
-- ``metrics_per_case.csv``: ``case_id, source, spacing`` then one column ``"{class}/{metric}"`` per value.
-- ``metrics_per_case.json``: ``{"class_names", "metrics", "cases": [{"case_id", "source", "spacing", "metrics"}]}``.
+Extra fields of a record (e.g. the ``spacing`` of a segmentation case) go into the per-case JSON as they are and,
+when named in ``info_columns``, into the CSV. :class:`CaseReport` is the thin ignite handler that collects the
+records of an evaluator run and writes them; a task subclasses it and says how one case is scored
+(:meth:`CaseReport.score_case`). The functions below (:func:`summarise`, :func:`write_report`,
+:func:`format_summary_table`) also work on records computed outside an engine.
+
+Files written into ``output_dir``:
+
+- ``metrics_per_case.csv``: ``case_id, source``, one column per ``info_columns`` entry (lists joined with ``x``), then
+  one column ``"{class}/{metric}"`` per value.
+- ``metrics_per_case.json``: ``{"class_names", "metrics", "cases": [record, ...]}``.
 - ``metrics_summary.json``: ``{"tags", "n_cases", "class_names", "metric_definitions",
-  "metrics": {class: {metric: {"mean", "std", "median", "n"}}}}``.
+  "metrics": {class: {metric: {"mean", "std", "median", "n"}}}}`` (read by :mod:`bundle.workflows.common.compare`).
 
 Statistics ignore NaN (e.g. HD95 of a case with an empty side); ``n`` is the number of cases that had a value and
 ``std`` is the sample standard deviation (``ddof=1``, ``null`` when ``n < 2``). NaN is written as ``nan`` in the CSV
@@ -33,13 +41,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from monai.data import MetaTensor, decollate_batch
-from monai.data.utils import affine_to_spacing
 from monai.utils import IgniteInfo, min_version, optional_import, string_list_all_gather
 
 from bundle import distributed
 from bundle.atomic import write_text_atomic
 from bundle.data.case_ids import case_id_from_files, source_files_of
-from bundle.segmentation.metrics import METRIC_DEFINITIONS, SLICE_METRICS, VOLUME_METRICS, case_metrics
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
@@ -51,21 +57,24 @@ __all__ = [
     "PER_CASE_CSV",
     "PER_CASE_JSON",
     "SUMMARY_JSON",
-    "SegmentationReport",
+    "sources_from_meta",
     "case_id_from_meta",
-    "spacing_from_meta",
-    "case_record",
     "summarise",
+    "json_safe",
+    "per_case_csv",
     "write_report",
     "format_summary_table",
+    "gather_records",
+    "CaseReport",
 ]
 
 PER_CASE_CSV = "metrics_per_case.csv"
 PER_CASE_JSON = "metrics_per_case.json"
 SUMMARY_JSON = "metrics_summary.json"
-METRIC_NAMES = VOLUME_METRICS + SLICE_METRICS
 
-def _sources_of(*tensors) -> list[str]:
+
+def sources_from_meta(*tensors) -> list[str]:
+    """Source file names of the first ``MetaTensor`` that carries them (``filename_or_obj``); ``[]`` if none does."""
     for t in tensors:
         if isinstance(t, MetaTensor) and source_files_of(t):
             return source_files_of(t)
@@ -75,54 +84,8 @@ def _sources_of(*tensors) -> list[str]:
 def case_id_from_meta(*tensors) -> str | None:
     """Case id from the first ``MetaTensor`` carrying its source file names (``/data/LiTS/segmentation-3.nii.gz`` ->
     ``segmentation-3``, see :mod:`bundle.data.case_ids`); ``None`` if there is none."""
-    files = _sources_of(*tensors)
+    files = sources_from_meta(*tensors)
     return case_id_from_files(files) if files else None
-
-
-def spacing_from_meta(*tensors) -> list[float]:
-    """Voxel spacing (mm per spatial axis) from the affine of the first ``MetaTensor`` given.
-
-    Raises:
-        ValueError: none of the tensors is a ``MetaTensor``, so distances in mm cannot be trusted.
-    """
-    for t in tensors:
-        if isinstance(t, MetaTensor):
-            affine = t.affine
-            spatial = t.ndim - 1
-            return [float(s) for s in affine_to_spacing(affine.detach().cpu(), r=spatial)]
-    raise ValueError(
-        "pred and label are plain tensors: the voxel spacing for HD95 in mm comes from a MetaTensor affine; "
-        "keep MetaTensors through the post-processing (e.g. EnsureTyped(track_meta=True))"
-    )
-
-
-def case_record(
-    pred,
-    label,
-    class_names: Sequence[str] | None = None,
-    case_id: str | None = None,
-    spacing: Sequence[float] | None = None,
-) -> dict[str, Any]:
-    """Metrics of one ``[C, H, W, D]`` case as a report row.
-
-    Args:
-        pred: binary prediction; a ``MetaTensor`` supplies spacing and case id when those are not given.
-        label: binary ground truth, same shape; its meta is preferred over the prediction's.
-        class_names: names of the C channels.
-        case_id: explicit case id; default from ``filename_or_obj`` (label first, then prediction).
-        spacing: explicit voxel spacing in mm; default from the affine (label first, then prediction).
-
-    Returns:
-        ``{"case_id", "source", "spacing", "metrics": {class: {metric: float}}}``.
-    """
-    if spacing is None:
-        spacing = spacing_from_meta(label, pred)
-    return {
-        "case_id": case_id if case_id is not None else case_id_from_meta(label, pred),
-        "source": next(iter(_sources_of(label, pred)), None),
-        "spacing": [float(s) for s in spacing],
-        "metrics": case_metrics(pred, label, spacing=spacing, class_names=class_names),
-    }
 
 
 def _finite(values: Sequence[float]) -> np.ndarray:
@@ -130,7 +93,9 @@ def _finite(values: Sequence[float]) -> np.ndarray:
     return arr[np.isfinite(arr)]
 
 
-def summarise(records: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> dict[str, dict[str, dict]]:
+def summarise(
+    records: Sequence[Mapping[str, Any]], class_names: Sequence[str], metric_names: Sequence[str]
+) -> dict[str, dict[str, dict]]:
     """Per class and metric over the cases: mean, sample std, median and n (non-NaN values only).
 
     Returns:
@@ -139,7 +104,7 @@ def summarise(records: Sequence[Mapping[str, Any]], class_names: Sequence[str]) 
     out: dict[str, dict[str, dict]] = {}
     for name in class_names:
         out[name] = {}
-        for metric in METRIC_NAMES:
+        for metric in metric_names:
             vals = _finite([r["metrics"][name][metric] for r in records])
             n = int(vals.size)
             out[name][metric] = {
@@ -151,24 +116,40 @@ def summarise(records: Sequence[Mapping[str, Any]], class_names: Sequence[str]) 
     return out
 
 
-def _json_safe(obj):
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by ``None`` (JSON has no NaN) and mapping keys as strings."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
-def _csv_text(records: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> str:
+def _info_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return "x".join(f"{v:g}" if isinstance(v, (int, float)) else str(v) for v in value)
+    return str(value)
+
+
+def per_case_csv(
+    records: Sequence[Mapping[str, Any]],
+    class_names: Sequence[str],
+    metric_names: Sequence[str],
+    info_columns: Sequence[str] = (),
+) -> str:
+    """The per-case CSV text: ``case_id, source, *info_columns`` then ``"{class}/{metric}"`` columns."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["case_id", "source", "spacing"] + [f"{c}/{m}" for c in class_names for m in METRIC_NAMES])
+    columns = [f"{c}/{m}" for c in class_names for m in metric_names]
+    writer.writerow(["case_id", "source", *info_columns] + columns)
     for r in records:
-        spacing = "x".join(f"{s:g}" for s in r["spacing"])
-        values = [r["metrics"][c][m] for c in class_names for m in METRIC_NAMES]
-        writer.writerow([r["case_id"], r["source"] or "", spacing] + [repr(float(v)) for v in values])
+        info = [_info_cell(r.get(k)) for k in info_columns]
+        values = [r["metrics"][c][m] for c in class_names for m in metric_names]
+        writer.writerow([r["case_id"], r.get("source") or "", *info] + [repr(float(v)) for v in values])
     return buf.getvalue()
 
 
@@ -176,37 +157,47 @@ def write_report(
     records: Sequence[Mapping[str, Any]],
     output_dir: str | os.PathLike,
     class_names: Sequence[str],
+    metric_names: Sequence[str],
+    metric_definitions: Mapping[str, str] | None = None,
     tags: Mapping[str, Any] | None = None,
+    info_columns: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write the per-case CSV and JSON and the summary JSON into ``output_dir`` (each atomically).
+
+    Args:
+        records: one per case (see the module docstring).
+        output_dir: folder of the three files (created if missing).
+        class_names: the classes, in column order.
+        metric_names: the metrics of every class, in column order.
+        metric_definitions: ``{metric: one-line definition}`` written into the summary (units, empty-case rules).
+        tags: JSON-serialisable run description copied into the summary.
+        info_columns: record fields written as CSV columns after ``source``.
 
     Returns:
         the summary written to ``metrics_summary.json`` (NaN as ``None``).
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    class_names = list(class_names)
-    summary = _json_safe(
+    class_names, metric_names = list(class_names), list(metric_names)
+    summary = json_safe(
         {
             "tags": dict(tags or {}),
             "n_cases": len(records),
             "class_names": class_names,
-            "metric_definitions": METRIC_DEFINITIONS,
-            "metrics": summarise(records, class_names),
+            "metric_definitions": dict(metric_definitions or {}),
+            "metrics": summarise(records, class_names, metric_names),
         }
     )
-    per_case = _json_safe(
-        {"class_names": class_names, "metrics": list(METRIC_NAMES), "cases": [dict(r) for r in records]}
-    )
-    write_text_atomic(out / PER_CASE_CSV, _csv_text(records, class_names))
+    per_case = json_safe({"class_names": class_names, "metrics": metric_names, "cases": [dict(r) for r in records]})
+    write_text_atomic(out / PER_CASE_CSV, per_case_csv(records, class_names, metric_names, info_columns))
     write_text_atomic(out / PER_CASE_JSON, json.dumps(per_case, indent=2, allow_nan=False) + "\n")
     write_text_atomic(out / SUMMARY_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
 
 
-def format_summary_table(summary: Mapping[str, Any]) -> str:
+def format_summary_table(summary: Mapping[str, Any], title: str = "report") -> str:
     """Plain-text table of a summary: one line per class and metric, ``mean +/- std (median, n)``."""
-    lines = [f"segmentation report: {summary['n_cases']} cases, tags {summary.get('tags', {})}"]
+    lines = [f"{title}: {summary['n_cases']} cases, tags {summary.get('tags', {})}"]
     lines.append(f"{'class':<16}{'metric':<15}{'mean':>10}{'std':>10}{'median':>10}{'n':>6}")
 
     def fmt(v):
@@ -218,26 +209,48 @@ def format_summary_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-class SegmentationReport:
-    """Ignite handler: metrics of every evaluated case, written as per-case and summary files when the run ends.
+def gather_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The records of every rank, in rank order (each rank's own list outside a process group).
+
+    Records travel as JSON strings, so they must be JSON-serialisable (plain floats, NaN allowed).
+    """
+    if distributed.world_size() <= 1:
+        return [dict(r) for r in records]
+    gathered = string_list_all_gather([json.dumps(r) for r in records])
+    return [json.loads(s) for s in gathered if s]
+
+
+def _to_cpu(x):
+    return x.detach().cpu() if isinstance(x, torch.Tensor) else x
+
+
+class CaseReport:
+    """Ignite handler: score every evaluated case, write per-case and summary files when the run ends.
 
     At ``ITERATION_COMPLETED`` it reads the post-processed ``pred`` and ``label`` of each case of the batch
-    (``engine.state.output`` is the list of per-case dicts that MONAI's decollate + post-processing leave), takes
-    the spacing from the label's (else the prediction's) ``MetaTensor`` affine and the case id from the batch
-    data's ``case_id_key`` when present, else from ``filename_or_obj``. At ``COMPLETED`` it gathers the rows of all
-    ranks and, on ``save_rank``, writes the three files (see the module docstring) and logs the summary table.
+    (``engine.state.output`` is the list of per-case dicts that MONAI's decollate + post-processing leave) and the
+    case id from the batch data's ``case_id_key`` when present, else from ``filename_or_obj``, and asks
+    :meth:`score_case` for the record. At ``COMPLETED`` it gathers the records of all ranks and, on ``save_rank``,
+    writes the three files (see the module docstring) and logs the summary table.
+
+    Subclasses set :attr:`metric_names` (and optionally :attr:`metric_definitions`, :attr:`info_columns`,
+    :attr:`title`) and implement :meth:`score_case`.
 
     Args:
         output_dir: folder for ``metrics_per_case.csv``, ``metrics_per_case.json`` and ``metrics_summary.json``.
-        class_names: names of the C region channels (e.g. ``["WT", "TC", "ET"]``); default ``class0, ...``.
-        tags: JSON-serialisable run description copied into the summary, e.g.
-            ``{"prior_mode": "concat", "infer_mode": "aug_only", "seed": 0}``.
-        pred_key: key of the binary prediction in each output dict.
-        label_key: key of the binary ground truth in each output dict.
+        class_names: names of the C classes of ``pred``; default ``class0, ...`` from its first dimension.
+        tags: JSON-serialisable run description copied into the summary, e.g. ``{"prior_mode": "concat", "seed": 0}``.
+        pred_key: key of the prediction in each output dict.
+        label_key: key of the ground truth in each output dict.
         case_id_key: key of an explicit case id in the batch data (datalist ``case_id``).
         save_rank: the rank that writes the files in distributed evaluation.
         name: logger name; default the engine's logger.
     """
+
+    metric_names: Sequence[str] = ()
+    metric_definitions: Mapping[str, str] | None = None
+    info_columns: Sequence[str] = ()
+    title: str = "report"
 
     def __init__(
         self,
@@ -259,8 +272,12 @@ class SegmentationReport:
         self.case_id_key = case_id_key
         self.save_rank = save_rank
         self._name = name
-        self.logger = logging.getLogger(name or __name__)
+        self.logger = logging.getLogger(name or type(self).__module__)
         self._records: list[dict[str, Any]] = []
+
+    def score_case(self, pred: Any, label: Any, class_names: Sequence[str], case_id: str) -> dict[str, Any]:
+        """The record of one case (``pred`` and ``label`` on the CPU); see the module docstring for its fields."""
+        raise NotImplementedError(f"{type(self).__name__} must implement score_case().")
 
     def attach(self, engine: Engine) -> None:
         """Register the handler's callbacks on ``engine`` (an evaluator)."""
@@ -277,7 +294,7 @@ class SegmentationReport:
         self._records = []
 
     def __call__(self, engine: Engine) -> None:
-        """Compute the metrics of each case of the current batch."""
+        """Score each case of the current batch."""
         outputs, batch = engine.state.output, engine.state.batch
         if isinstance(outputs, dict):  # evaluator built with decollate=False
             outputs = decollate_batch(outputs)
@@ -294,10 +311,8 @@ class SegmentationReport:
             if case_id is None:
                 case_id = f"rank{distributed.rank()}_case{len(self._records):04d}"
                 warnings.warn(f"no {self.case_id_key!r} key and no filename_or_obj meta: naming the case {case_id}")
-            record = case_record(
-                _to_cpu(pred), _to_cpu(label), class_names=self._class_names_for(pred), case_id=str(case_id)
-            )
-            self._records.append(record)
+            names = self._class_names_for(pred)
+            self._records.append(self.score_case(_to_cpu(pred), _to_cpu(label), names, str(case_id)))
 
     def _class_names_for(self, pred) -> list[str]:
         if self.class_names is None:
@@ -308,20 +323,21 @@ class SegmentationReport:
         world = distributed.world_size()
         if self.save_rank >= world:
             raise ValueError(f"save_rank {self.save_rank} is not a rank of this {world}-process group")
-        records = self._records
-        if world > 1:
-            gathered = string_list_all_gather([json.dumps(r) for r in records])
-            records = [json.loads(s) for s in gathered if s]
+        records = gather_records(self._records)
         if distributed.rank() != self.save_rank:
             return
         duplicates = sorted(i for i, k in Counter(r["case_id"] for r in records).items() if k > 1)
         if duplicates:
-            self.logger.warning(f"SegmentationReport: case ids seen more than once: {duplicates}")
-        # a rank that saw no case learns the channel names from the gathered rows
+            self.logger.warning(f"{type(self).__name__}: case ids seen more than once: {duplicates}")
+        # a rank that saw no case learns the class names from the gathered records
         class_names = self.class_names or (list(records[0]["metrics"]) if records else [])
-        summary = write_report(records, self.output_dir, class_names, tags=self.tags)
-        self.logger.info("%s\nwritten to %s", format_summary_table(summary), self.output_dir)
-
-
-def _to_cpu(x):
-    return x.detach().cpu() if isinstance(x, torch.Tensor) else x
+        summary = write_report(
+            records,
+            self.output_dir,
+            class_names,
+            self.metric_names,
+            metric_definitions=self.metric_definitions,
+            tags=self.tags,
+            info_columns=self.info_columns,
+        )
+        self.logger.info("%s\nwritten to %s", format_summary_table(summary, self.title), self.output_dir)

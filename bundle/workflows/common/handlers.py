@@ -1,7 +1,8 @@
-"""TensorBoard review of the segmentation workflows: per-class metrics, learning rate, prior images, run notes.
+"""TensorBoard review shared by the task workflows: per-class metrics, learning rate, prior images, run notes.
 
 All writers subclass MONAI's ``TensorBoardHandler`` (pass ``summary_writer`` to share one writer with
-``TensorBoardStatsHandler``, or ``log_dir`` to create one).
+``TensorBoardStatsHandler``, or ``log_dir`` to create one). Nothing here knows a task: the image panels show the
+image, its SAM prior channels and, when they have the image's spatial shape, the label and the prediction.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from monai.handlers import TensorBoardHandler
 from monai.utils import CommonKeys, IgniteInfo, min_version, optional_import
 
-from bundle.segmentation.inputs import DEFAULT_PRIOR_NAMES
+from bundle.priors.transforms import SAMAUG_KINDS
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
@@ -173,10 +174,12 @@ class PriorImageLogger(TensorBoardHandler):
         log_dir: folder of a new writer.
         image_key: batch key of the image ``[C, *spatial]``.
         prior_key: batch key of the prior ``[K, *spatial]`` (skipped when absent).
-        label_key: batch key of the label (each channel written).
-        pred_key: output key of the prediction (each channel written).
+        label_key: batch key of the label (each channel written); None leaves it out (e.g. a class vector, which
+            is no image; a volume of another shape is skipped with a warning).
+        pred_key: output key of the prediction (each channel written); None leaves it out, like ``label_key``.
         channel_names: names of the image channels (default ``image`` / ``image{i}``).
-        prior_names: names of the prior channels.
+        prior_names: names of the prior channels (default SAMAug's two kinds; a prior with another number of
+            channels is named ``{prior_key}{i}``).
         max_cases: number of cases to show.
         epoch_getter: ``callable(engine) -> int`` global step; default ``engine.state.epoch``.
         tag_prefix: first part of every tag.
@@ -188,10 +191,10 @@ class PriorImageLogger(TensorBoardHandler):
         log_dir: str = "./runs",
         image_key: str = CommonKeys.IMAGE,
         prior_key: str = "image_prior",
-        label_key: str = CommonKeys.LABEL,
-        pred_key: str = CommonKeys.PRED,
+        label_key: str | None = CommonKeys.LABEL,
+        pred_key: str | None = CommonKeys.PRED,
         channel_names: Sequence[str] | None = None,
-        prior_names: Sequence[str] = DEFAULT_PRIOR_NAMES,
+        prior_names: Sequence[str] = SAMAUG_KINDS,
         max_cases: int = 2,
         epoch_getter: Callable[[Engine], int] | None = None,
         tag_prefix: str = "val",

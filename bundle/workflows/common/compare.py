@@ -1,10 +1,12 @@
 """Compare evaluation runs across seeds: a markdown table of per-seed means, differences and Welch t-tests.
 
 Each run label (e.g. ``raw``, ``samaug``) names several evaluation folders, one per training seed, each holding the
-``metrics_summary.json`` written by :class:`bundle.segmentation.report.SegmentationReport`. For every (class,
-metric) the table shows, per run, the mean and sample standard deviation over the seeds of the per-seed mean (so
-the spread is seed-to-seed, not case-to-case), then for every run after the first its difference to the first and,
-with at least two seeds on both sides, the two-sided Welch t-test p-value over the per-seed means.
+``metrics_summary.json`` of a per-case report (:mod:`bundle.workflows.common.case_report`, e.g. the segmentation
+workflow's ``SegmentationReport``). For every (class, metric) the table shows, per run, the mean and sample standard
+deviation over the seeds of the per-seed mean (so the spread is seed-to-seed, not case-to-case), then for every run
+after the first its difference to the first and, with at least two seeds on both sides, the two-sided Welch t-test
+p-value over the per-seed means. The legend quotes each shown metric's definition (units, empty-case rules) from the
+summaries' ``metric_definitions``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import numpy as np
 from monai.utils import look_up_option
 from scipy import stats
 
+from bundle.workflows.common.case_report import SUMMARY_JSON
+
 __all__ = ["parse_run_spec", "resolve_summary_paths", "load_summary", "load_runs", "compare_table", "main"]
 
-SUMMARY_JSON = "metrics_summary.json"  # written by bundle.segmentation.report.SegmentationReport
 _GLOB_CHARS = ("*", "?", "[")
 
 
@@ -81,7 +84,7 @@ def load_summary(path: str | os.PathLike) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(summary, Mapping) or not isinstance(summary.get("metrics"), Mapping):
-        raise ValueError(f"{path} has no 'metrics' mapping: is it a metrics_summary.json of SegmentationReport?")
+        raise ValueError(f"{path} has no 'metrics' mapping: is it the metrics_summary.json of a report?")
     return dict(summary)
 
 
@@ -129,6 +132,15 @@ def _welch_p(a: np.ndarray, b: np.ndarray) -> float:
     if a.size < 2 or b.size < 2:
         return float("nan")
     return float(stats.ttest_ind(b, a, equal_var=False).pvalue)
+
+
+def _definitions(summaries: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> dict[str, str]:
+    """``{metric: definition}`` of the shown metrics, from the first summary that defines each."""
+    found: dict[str, str] = {}
+    for s in summaries:
+        for name, text in (s.get("metric_definitions") or {}).items():
+            found.setdefault(str(name), str(text))
+    return {m: found[m] for m in metrics if m in found}
 
 
 def _tags_text(summary: Mapping[str, Any]) -> str:
@@ -186,10 +198,12 @@ def compare_table(
         "",
         "Cells: mean ± sample std (ddof=1) over seeds of each seed's mean over cases; n = number of seeds. "
         f"Δ: difference of those means, later run minus {base!r}. Welch p: two-sided Welch t-test over the "
-        "per-seed means, only when both runs have ≥ 2 seeds (otherwise n/a). "
-        "Units: dice/jaccard fractions; hd95 in mm; slice_* in the per-slice convention, distances in pixels.",
+        "per-seed means, only when both runs have ≥ 2 seeds (otherwise n/a).",
         "",
     ]
+    definitions = _definitions(all_summaries, shown)
+    if definitions:
+        lines += ["Metrics, as the reports define them:"] + [f"- {m}: {d}" for m, d in definitions.items()] + [""]
     for label in labels:
         paths = list((sources or {}).get(label, []))
         lines.append(f"- **{label}**: {len(runs[label])} summaries")

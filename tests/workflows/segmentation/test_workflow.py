@@ -7,7 +7,7 @@ import torch
 from monai.inferers import SliceInferer, SlidingWindowInferer
 
 from bundle.sam.factory import make_mask_generator
-from bundle.segmentation import workflow as W
+from bundle.workflows.segmentation import workflow as W
 
 
 def _nifti(path, data=None):

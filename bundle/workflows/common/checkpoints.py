@@ -1,4 +1,4 @@
-"""Checkpoints of the segmentation workflows: atomic last-epoch saving, resuming, and checked weight loading.
+"""Checkpoints of the task workflows: atomic last-epoch saving, resuming, and checked weight loading.
 
 - :class:`EpochCheckpointSaver` writes everything needed to resume (network, optimizer, scheduler, trainer
   counters) plus an ``info`` dict (prior_mode, input channel names) after every epoch, atomically.
@@ -10,7 +10,7 @@
 
 Every file is read through :func:`bundle.checkpoint_files.load_checkpoint` (``weights_only=True``, CRC-checked), so a
 missing, empty, truncated, corrupt, foreign or unsafe file fails with one :class:`CheckpointError` naming it, and
-every file is written only when its tensors are finite (:func:`bundle.segmentation.guards.check_finite_state`).
+every file is written only when its tensors are finite (:func:`bundle.workflows.common.guards.check_finite_state`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 from bundle.atomic import atomic_path
 from bundle.checkpoint_files import CheckpointError, load_checkpoint
 from bundle.distributed import is_main_process
-from bundle.segmentation.guards import check_finite_state
+from bundle.workflows.common.guards import check_finite_state
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
@@ -312,8 +312,8 @@ def load_network_weights(
         network: the configured network (``DataParallel`` / DDP are unwrapped).
         path: a bare state_dict (MONAI ``CheckpointSaver``'s ``model.pt``) or a dictionary with key ``network`` or
             ``model`` (e.g. an :class:`EpochCheckpointSaver` file, whose ``info`` gives the trained channel names).
-        expected_channel_names: names of the configured network's input channels, for the error message
-            (:func:`bundle.segmentation.inputs.prior_channel_names`).
+        expected_channel_names: names of the configured network's input channels, for the error message (the
+            task workflow's, e.g. SAMAug's ``prior_channel_names``).
         prior_mode: the configured prior_mode, for the error message.
         map_location: ``torch.load`` map_location.
 

@@ -4,7 +4,7 @@ import torch
 from monai.data import MetaTensor
 
 from bundle.data.labels import DATASETS
-from bundle.segmentation.transforms import (
+from bundle.workflows.segmentation.transforms import (
     LabelToRegions,
     LabelToRegionsd,
     RegionsToLabel,

@@ -2,7 +2,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from bundle.segmentation.best_model import BestModelSaver, FinalValidation
+from bundle.workflows.common.best_model import BestModelSaver, FinalValidation
 
 
 class Validator:

@@ -7,14 +7,14 @@ from ignite.engine import Events
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.networks.nets import UNet
 
-from bundle.segmentation.checkpoints import (
+from bundle.workflows.common.checkpoints import (
     CheckedCheckpointLoader,
     CheckpointError,
     EpochCheckpointSaver,
     ResumeFromCheckpoint,
     load_network_weights,
 )
-from bundle.segmentation.inputs import prior_channel_names
+from bundle.workflows.segmentation.inputs import prior_channel_names
 
 BATCHES = 3
 

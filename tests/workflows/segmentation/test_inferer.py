@@ -6,8 +6,8 @@ from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer, SliceInferer, SlidingWindowInferer
 from monai.networks.nets import UNet
 
-from bundle.segmentation.inferer import SamAugInferer, SamAugPrepareBatch, selection_score
-from bundle.segmentation.inputs import build_network_input, raw_network_input
+from bundle.workflows.segmentation.inferer import SamAugInferer, SamAugPrepareBatch, selection_score
+from bundle.workflows.segmentation.inputs import build_network_input, raw_network_input
 
 RAW_LOGIT = math.log(0.8 / 0.2)  # p = 0.8 where the prior is zero (the raw input)
 

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
@@ -8,7 +10,7 @@ from monai.transforms import Activationsd, AsDiscreted, Compose
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from bundle.segmentation.handlers import (
+from bundle.workflows.common.handlers import (
     LearningRateLogger,
     PerClassMetricLogger,
     PriorImageLogger,
@@ -17,8 +19,8 @@ from bundle.segmentation.handlers import (
     per_class_means,
     to_unit_range,
 )
-from bundle.segmentation.inferer import SamAugInferer, SamAugPrepareBatch
-from bundle.segmentation.train_step import SamAugTrainStep
+from bundle.workflows.segmentation.inferer import SamAugInferer, SamAugPrepareBatch
+from bundle.workflows.segmentation.train_step import SamAugTrainStep
 
 SPATIAL = (8, 8, 4)
 
@@ -170,3 +172,26 @@ def test_per_class_logger_errors():
         PerClassMetricLogger("val_hd95")(FakeEngine())
     PerClassMetricLogger()(FakeEngine())
     assert set(State.metrics) == {"val_mean_dice_0", "val_mean_dice_1"}
+
+
+def test_prior_image_logger_without_label_and_prediction(tmp_path):
+    # a classification batch: 2D slices with their priors, a class vector as label, class scores as output
+    batch = {"image": torch.rand(2, 1, 8, 8), "image_prior": torch.rand(2, 1, 8, 8), "label": torch.ones(2, 3)}
+
+    class State:
+        epoch = 4
+        output = {"pred": torch.rand(2, 3)}
+
+    State.batch = batch
+
+    class FakeEngine:
+        state = State()
+
+    logger = PriorImageLogger(log_dir=str(tmp_path), label_key=None, pred_key=None, max_cases=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is skipped with a warning: label and prediction are left out
+        logger(FakeEngine())
+    logger.close()
+    events = accumulator(tmp_path)
+    assert set(events.Tags()["images"]) == {"val/case0/image", "val/case0/image_prior"}
+    assert events.Images("val/case0/image_prior")[0].step == 4

@@ -9,15 +9,8 @@ from monai.data import DataLoader, Dataset, MetaTensor
 from monai.engines import SupervisedEvaluator
 from monai.transforms import Activationsd, AsDiscreted, Compose
 
-from bundle.segmentation.report import (
-    PER_CASE_CSV,
-    PER_CASE_JSON,
-    SUMMARY_JSON,
-    SegmentationReport,
-    case_id_from_meta,
-    spacing_from_meta,
-    write_report,
-)
+from bundle.workflows.common.case_report import PER_CASE_CSV, PER_CASE_JSON, SUMMARY_JSON, case_id_from_meta
+from bundle.workflows.segmentation.report import SegmentationReport, spacing_from_meta, write_report
 
 SPACING = (0.5, 0.5, 2.0)
 CLASSES = ["liver", "tumour"]

@@ -20,16 +20,14 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.utils import look_up_option
 
-from bundle import distributed
 from bundle.data.case_check import check_case_files
 from bundle.data.case_ids import case_id_from_files
 from bundle.data.datalist_io import load_checked_section
 from bundle.errors import MissingInputError
-from bundle.segmentation.inputs import PRIOR_MODES
+from bundle.workflows.segmentation.inputs import PRIOR_MODES
 
 __all__ = [
     "SPATIAL_DIMS",
@@ -44,10 +42,6 @@ __all__ = [
     "load_datalist",
     "input_items",
     "prior_description",
-    "init_distributed",
-    "distributed_device",
-    "distributed_network",
-    "rank_log_dir",
 ]
 
 SPATIAL_DIMS = (2, 3)
@@ -117,7 +111,8 @@ def volume_inferer(
     """The MONAI inferer that applies the network to a whole ``[B, C, H, W, D]`` volume.
 
     2D: ``SliceInferer`` over the axial (last) axis with in-plane windows ``patch_size[:2]``; 3D:
-    ``SlidingWindowInferer`` with windows ``patch_size``. Wrap it in :class:`bundle.segmentation.SamAugInferer`.
+    ``SlidingWindowInferer`` with windows ``patch_size``. Wrap it in
+    :class:`bundle.workflows.segmentation.inferer.SamAugInferer`.
     """
     h, w, d = _patch(patch_size)
     if is_slice_network(spatial_dims):
@@ -216,36 +211,3 @@ def prior_description(prior_mode: str, generator: Any = None) -> dict:
         note = (f"weight-free fallback generator {name!r} (sam_model_type 'fallback'): classical region "
                 "proposals stand in for SAM's masks; these priors are NOT SAM priors")
     return {"prior_mode": prior_mode, "generator": name, "is_sam": is_sam, "note": note, "signature": signature}
-
-
-def init_distributed() -> int:
-    """Join the process group that ``torchrun`` describes (NCCL with CUDA, gloo on CPU); returns this rank.
-
-    A no-op returning the rank when the group exists already. With CUDA the process uses ``cuda:$LOCAL_RANK``.
-    """
-    dist = torch.distributed
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(distributed_device())
-    return distributed.rank()
-
-
-def distributed_device() -> torch.device:
-    """``cuda:$LOCAL_RANK`` with CUDA (``LOCAL_RANK`` is set by ``torchrun``), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-    return torch.device("cpu")
-
-
-def distributed_network(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``network`` on ``device`` wrapped in ``DistributedDataParallel`` (``device_ids`` only for a CUDA device)."""
-    device = torch.device(device)
-    device_ids = [device] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(network.to(device), device_ids=device_ids)
-
-
-def rank_log_dir(log_dir: str | os.PathLike) -> str:
-    """``log_dir`` on rank 0, ``log_dir/rank<r>`` on the other ranks, so TensorBoard writers never share a file."""
-    rank = distributed.rank()
-    return os.fspath(log_dir) if rank == 0 else os.path.join(os.fspath(log_dir), f"rank{rank}")

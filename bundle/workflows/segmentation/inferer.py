@@ -24,7 +24,7 @@ import torch
 from monai.inferers import Inferer
 from monai.utils import CommonKeys, look_up_option
 
-from bundle.segmentation.inputs import PRIOR_MODES, build_network_input, raw_network_input, split_image_prior
+from bundle.workflows.segmentation.inputs import PRIOR_MODES, build_network_input, raw_network_input, split_image_prior
 
 __all__ = ["INFER_MODES", "ENTROPY_MODES", "SamAugInferer", "SamAugPrepareBatch", "selection_score"]
 

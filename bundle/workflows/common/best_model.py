@@ -1,18 +1,18 @@
-"""The best-model checkpoint of the segmentation trainings: MONAI's ``CheckpointSaver`` whose best score survives a
+"""The best-model checkpoint of the task trainings: MONAI's ``CheckpointSaver`` whose best score survives a
 resumed run, and a final validation so that a run always ends with a validated (and saved) model.
 
 ``CheckpointSaver(save_key_metric=True, key_metric_filename="model.pt", save_dict={"model": network})`` writes the
 bare network state_dict of the best validation epoch (what MONAI Label and ``configs/inference.json`` load). Its
 best-score memory is lost when an interrupted training is resumed, so the first validation after the resume would
 overwrite ``model.pt`` even when it is worse. :class:`BestModelSaver` adds ``state_dict()`` for that memory, so the
-last-epoch checkpoint (:class:`bundle.segmentation.checkpoints.EpochCheckpointSaver`) can store it and
-:class:`bundle.segmentation.checkpoints.ResumeFromCheckpoint` restore it (``load_state_dict`` is MONAI's).
+last-epoch checkpoint (:class:`bundle.workflows.common.checkpoints.EpochCheckpointSaver`) can store it and
+:class:`bundle.workflows.common.checkpoints.ResumeFromCheckpoint` restore it (``load_state_dict`` is MONAI's).
 
 MONAI's saver writes in place (ignite ``DiskSaver(atomic=False)``) after deleting the old file, so a kill or a
 full disk during the write left no ``model.pt`` or an unloadable one. :class:`AtomicSaveHandler` replaces its disk
 writer: the new file is written next to the old one and renamed over it (:mod:`bundle.atomic`), an old file is
 deleted only after its successor is complete, and weights holding NaN or inf are refused
-(:func:`bundle.segmentation.guards.check_finite_state`).
+(:func:`bundle.workflows.common.guards.check_finite_state`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from monai.handlers import CheckpointSaver
 from monai.utils import IgniteInfo, min_version, optional_import
 
 from bundle.distributed import is_main_process
-from bundle.segmentation.checkpoints import save_atomic
-from bundle.segmentation.guards import check_finite_state
+from bundle.workflows.common.checkpoints import save_atomic
+from bundle.workflows.common.guards import check_finite_state
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
