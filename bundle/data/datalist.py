@@ -8,6 +8,9 @@ which slices are positive. Entries follow the contract in ``docs/design.md``::
      "volume_labels": [1, 2, 4], "num_slices": 155,
      "slice_labels": {"1": [0, 0, 1, ...], "2": [...], "4": [...]}, "slice_foreground": [0, 0, 1, ...]}
 
+Entries of the BraTS 2019 layout (``{HGG,LGG}/<case>/``) also record the case's ``"grade"`` (``"HGG"`` / ``"LGG"``,
+the folder it sits in), for grade classification; other layouts have no grade and no such key.
+
 Slices run along the last axis after ``Orientation("RAS")``, i.e. inferior to superior, whatever the file's
 own axis order. Each entry also records what the case check verified (``"checked"``: size, modification time and
 checks per file, :mod:`bundle.data.case_check`), so the workflows re-check only files changed since. Note:
@@ -191,7 +194,8 @@ def build_datalist(
         except InputError as err:
             case_problems.append(f"case {case['case_id']}: {err}")
             continue
-        entries.append({**paths, **summary, RECORD_KEY: checked.record})
+        grade = _brats2019_grade(case["label"], root) if scan.layout == "brats2019" else {}
+        entries.append({**paths, **grade, **summary, RECORD_KEY: checked.record})
 
     if case_problems and not skip_incomplete:
         raise DatasetLayoutError(_problem_text(root, "unusable case file(s)", case_problems) + "\n" + hint)
@@ -213,6 +217,12 @@ def build_datalist(
         "fractions": {"validation": val_fraction, "testing": test_fraction},
         **{name: [by_id[c] for c in splits[name]] for name in ("training", "validation", "testing")},
     }
+
+
+def _brats2019_grade(label_path: str, root: str) -> dict:
+    """``{"grade": "HGG" | "LGG"}`` from the grade folder above a BraTS 2019 case, or ``{}`` outside one."""
+    folders = [p for p in os.path.relpath(label_path, root).split(os.sep)[:-1] if p in ("HGG", "LGG")]
+    return {"grade": folders[-1]} if folders else {}
 
 
 def _paths(case: dict, root: str, relative: bool) -> dict:

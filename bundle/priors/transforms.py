@@ -18,7 +18,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, look_up_option
 
-from bundle.priors.maps import samaug_prior_maps, samaugc_prior_map
+from bundle.priors.maps import COMBINE_MODES, SCORE_KEYS, samaug_prior_maps, samaugc_prior_map
 from bundle.sam.slices import SliceWindow
 
 __all__ = ["PRIOR_KINDS", "SAMAUG_KINDS", "SamPrior", "SamPriord"]
@@ -74,7 +74,9 @@ class SamPrior(Transform):
         if slices_per_batch < 1:
             raise ValueError(f"slices_per_batch must be >= 1, got {slices_per_batch}")
         self.slices_per_batch = int(slices_per_batch)
-        self.samaugc_score, self.samaugc_combine = samaugc_score, samaugc_combine
+        # checked here, before any slice is computed (they are part of the cache signature)
+        self.samaugc_score = look_up_option(samaugc_score, SCORE_KEYS)
+        self.samaugc_combine = look_up_option(samaugc_combine, COMBINE_MODES)
 
     def signature(self) -> dict:
         """Everything that determines the output (the prior cache key)."""

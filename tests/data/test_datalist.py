@@ -83,6 +83,7 @@ def test_brats_entry_contract(tmp_path):
         "case_id": cid,
         "image": [f"HGG/{cid}/{cid}_{m}.nii.gz" for m in ("flair", "t1", "t1ce", "t2")],
         "label": f"HGG/{cid}/{cid}_seg.nii.gz",
+        "grade": "HGG",  # the BraTS 2019 grade folder
         "volume_labels": [1, 2, 4],
         "num_slices": 6,
         "slice_labels": {"1": [0, 1, 0, 0, 0, 0], "2": [0, 1, 1, 0, 0, 0], "4": [0, 0, 0, 1, 0, 0]},

@@ -156,3 +156,21 @@ def test_samaugc_constant_map_is_zero(combine):
 def test_samaugc_invalid_options(kwargs, valid):
     with pytest.raises(ValueError, match=valid):
         samaugc_prior_map(TWO_MASKS, (4, 5), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "score, combine, expected_row",
+    [
+        # left mask (cols 0-1): stability 0.3, iou 0.6; right mask (cols 1-2): stability 0.7, iou 0.2
+        ("stability_score", "sum", [0.0, 1.0, 4 / 7]),  # raw 0.3, 1.0, 0.7
+        ("stability_score", "max", [0.0, 1.0, 1.0]),  # raw 0.3, 0.7, 0.7
+        ("predicted_iou", "sum", [2 / 3, 1.0, 0.0]),  # raw 0.6, 0.8, 0.2
+        ("predicted_iou", "max", [1.0, 1.0, 0.0]),  # raw 0.6, 0.6, 0.2
+    ],
+)
+def test_samaugc_every_combination_with_nonzero_minimum(score, combine, expected_row):
+    left = _mask((2, 3), slice(0, 2), slice(0, 2))
+    right = _mask((2, 3), slice(0, 2), slice(1, 3))
+    records = [_record(left, 0.3, 0.6), _record(right, 0.7, 0.2)]
+    prior = samaugc_prior_map(records, (2, 3), score=score, combine=combine)
+    np.testing.assert_allclose(prior, [expected_row, expected_row], atol=1e-6)

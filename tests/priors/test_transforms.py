@@ -241,6 +241,8 @@ def test_signature():
         ({"kinds": []}, ValueError, "at least one"),
         ({"slices_per_batch": 0}, ValueError, "slices_per_batch"),
         ({"window": 3}, TypeError, "window"),
+        ({"samaugc_score": "iou"}, ValueError, "predicted_iou"),
+        ({"samaugc_combine": "mean"}, ValueError, "max"),
     ],
 )
 def test_invalid_arguments(kwargs, error, match):
