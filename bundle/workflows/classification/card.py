@@ -1,0 +1,148 @@
+"""The model card of a SAMAug-C model: everything evaluation and inference need, next to the best weights.
+
+Training writes ``model_card.json`` beside ``model.pt`` each time a new best model is saved (:class:`CardBestModelSaver`),
+atomically, with the fusion weight chosen at that validation. :func:`network_from_card` and
+:func:`prior_from_card` rebuild the classifier and the SAM prior transform from it, so ``configs/inference_cls.json``
+needs only the model folder and the inputs; the prior transform is built with the same settings as in training,
+so it reads the same prior-cache partition (the signature is the same).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+
+from bundle.atomic import write_text_atomic
+from bundle.distributed import is_main_process
+from bundle.errors import InputError, MissingInputError
+from bundle.networks.dual_branch import DualBranchClassifier
+from bundle.priors.transforms import SamPrior
+from bundle.sam.factory import make_mask_generator
+from bundle.workflows.common.best_model import BestModelSaver
+
+__all__ = ["CARD_NAME", "CARD_VERSION", "write_card", "read_card", "card_volume_keys", "network_from_card", "prior_from_card",
+           "describe_intensity", "intensity_from_card", "CardBestModelSaver"]
+
+CARD_NAME = "model_card.json"
+CARD_VERSION = 1
+_REQUIRED = ("task", "network", "roi_size", "cls_aug_mode", "alpha", "fusion_weight", "use_priors",
+             "image_channel_names", "intensity", "prior")
+
+
+def write_card(path: str | os.PathLike, card: Mapping[str, Any]) -> None:
+    """Write ``card`` as JSON atomically (main process only)."""
+    if is_main_process():
+        write_text_atomic(path, json.dumps({"card_version": CARD_VERSION, **card}, indent=2, default=str) + "\n")
+
+
+def read_card(model_dir: str | os.PathLike) -> dict:
+    """The model card of ``model_dir`` (a folder holding ``model_card.json``, or the card file itself).
+
+    Raises:
+        MissingInputError: no card (a model trained before cards existed, or the wrong folder).
+        InputError: not JSON, or a field missing; names the file.
+    """
+    path = os.fspath(model_dir)
+    path = os.path.join(path, CARD_NAME) if os.path.isdir(path) or not path.endswith(".json") else path
+    if not os.path.isfile(path):
+        raise MissingInputError(path, "no model card: train with configs/train_samaug_cls.json, which writes it next "
+                                      "to model.pt")
+    try:
+        with open(path) as f:
+            card = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(path, f"model card is not readable JSON ({error})") from error
+    missing = [k for k in _REQUIRED if k not in card]
+    if missing:
+        raise InputError(path, f"model card lacks {missing}")
+    return card
+
+
+def card_volume_keys(card: Mapping[str, Any]) -> list[str]:
+    """Keys of the loaded volumes: the image, and its prior when the model uses priors."""
+    return ["image", card.get("prior_key", "prior")] if card["use_priors"] else ["image"]
+
+
+def network_from_card(card: Mapping[str, Any]):
+    """The :class:`~bundle.networks.DualBranchClassifier` the card describes (random weights; load ``model.pt``)."""
+    return DualBranchClassifier(**card["network"])
+
+
+def describe_intensity(transform) -> dict:
+    """The card entry of a preset's intensity transform (``NormalizeIntensityd`` or ``ScaleIntensityRanged``).
+
+    Raises:
+        ValueError: another transform type (the card cannot rebuild it; add it here).
+    """
+    name = type(transform).__name__
+    if name == "NormalizeIntensityd":
+        t = transform.normalizer
+        args = {"nonzero": bool(t.nonzero), "channel_wise": bool(t.channel_wise)}
+        if t.subtrahend is not None or t.divisor is not None:
+            raise ValueError("NormalizeIntensityd with a fixed subtrahend / divisor is not supported by the model card.")
+    elif name == "ScaleIntensityRanged":
+        t = transform.scaler
+        args = {"a_min": float(t.a_min), "a_max": float(t.a_max), "b_min": t.b_min, "b_max": t.b_max,
+                "clip": bool(t.clip)}
+    else:
+        raise ValueError(f"the model card cannot describe the intensity transform {name}; use NormalizeIntensityd or "
+                         "ScaleIntensityRanged.")
+    return {"name": name, "keys": list(transform.keys), "args": args}
+
+
+def intensity_from_card(card: Mapping[str, Any]):
+    """The intensity transform of the card (:func:`describe_intensity`)."""
+    from monai import transforms
+
+    spec = card["intensity"]
+    builder = {"NormalizeIntensityd": transforms.NormalizeIntensityd,
+               "ScaleIntensityRanged": transforms.ScaleIntensityRanged}[spec["name"]]
+    return builder(keys=spec["keys"], **spec["args"])
+
+
+def prior_from_card(card: Mapping[str, Any], device: Any = "cpu") -> SamPrior | None:
+    """The SAM prior transform of training (same generator settings and kinds, so the same cache partition), or
+    None when the model uses no priors."""
+    if not card["use_priors"]:
+        return None
+    p = card["prior"]
+    generator = make_mask_generator(
+        model_type=p["sam_model_type"], checkpoint=p["sam_checkpoint"], device=device, batch_size=p["sam_batch_size"],
+        autocast=p["sam_autocast"], prompt_mode=p["sam_prompt_mode"], amg=p["amg"], box_grid=p["box_grid"],
+        fallback=p["fallback"],
+    )
+    return SamPrior(generator=generator, window=p["sam_window"], kinds=p["prior_kinds"],
+                    slices_per_batch=p["slices_per_batch"], samaugc_score=p["samaugc_score"],
+                    samaugc_combine=p["samaugc_combine"])
+
+
+class CardBestModelSaver(BestModelSaver):
+    """:class:`~bundle.workflows.common.best_model.BestModelSaver` that writes the model card whenever it saves a new
+    best model, with the fusion weight the key metric chose in that validation.
+
+    Args:
+        save_dir: folder of ``model.pt`` and ``model_card.json``.
+        save_dict: ``{"model": network}``.
+        card: the card's fixed fields (JSON-serialisable; ``fusion_weight`` is filled in at each save).
+        metric: the :class:`~bundle.workflows.classification.metrics.FusedClassificationMetric` of the evaluator.
+        kwargs: :class:`BestModelSaver` arguments.
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, card: Mapping[str, Any], metric: Any, **kwargs) -> None:
+        super().__init__(save_dir=save_dir, save_dict=save_dict, **kwargs)
+        self.card = dict(card)
+        self.metric = metric
+        self.key_name = kwargs.get("key_metric_name")
+        json.dumps(self.card, default=str)  # fail at construction, not after the first epoch
+
+    def metrics_completed(self, engine) -> None:
+        before = list(self._key_metric_checkpoint._saved)
+        super().metrics_completed(engine)
+        if list(self._key_metric_checkpoint._saved) != before:
+            card = {**self.card, "fusion_weight": float(self.metric.fusion_weight),
+                    "best_metric": float(engine.state.metrics[self.key_name or engine.state.key_metric_name]),
+                    "best_epoch": int(engine.state.epoch)}
+            write_card(os.path.join(self.save_dir, CARD_NAME), card)

@@ -1,0 +1,95 @@
+"""SAMAug-C configs: bundle properties, one prior-cache partition for precompute and training, network metadata,
+and the branch variants (each builds and trains)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from cls_utils import INFER_CLS, META_CLS, TINY_CLS, TRAIN_CLS, cls_files, train_cls
+from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
+from workflow_utils import PRECOMPUTE, PRESETS, SAM_PRIORS
+
+from bundle.priors.cache import PriorCache
+from bundle.workflows.classification.workflow import prior_kinds_for, uses_priors
+
+
+def _parser(files, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser.update(overrides)
+    return parser
+
+
+def _digest(parser) -> str:
+    cache = PriorCache(parser.get_parsed_content("prior_cache_dir"), parser.get_parsed_content("sam_prior").signature())
+    return cache.digest
+
+
+def test_train_and_inference_properties(phantom_set, tmp_path, caplog):
+    data = phantom_set("brats")
+    caplog.set_level(logging.WARNING)
+    train = ConfigWorkflow(config_file=cls_files("brats"), workflow_type="train", meta_file=META_CLS,
+                           logging_file=False, **{**TINY_CLS, **data.overrides(tmp_path)})
+    train.initialize()
+    assert train.check_properties() == []
+    train_cls(data, tmp_path, max_epochs=1)
+    infer = ConfigWorkflow(config_file=INFER_CLS, workflow_type="infer", meta_file=META_CLS, logging_file=False,
+                           model_dir=str(tmp_path / "models"), dataset_dir=str(data.root), datalist=str(data.datalist))
+    infer.initialize()
+    assert infer.check_properties() == []
+    assert not [r for r in caplog.records if "property" in r.getMessage().lower()]
+
+
+@pytest.mark.parametrize("preset", ["brats", "lits"])
+def test_precompute_and_training_share_the_partition(preset):
+    """The lead's precompute command (``--prior_kinds ['samaugc_prior']`` + box-grid overrides) and the default
+    emphasis training with the same overrides compute the same signature; other modes follow ``cls_aug_mode``."""
+    lead = {"box_grid#box_stride": 1.0, "box_grid#refine_rounds": 0}
+    precompute = _parser([SAM_PRIORS, PRECOMPUTE, PRESETS[preset]], prior_kinds=["samaugc_prior"], **lead)
+    training = _parser(cls_files(preset), **lead)
+    assert _digest(precompute) == _digest(training)
+    assert not training.get_parsed_content("mask_generator").engine.loaded
+    # a samaug-mode training differs, and the merged precompute config follows it
+    samaug = _parser(cls_files(preset), cls_aug_mode="samaug", **lead)
+    merged = _parser([SAM_PRIORS, PRECOMPUTE, TRAIN_CLS, PRESETS[preset]], cls_aug_mode="samaug", **lead)
+    assert _digest(samaug) == _digest(merged) != _digest(training)
+
+
+def test_prior_helpers():
+    assert prior_kinds_for("emphasis") == prior_kinds_for("add") == ["samaugc_prior"]
+    assert prior_kinds_for("samaug") == ["sam_seg_prior", "sam_boundary_prior"]
+    assert not uses_priors("raw") and uses_priors("raw", aug_as_samples=True) and uses_priors("dual")
+    with pytest.raises(ValueError, match="augmented"):
+        uses_priors("augmentd")
+
+
+def test_verify_net_in_out():
+    verify_net_in_out("network_def", meta_file=META_CLS, config_file=[SAM_PRIORS, TRAIN_CLS])
+
+
+@pytest.mark.parametrize("overrides", [
+    {"cls_branches": "raw"},
+    {"cls_branches": "augmented", "cls_aug_mode": "samaug"},
+    {"cls_branches": "raw", "aug_as_samples": True},
+    {"cls_branches": "dual", "shared_backbone": False, "fusion_weight": 0.3, "class_balance": False},
+])
+def test_branch_variants_train(overrides, phantom_set, tmp_path):
+    data = phantom_set("brats")
+    workflow = train_cls(data, tmp_path, **overrides)
+    net = workflow.parser.get_parsed_content("network")
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.iteration >= 1
+    raw_only = overrides["cls_branches"] == "raw" and not overrides.get("aug_as_samples")
+    assert workflow.parser.get_parsed_content("use_priors") is not raw_only
+    if raw_only:  # the raw baseline builds no generator and writes no prior
+        assert workflow.parser.get_parsed_content("mask_generator") is None
+        assert not (tmp_path / "priors").exists()
+    if overrides.get("aug_as_samples"):
+        items = workflow.parser.get_parsed_content("train#dataset").items
+        assert {i["view"] for i in items} == {"raw", "augmented"}
+    assert net.n_branches == (2 if overrides["cls_branches"] == "dual" else 1)
+    assert len(net.backbones) == (2 if overrides.get("shared_backbone") is False else 1)
+    if "fusion_weight" in overrides:
+        import json
+        assert json.loads((tmp_path / "models" / "model_card.json").read_text())["fusion_weight"] == 0.3
