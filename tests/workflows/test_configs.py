@@ -10,6 +10,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_net_i
 from bundle.data.labels import DATASETS
 from bundle.priors.cache import CachedSamPriord, PriorCache
 from workflow_utils import (
+    CONFIGS,
     EVALUATE,
     INFERENCE,
     METADATA,
@@ -79,10 +80,16 @@ def test_every_workflow_reads_one_prior_cache_partition(preset):
 
 
 def test_sam_settings_have_one_home():
-    """No workflow config repeats a key of the shared SAM/prior file (only ``use_priors`` is derived per workflow)."""
+    """No workflow config repeats a key of the shared SAM/prior file (only ``use_priors`` is derived per workflow; the
+    classification training derives ``prior_kinds`` from its augmentation mode, and its self-contained inference
+    config rebuilds the prior transform from the model card, never from settings of its own)."""
     shared = set(json.load(open(SAM_PRIORS))) - {"use_priors"}
-    for name in (TRAIN, EVALUATE, INFERENCE, PRECOMPUTE):
+    for name in (TRAIN, EVALUATE, INFERENCE, PRECOMPUTE, str(CONFIGS / "evaluate_cls.json")):
         assert not shared & set(json.load(open(name))), name
+    assert shared & set(json.load(open(CONFIGS / "train_samaug_cls.json"))) == {"prior_kinds"}
+    inference_cls = json.load(open(CONFIGS / "inference_cls.json"))
+    assert not (shared - {"prior_kinds", "sam_prior", "prior_cache_dir"}) & set(inference_cls)
+    assert "card" in inference_cls["sam_prior"] and "card" in inference_cls["prior_kinds"]
 
 
 @pytest.mark.parametrize("preset", PRESET_NAMES)

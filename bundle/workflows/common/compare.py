@@ -2,7 +2,8 @@
 
 Each run label (e.g. ``raw``, ``samaug``) names several evaluation folders, one per training seed, each holding the
 ``metrics_summary.json`` of a per-case report (:mod:`bundle.workflows.common.case_report`, e.g. the segmentation
-workflow's ``SegmentationReport``). For every (class, metric) the table shows, per run, the mean and sample standard
+workflow's ``SegmentationReport``) or of an item-level report (``per_class`` and ``mean`` values computed over all
+items, e.g. the classification workflow's; the spread is then seed-to-seed of those values). For every (class, metric) the table shows, per run, the mean and sample standard
 deviation over the seeds of the per-seed mean (so the spread is seed-to-seed, not case-to-case), then for every run
 after the first its difference to the first and, with at least two seeds on both sides, the two-sided Welch t-test
 p-value over the per-seed means. The legend quotes each shown metric's definition (units, empty-case rules) from the
@@ -83,9 +84,21 @@ def load_summary(path: str | os.PathLike) -> dict[str, Any]:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if isinstance(summary, Mapping) and "metrics" not in summary and isinstance(summary.get("per_class"), Mapping):
+        summary = {**summary, "metrics": _item_level_metrics(summary)}
     if not isinstance(summary, Mapping) or not isinstance(summary.get("metrics"), Mapping):
         raise ValueError(f"{path} has no 'metrics' mapping: is it the metrics_summary.json of a report?")
     return dict(summary)
+
+
+def _item_level_metrics(summary: Mapping[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """An item-level summary (``per_class`` / ``mean`` of one value each, e.g. a classification report, whose metrics
+    are computed over all items at once) in the per-case shape ``{class: {metric: {"mean": value}}}``; the mean over
+    classes becomes the class ``mean``."""
+    per_class = {str(c): dict(m) for c, m in summary["per_class"].items()}
+    if isinstance(summary.get("mean"), Mapping):
+        per_class["mean"] = dict(summary["mean"])
+    return {c: {m: {"mean": v} for m, v in metrics.items()} for c, metrics in per_class.items()}
 
 
 def load_runs(specs: Sequence[str]) -> dict[str, list[tuple[Path, dict[str, Any]]]]:

@@ -103,3 +103,24 @@ def test_legend_quotes_the_reports_metric_definitions(tmp_path):
     assert "- hd95: HD95 in mm" in table and "3D Dice" not in table and "not shown" not in table
     plain = compare_table({"raw": [json.loads((d / "metrics_summary.json").read_text()) for d in dirs[1:]]})
     assert "as the reports define them" not in plain
+
+
+def test_item_level_summaries_compare_like_per_case_ones(tmp_path):
+    """A classification report's summary (one value per class and metric, plus the mean over classes) is read as the
+    per-seed value of that class and metric."""
+    dirs = {}
+    for label, aucs in {"raw": [0.70, 0.80], "dual": [0.90, 0.94]}.items():
+        dirs[label] = []
+        for seed, auc in enumerate(aucs):
+            d = tmp_path / f"{label}{seed}"
+            d.mkdir()
+            summary = {"tags": {"seed": seed}, "per_class": {"tumour": {"auc": auc, "f1": 0.5}},
+                       "mean": {"auc": auc - 0.1, "f1": 0.5}, "n": 40}
+            (d / "metrics_summary.json").write_text(json.dumps(summary))
+            dirs[label].append(str(d))
+    runs = load_runs([f"{k}={','.join(v)}" for k, v in dirs.items()])
+    table = compare_table({k: [s for _, s in v] for k, v in runs.items()}, metrics=["auc"])
+    cells = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): [c.strip() for c in line.strip("|").split("|")]
+             for line in table.splitlines() if line.startswith("| tumour") or line.startswith("| mean")}
+    assert cells[("tumour", "auc")][2:5] == ["0.7500 ± 0.0707 (n=2)", "0.9200 ± 0.0283 (n=2)", "+0.1700"]
+    assert cells[("mean", "auc")][2] == "0.6500 ± 0.0707 (n=2)"

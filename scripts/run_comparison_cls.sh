@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# SAMAug-C on phantoms: raw-only vs augmented-only vs dual-branch classifiers, several training seeds, slice-level
+# tumour-present tasks on phantom BraTS 2021 (brats_wt) and phantom LiTS (lits_tumour), with the bundle's own configs;
+# then one comparison table per task (scripts/compare_runs.py). docs/comparison_cls.md reports a run of it.
+#
+#   bash scripts/run_comparison_cls.sh                         # everything under runs/comparison (git-ignored)
+#   ROOT=/tmp/cmp SEEDS="0 1" VARIANTS="raw dual" bash scripts/run_comparison_cls.sh
+#
+# It shares ROOT, phantoms and datalists with scripts/run_comparison.sh (made here when missing). Runs whose
+# evaluation exists are skipped, and an interrupted training resumes from its last epoch.
+#
+# Environment: ROOT, PYTHON, SEEDS, VARIANTS (subset of "raw augmented dual"), TASKS (subset of "brats_wt
+# lits_tumour"), CASES and SIZE (phantoms), ROI (in-plane size the slices are resized to), SAM_MODEL_TYPE (default
+# lite_medsam), GRID (box-grid overrides; default side-by-side boxes without refinement, the README main job's grid),
+# EXTRA (more overrides for every training and evaluation, e.g. "--max_epochs 30").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROOT=${ROOT:-runs/comparison}
+PYTHON=${PYTHON:-python}
+SEEDS=${SEEDS:-"0 1 2"}
+VARIANTS=${VARIANTS:-"raw augmented dual"}
+TASKS=${TASKS:-"brats_wt lits_tumour"}
+CASES=${CASES:-10}
+SIZE=${SIZE:-64}
+ROI=${ROI:-64}
+EXTRA=${EXTRA:-}
+read -r -a GRID_ARGS <<< "${GRID:---box_grid#box_stride 1.0 --box_grid#refine_rounds 0}"
+SAM=(--sam_model_type "${SAM_MODEL_TYPE:-lite_medsam}" "${GRID_ARGS[@]}")
+
+mkdir -p "$ROOT/logs"
+TIMES="$ROOT/times_cls.tsv"
+[[ -f "$TIMES" ]] || printf "step\tseconds\n" > "$TIMES"
+
+timed() {  # timed NAME COMMAND...: run, log to $ROOT/logs/NAME.log, append the wall time to $TIMES
+    local name=$1; shift
+    local start=$SECONDS
+    echo "[$(date +%H:%M:%S)] $name"
+    if ! "$@" > "$ROOT/logs/$name.log" 2>&1; then
+        echo "FAILED: $name (see $ROOT/logs/$name.log)" >&2
+        tail -20 "$ROOT/logs/$name.log" >&2
+        exit 1
+    fi
+    printf "%s\t%s\n" "$name" "$((SECONDS - start))" >> "$TIMES"
+}
+
+for task in $TASKS; do
+    case $task in
+        brats_wt) preset=brats; layout=brats2021 ;;
+        lits_tumour) preset=lits; layout=lits ;;
+        *) echo "unknown task $task (brats_wt, lits_tumour)" >&2; exit 2 ;;
+    esac
+    data="$ROOT/data/$layout"
+    if [[ ! -f "$data/datalist.json" ]]; then
+        timed "${preset}_phantoms" "$PYTHON" scripts/make_phantoms.py --dataset "$layout" --out "$data" \
+            --cases "$CASES" --size "$SIZE" --seed 0
+        timed "${preset}_datalist" "$PYTHON" scripts/prepare_datalist.py --dataset "$preset" --root "$data" \
+            --out "$data/datalist.json" --val-fraction 0.2 --test-fraction 0.4 --seed 0 --no-progress
+    fi
+    train_files="['configs/sam_priors.json','configs/train_samaug_cls.json','configs/presets/$preset.json']"
+    eval_files="['configs/sam_priors.json','configs/train_samaug_cls.json','configs/presets/$preset.json','configs/evaluate_cls.json']"
+    # the priors of the augmented branch, computed once (up-to-date cases are skipped)
+    timed "${task}_cls_priors" "$PYTHON" -m monai.bundle run precompute \
+        --config_file "['configs/sam_priors.json','configs/precompute_priors.json','configs/train_samaug_cls.json','configs/presets/$preset.json']" \
+        --bundle_root "$ROOT" --task "$task" "${SAM[@]}"
+
+    specs=()
+    for variant in $VARIANTS; do
+        folders=()
+        for seed in $SEEDS; do
+            run="${task}_${variant}_s${seed}"
+            keys=(--bundle_root "$ROOT" --task "$task" --cls_branches "$variant" --seed "$seed" --run_name "$run"
+                  --roi_size "[$ROI,$ROI,$ROI]" "${SAM[@]}")
+            if [[ ! -f "$ROOT/runs/cls_$run/eval_testing/metrics_summary.json" ]]; then
+                # an interrupted training resumes from its checkpoint_last.pt
+                # shellcheck disable=SC2086
+                timed "train_$run" "$PYTHON" -m monai.bundle run training --config_file "$train_files" "${keys[@]}" $EXTRA
+                # shellcheck disable=SC2086
+                timed "eval_$run" "$PYTHON" -m monai.bundle run evaluating --config_file "$eval_files" "${keys[@]}" $EXTRA
+            fi
+            folders+=("$ROOT/runs/cls_$run/eval_testing")
+        done
+        specs+=(--run "$variant=$(IFS=,; echo "${folders[*]}")")
+    done
+    timed "${task}_table" "$PYTHON" scripts/compare_runs.py "${specs[@]}" --metric auc --metric balanced_accuracy \
+        --metric f1 --metric sensitivity --metric specificity --out "$ROOT/${task}_cls_table.md"
+    echo "table: $ROOT/${task}_cls_table.md"
+done
