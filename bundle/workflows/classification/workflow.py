@@ -66,7 +66,7 @@ def class_items(entries: Sequence[Mapping], task: str | ClassificationTask, wher
     """One item per slice (slice task) or per volume (volume task), with the class label under ``class_label``.
 
     With ``aug_as_samples`` every item appears twice, once with ``view="raw"`` and once with ``view="augmented"``
-    (the augmented image as an extra training sample, METHODS §3); otherwise each item gets ``view`` (when given).
+    (the augmented image as an extra training sample, docs/methods.md §3); otherwise each item gets ``view`` (when given).
     """
     task = get_task(task)
     maker = slice_items if task.level == "slice" else volume_items
