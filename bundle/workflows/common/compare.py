@@ -30,6 +30,8 @@ from bundle.workflows.common.case_report import SUMMARY_JSON
 __all__ = ["parse_run_spec", "resolve_summary_paths", "load_summary", "load_runs", "compare_table", "main"]
 
 _GLOB_CHARS = ("*", "?", "[")
+#: marks a summary read from an item-level report (see :func:`load_summary`)
+ITEM_LEVEL = "item_level"
 
 
 def parse_run_spec(spec: str) -> tuple[str, list[str]]:
@@ -85,10 +87,20 @@ def load_summary(path: str | os.PathLike) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
     if isinstance(summary, Mapping) and "metrics" not in summary and isinstance(summary.get("per_class"), Mapping):
-        summary = {**summary, "metrics": _item_level_metrics(summary)}
+        summary = {**summary, "metrics": _item_level_metrics(summary), ITEM_LEVEL: True}
     if not isinstance(summary, Mapping) or not isinstance(summary.get("metrics"), Mapping):
         raise ValueError(f"{path} has no 'metrics' mapping: is it the metrics_summary.json of a report?")
     return dict(summary)
+
+
+def _per_seed_value(summaries: Sequence[Mapping[str, Any]]) -> str:
+    """What one seed's cell value is, for the legend."""
+    item_level = {bool(s.get(ITEM_LEVEL)) for s in summaries}
+    if item_level == {True}:
+        return "value computed over all items at once"
+    if item_level == {False}:
+        return "mean over cases"
+    return "mean over cases (per-case reports) or value over all items (item-level reports)"
 
 
 def _item_level_metrics(summary: Mapping[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
@@ -209,7 +221,8 @@ def compare_table(
 
     lines += [
         "",
-        "Cells: mean ± sample std (ddof=1) over seeds of each seed's mean over cases; n = number of seeds. "
+        f"Cells: mean ± sample std (ddof=1) over seeds of each seed's {_per_seed_value(all_summaries)}; n = number of "
+        "seeds. "
         f"Δ: difference of those means, later run minus {base!r}. Welch p: two-sided Welch t-test over the "
         "per-seed means, only when both runs have ≥ 2 seeds (otherwise n/a).",
         "",

@@ -46,6 +46,7 @@ def test_table_has_exact_means_std_difference_and_welch(tmp_path):
     p = stats.ttest_ind(SAMAUG["dice"], RAW["dice"], equal_var=False).pvalue
     assert rows[("liver", "dice")][5] == f"{p:.3g}"
     assert "Welch t-test" in table  # the legend says what the p-value is
+    assert "each seed's mean over cases" in table
 
 
 def test_cli_with_globs_metric_filter_and_out_file(tmp_path, capsys):
@@ -124,3 +125,4 @@ def test_item_level_summaries_compare_like_per_case_ones(tmp_path):
              for line in table.splitlines() if line.startswith("| tumour") or line.startswith("| mean")}
     assert cells[("tumour", "auc")][2:5] == ["0.7500 ± 0.0707 (n=2)", "0.9200 ± 0.0283 (n=2)", "+0.1700"]
     assert cells[("mean", "auc")][2] == "0.6500 ± 0.0707 (n=2)"
+    assert "each seed's value computed over all items at once" in table
