@@ -2,6 +2,7 @@
 # Raw baseline (prior_mode none) vs SAMAug (each preset's prior_mode) on phantom BraTS 2021 and phantom LiTS,
 # three training seeds each: 12 trainings + 12 evaluations with the bundle's own configs, then one comparison table
 # per dataset (scripts/compare_runs.py). Results are written under $ROOT; docs/comparison.md reports a run of it.
+# Phantoms and datalists already under $ROOT/data are reused (scripts/comparison_steps.sh).
 #
 #   bash scripts/run_comparison.sh                     # everything under runs/comparison (git-ignored)
 #   ROOT=/tmp/cmp SEEDS="0 1" bash scripts/run_comparison.sh
@@ -29,17 +30,8 @@ mkdir -p "$ROOT/logs"
 TIMES="$ROOT/times.tsv"
 printf "step\tseconds\n" > "$TIMES"
 
-timed() {  # timed NAME COMMAND...: run, log to $ROOT/logs/NAME.log, append the wall time to $TIMES
-    local name=$1; shift
-    local start=$SECONDS
-    echo "[$(date +%H:%M:%S)] $name"
-    if ! "$@" > "$ROOT/logs/$name.log" 2>&1; then
-        echo "FAILED: $name (see $ROOT/logs/$name.log)" >&2
-        tail -20 "$ROOT/logs/$name.log" >&2
-        exit 1
-    fi
-    printf "%s\t%s\n" "$name" "$((SECONDS - start))" >> "$TIMES"
-}
+# shellcheck source=scripts/comparison_steps.sh
+source scripts/comparison_steps.sh
 
 for preset in $DATASETS; do
     case $preset in
@@ -47,11 +39,7 @@ for preset in $DATASETS; do
         lits) layout=lits; samaug_mode=add ;;
         *) echo "unknown dataset $preset (brats, lits)" >&2; exit 2 ;;
     esac
-    data="$ROOT/data/$layout"
-    timed "${preset}_phantoms" "$PYTHON" scripts/make_phantoms.py --dataset "$layout" --out "$data" \
-        --cases "$CASES" --size "$SIZE" --seed 0
-    timed "${preset}_datalist" "$PYTHON" scripts/prepare_datalist.py --dataset "$preset" --root "$data" \
-        --out "$data/datalist.json" --val-fraction 0.2 --test-fraction 0.4 --seed 0 --no-progress
+    phantom_data "$preset" "$layout"
     timed "${preset}_priors" "$PYTHON" -m monai.bundle run precompute \
         --config_file "['configs/sam_priors.json','configs/precompute_priors.json','configs/presets/$preset.json']" \
         --bundle_root "$ROOT" "${SAM[@]}"

@@ -32,17 +32,8 @@ mkdir -p "$ROOT/logs"
 TIMES="$ROOT/times_cls.tsv"
 [[ -f "$TIMES" ]] || printf "step\tseconds\n" > "$TIMES"
 
-timed() {  # timed NAME COMMAND...: run, log to $ROOT/logs/NAME.log, append the wall time to $TIMES
-    local name=$1; shift
-    local start=$SECONDS
-    echo "[$(date +%H:%M:%S)] $name"
-    if ! "$@" > "$ROOT/logs/$name.log" 2>&1; then
-        echo "FAILED: $name (see $ROOT/logs/$name.log)" >&2
-        tail -20 "$ROOT/logs/$name.log" >&2
-        exit 1
-    fi
-    printf "%s\t%s\n" "$name" "$((SECONDS - start))" >> "$TIMES"
-}
+# shellcheck source=scripts/comparison_steps.sh
+source scripts/comparison_steps.sh
 
 for task in $TASKS; do
     case $task in
@@ -50,13 +41,7 @@ for task in $TASKS; do
         lits_tumour) preset=lits; layout=lits ;;
         *) echo "unknown task $task (brats_wt, lits_tumour)" >&2; exit 2 ;;
     esac
-    data="$ROOT/data/$layout"
-    if [[ ! -f "$data/datalist.json" ]]; then
-        timed "${preset}_phantoms" "$PYTHON" scripts/make_phantoms.py --dataset "$layout" --out "$data" \
-            --cases "$CASES" --size "$SIZE" --seed 0
-        timed "${preset}_datalist" "$PYTHON" scripts/prepare_datalist.py --dataset "$preset" --root "$data" \
-            --out "$data/datalist.json" --val-fraction 0.2 --test-fraction 0.4 --seed 0 --no-progress
-    fi
+    phantom_data "$preset" "$layout"
     train_files="['configs/sam_priors.json','configs/train_samaug_cls.json','configs/presets/$preset.json']"
     eval_files="['configs/sam_priors.json','configs/train_samaug_cls.json','configs/presets/$preset.json','configs/evaluate_cls.json']"
     # the priors of the augmented branch, computed once (up-to-date cases are skipped)
