@@ -11,7 +11,16 @@ from monai.bundle import ConfigWorkflow
 
 import bundle.sam.loading as loading
 from bundle.sam.fallback import RegionProposalMasks
-from workflow_utils import METADATA, PRECOMPUTE, TINY, TINY_SAM, config_files, run_workflow, train
+from workflow_utils import (
+    METADATA,
+    PRECOMPUTE,
+    TINY,
+    TINY_SAM,
+    config_files,
+    initialized_training,
+    run_workflow,
+    train,
+)
 
 
 def test_priors_computed_once(phantom_set, tmp_path, monkeypatch):
@@ -64,10 +73,7 @@ def test_fully_cached_training_builds_no_sam(phantom_set, tmp_path, monkeypatch,
 
 
 def _workflow(data, work, **overrides) -> ConfigWorkflow:
-    workflow = ConfigWorkflow(config_file=config_files(data.preset), workflow_type="train", run_id="training",
-                              logging_file=False, meta_file=METADATA, **{**TINY, **data.overrides(work), **overrides})
-    workflow.initialize()
-    return workflow
+    return initialized_training(config_files(data.preset), METADATA, **{**TINY, **data.overrides(work), **overrides})
 
 
 def test_interrupted_training_resumes(phantom_set, tmp_path):

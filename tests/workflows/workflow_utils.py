@@ -91,6 +91,14 @@ def config_files(preset: str | None, *extra: str, main: str = TRAIN) -> list[str
     return [SAM_PRIORS, main] + ([PRESETS[preset]] if preset else []) + list(extra)
 
 
+def initialized_training(files, meta_file: str, **overrides) -> ConfigWorkflow:
+    """The ``training`` run of ``files`` with ``overrides``, initialised but not run (to attach handlers first)."""
+    workflow = ConfigWorkflow(config_file=list(files), workflow_type="train", run_id="training", logging_file=False,
+                              meta_file=meta_file, **overrides)
+    workflow.initialize()
+    return workflow
+
+
 def run_workflow(files, run_id: str, workflow_type: str, **overrides) -> ConfigWorkflow:
     """Run a bundle config in-process like ``python -m monai.bundle run RUN_ID``; returns the finished workflow."""
     workflow = ConfigWorkflow(

@@ -7,17 +7,13 @@ import torch
 from cls_utils import META_CLS, TINY_CLS, cls_files, train_cls
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
-from workflow_utils import PRECOMPUTE, PRESETS, SAM_PRIORS, TINY_SAM, run_workflow
+from workflow_utils import PRECOMPUTE, PRESETS, SAM_PRIORS, TINY_SAM, initialized_training, run_workflow
 
 import bundle.sam.loading as loading
 
 
 def _workflow(data, work, **overrides) -> ConfigWorkflow:
-    workflow = ConfigWorkflow(config_file=cls_files(data.preset), workflow_type="train", run_id="training",
-                              logging_file=False, meta_file=META_CLS,
-                              **{**TINY_CLS, **data.overrides(work), **overrides})
-    workflow.initialize()
-    return workflow
+    return initialized_training(cls_files(data.preset), META_CLS, **{**TINY_CLS, **data.overrides(work), **overrides})
 
 
 def test_interrupted_training_resumes(phantom_set, tmp_path):
