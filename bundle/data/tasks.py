@@ -209,6 +209,7 @@ TASKS: Mapping[str, ClassificationTask] = MappingProxyType({
         ClassificationTask("brats_regions", "brats", "slice", ("WT", "TC", "ET"), True, ((1, 2, 4), (1, 4), (4,)),
                            description="BraTS: whole tumour, tumour core and enhancing tumour in the slice"),
         _binary("lits_tumour", "lits", "slice", (2,), "tumour", "LiTS: liver tumour (2) in the slice"),
+        _binary("lits_liver", "lits", "slice", (1, 2), "liver", "LiTS: liver, tumour included (1 or 2), in the slice"),
         ClassificationTask("abdomenct_organs", "abdomenct1k", "slice", ("liver", "kidney", "spleen", "pancreas"),
                            True, ((1,), (2,), (3,), (4,)), description="AbdomenCT-1K: each organ in the slice"),
         ClassificationTask("brats_grade", "brats", "volume", _GRADES, source="grade",

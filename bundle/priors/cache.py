@@ -91,16 +91,18 @@ class PriorCache:
     Args:
         cache_dir: the cache folder (shared by all configurations).
         signature: the prior transform's signature (:meth:`SamPrior.signature`); it names the partition.
+        label: the readable part of the partition's name (default: the SAM model or generator of the signature).
 
     Raises:
         TypeError: the signature holds a value that is not plain JSON (see :func:`bundle.hashing.canonical_json`).
     """
 
-    def __init__(self, cache_dir: str | os.PathLike, signature: Mapping) -> None:
+    def __init__(self, cache_dir: str | os.PathLike, signature: Mapping, label: str | None = None) -> None:
         self.root = Path(cache_dir)
         self.signature = {"bundle_version": bundle.__version__, "prior": dict(signature)}
         self.digest = json_sha256(self.signature)
-        self.cache_dir = self.root / partition_name(self.signature, self.digest)
+        name = partition_name(self.signature, self.digest) if label is None else f"{label}-{self.digest[:12]}"
+        self.cache_dir = self.root / name
         self.kinds = list(signature.get("kinds", []))
 
     def case_dir(self, case_id: str) -> Path:
@@ -155,6 +157,17 @@ class PriorCache:
         meta = {"channel_names": list(entry["kinds"]), "filename_or_obj": str(self.case_dir(case_id))}
         return MetaTensor(torch.from_numpy(np.stack(arrays)), affine=torch.as_tensor(affine), meta=meta)
 
+    def load_array(self, case_id: str, name: str) -> np.ndarray:
+        """An extra array stored with a case's priors (``store(..., arrays={name: ...})``)."""
+        entry = self.read_entry(case_id)
+        if entry is None or name not in entry.get("files", {}):
+            raise FileNotFoundError(f"no cached array {name!r} for case {case_id} in {self.cache_dir}")
+        path = self.case_dir(case_id) / entry["files"][name]
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: cached array cannot be read ({type(err).__name__}: {err})") from err
+
     def _write_partition(self) -> None:
         path = self.cache_dir / PARTITION_NAME
         if path.is_file():
@@ -163,8 +176,15 @@ class PriorCache:
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         write_text_atomic(path, json.dumps(record, indent=1))
 
-    def store(self, case_id: str, sources: Sequence[str], prior: MetaTensor, seconds: float | None = None) -> dict:
-        """Write the priors of a case and then its entry; returns the entry."""
+    def store(self, case_id: str, sources: Sequence[str], prior: MetaTensor, seconds: float | None = None,
+              arrays: Mapping[str, np.ndarray] | None = None) -> dict:
+        """Write the priors of a case and then its entry; returns the entry.
+
+        Args:
+            arrays: extra per-case arrays that are not images (e.g. one feature vector per slice), written as
+                ``<name>.npy`` next to the NIfTIs, listed in the entry (so :meth:`is_current` needs them) and read
+                back with :meth:`load_array`.
+        """
         self._write_partition()
         case_dir = self.case_dir(case_id)
         case_dir.mkdir(parents=True, exist_ok=True)
@@ -178,10 +198,16 @@ class PriorCache:
         data = np.asarray(prior.detach().cpu() if isinstance(prior, torch.Tensor) else prior)
         for k, kind in enumerate(kinds):
             name = f"{kind}.nii.gz"
-            dtype = np.uint8 if kind in _UINT8_KINDS else np.float32
+            dtype = np.uint8 if kind in _UINT8_KINDS or data.dtype == np.uint8 else np.float32
             with atomic_path(case_dir / name) as tmp:
                 nib.save(nib.Nifti1Image(data[k].astype(dtype), affine), str(tmp))
             files[kind] = name
+        for array_name, array in (arrays or {}).items():
+            if array_name in files:
+                raise ValueError(f"array name {array_name!r} is also a prior kind")
+            with atomic_path(case_dir / f"{array_name}.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, np.asarray(array))
+            files[array_name] = f"{array_name}.npy"
         entry = {
             "case_id": case_id,
             "signature_sha256": self.digest,

@@ -13,7 +13,7 @@ from typing import Mapping
 import torch
 from monai.utils import look_up_option
 
-__all__ = ["PROMPT_MODES", "FALLBACK", "make_mask_generator", "resolve_prompt_mode"]
+__all__ = ["PROMPT_MODES", "FALLBACK", "make_engine", "make_mask_generator", "resolve_prompt_mode"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,29 @@ def make_mask_generator(
         from bundle.sam.fallback import RegionProposalMasks
 
         return RegionProposalMasks(**dict(fallback or {}))
+    engine = make_engine(model_type, checkpoint, device, batch_size, autocast)
+    if resolve_prompt_mode(prompt_mode, engine.info.prompts) == "boxes":
+        from bundle.sam.box_grid import SamBoxGridMasks
+
+        return SamBoxGridMasks(engine, **dict(box_grid or {}))
+    from bundle.sam.automatic import SamAutomaticMasks
+
+    return SamAutomaticMasks(engine, **dict(amg or {}))
+
+
+def make_engine(model_type: str = "lite_medsam", checkpoint: str | None = None,
+                device: str | torch.device | None = None, batch_size: int = 4, autocast: str = "auto"):
+    """The :class:`~bundle.sam.engine.SamEngine` of a SAM type, loading the model on first use.
+
+    Args: as :func:`make_mask_generator` (``fallback`` is not a SAM and has no engine).
+
+    Raises:
+        FileNotFoundError: the model type needs a checkpoint and none exists where it was given.
+        ValueError: ``model_type`` is ``fallback``.
+    """
+    if model_type == FALLBACK:
+        raise ValueError("sam_model_type 'fallback' is not a SAM: this stage needs SAM image embeddings and prompts "
+                         "(use 'lite_medsam', whose weights ship with the bundle's dependencies)")
     from bundle.sam.engine import SamEngine
     from bundle.sam.loading import sam_info
 
@@ -76,11 +99,4 @@ def make_mask_generator(
         )
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    engine = SamEngine(info, batch_size=batch_size, autocast=autocast, device=device)
-    if resolve_prompt_mode(prompt_mode, info.prompts) == "boxes":
-        from bundle.sam.box_grid import SamBoxGridMasks
-
-        return SamBoxGridMasks(engine, **dict(box_grid or {}))
-    from bundle.sam.automatic import SamAutomaticMasks
-
-    return SamAutomaticMasks(engine, **dict(amg or {}))
+    return SamEngine(info, batch_size=batch_size, autocast=autocast, device=device)

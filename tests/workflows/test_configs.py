@@ -84,7 +84,8 @@ def test_sam_settings_have_one_home():
     classification training derives ``prior_kinds`` from its augmentation mode, and its self-contained inference
     config rebuilds the prior transform from the model card, never from settings of its own)."""
     shared = set(json.load(open(SAM_PRIORS))) - {"use_priors"}
-    for name in (TRAIN, EVALUATE, INFERENCE, PRECOMPUTE, str(CONFIGS / "evaluate_cls.json")):
+    others = (str(CONFIGS / "evaluate_cls.json"), str(CONFIGS / "train_weak.json"))
+    for name in (TRAIN, EVALUATE, INFERENCE, PRECOMPUTE, *others):
         assert not shared & set(json.load(open(name))), name
     assert shared & set(json.load(open(CONFIGS / "train_samaug_cls.json"))) == {"prior_kinds"}
     inference_cls = json.load(open(CONFIGS / "inference_cls.json"))

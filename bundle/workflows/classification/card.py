@@ -14,7 +14,6 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-
 from bundle.atomic import write_text_atomic
 from bundle.distributed import is_main_process
 from bundle.errors import InputError, MissingInputError
@@ -22,9 +21,20 @@ from bundle.networks.dual_branch import DualBranchClassifier
 from bundle.priors.transforms import SamPrior
 from bundle.sam.factory import make_mask_generator
 from bundle.workflows.common.best_model import BestModelSaver
+from bundle.workflows.common.intensity_card import describe_intensity, intensity_from_card
 
-__all__ = ["CARD_NAME", "CARD_VERSION", "write_card", "read_card", "card_volume_keys", "network_from_card", "prior_from_card",
-           "describe_intensity", "intensity_from_card", "CardBestModelSaver"]
+__all__ = [
+    "CARD_NAME",
+    "CARD_VERSION",
+    "CardBestModelSaver",
+    "card_volume_keys",
+    "describe_intensity",
+    "intensity_from_card",
+    "network_from_card",
+    "prior_from_card",
+    "read_card",
+    "write_card",
+]
 
 CARD_NAME = "model_card.json"
 CARD_VERSION = 1
@@ -69,38 +79,6 @@ def card_volume_keys(card: Mapping[str, Any]) -> list[str]:
 def network_from_card(card: Mapping[str, Any]):
     """The :class:`~bundle.networks.DualBranchClassifier` the card describes (random weights; load ``model.pt``)."""
     return DualBranchClassifier(**card["network"])
-
-
-def describe_intensity(transform) -> dict:
-    """The card entry of a preset's intensity transform (``NormalizeIntensityd`` or ``ScaleIntensityRanged``).
-
-    Raises:
-        ValueError: another transform type (the card cannot rebuild it; add it here).
-    """
-    name = type(transform).__name__
-    if name == "NormalizeIntensityd":
-        t = transform.normalizer
-        args = {"nonzero": bool(t.nonzero), "channel_wise": bool(t.channel_wise)}
-        if t.subtrahend is not None or t.divisor is not None:
-            raise ValueError("NormalizeIntensityd with a fixed subtrahend / divisor is not supported by the model card.")
-    elif name == "ScaleIntensityRanged":
-        t = transform.scaler
-        args = {"a_min": float(t.a_min), "a_max": float(t.a_max), "b_min": t.b_min, "b_max": t.b_max,
-                "clip": bool(t.clip)}
-    else:
-        raise ValueError(f"the model card cannot describe the intensity transform {name}; use NormalizeIntensityd or "
-                         "ScaleIntensityRanged.")
-    return {"name": name, "keys": list(transform.keys), "args": args}
-
-
-def intensity_from_card(card: Mapping[str, Any]):
-    """The intensity transform of the card (:func:`describe_intensity`)."""
-    from monai import transforms
-
-    spec = card["intensity"]
-    builder = {"NormalizeIntensityd": transforms.NormalizeIntensityd,
-               "ScaleIntensityRanged": transforms.ScaleIntensityRanged}[spec["name"]]
-    return builder(keys=spec["keys"], **spec["args"])
 
 
 def prior_from_card(card: Mapping[str, Any], device: Any = "cpu") -> SamPrior | None:

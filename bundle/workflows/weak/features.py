@@ -1,0 +1,150 @@
+"""WeakMedSAM stage 1: SAM features of every slice, computed once per case and cached.
+
+One image-encoder run per non-empty axial slice gives both things the later stages need (docs/weak.md):
+
+- the **pooled image embedding** (``[D, F]`` per case, one row per slice) that sub-class exploration clusters
+  (:mod:`bundle.workflows.weak.subclass_stage`), instead of the authors' ImageNet ResNet-18 features, which cannot be
+  downloaded here;
+- the **prompt affinity logit map** ``M`` (``[1, a, a, D]`` per case on the affinity grid), the sum of SAM's
+  single-mask logits for a grid of prompts (:class:`bundle.sam.prompt_affinity.PromptAffinityMiner`), from which the
+  random walk takes its affinities.
+
+Both are label-free and classifier-free, so they are computed once per SAM configuration and reused by every
+classifier and every pseudo-label setting. They live in a :class:`bundle.priors.cache.PriorCache` partition keyed by
+the SAM model, slice window and miner settings: ``pam_logits.nii.gz`` (the logit map as a NIfTI whose affine puts the
+coarse grid where the slice is, so a viewer overlays it on the image) and ``pooled_embedding.npy``. Empty slices
+(air, outside the skull) are not sent to SAM: their map and embedding are zero and ``sam_slices.npy`` says which
+slices were run. With the ``cam_peaks`` placement ``M`` depends on the classifier's CAMs: then only the embeddings
+are cached here and the pseudo-label stage decodes the prompts itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from bundle.data.case_ids import case_id_of
+from bundle.priors.cache import PriorCache
+from bundle.sam.prompt_affinity import PromptAffinityMiner, pooled_embedding
+from bundle.sam.slices import SliceWindow
+
+__all__ = ["EMBEDDING_ARRAY", "PAM_KIND", "SAM_SLICES_ARRAY", "SamSliceFeatures", "entry_files", "grid_affine"]
+
+logger = logging.getLogger(__name__)
+
+PAM_KIND = "pam_logits"
+EMBEDDING_ARRAY = "pooled_embedding"
+SAM_SLICES_ARRAY = "sam_slices"
+EMBEDDING_DIM = 256
+"""Channels of every SAM image embedding (ViT-B/L/H, MedSAM, LiteMedSAM): the pooled feature's length."""
+
+
+def entry_files(entry: Mapping, image_key: str = "image") -> list[str]:
+    """The image file(s) of a datalist entry, as a list (the cache fingerprints them)."""
+    files = entry[image_key]
+    return [str(files)] if isinstance(files, (str, os.PathLike)) else [str(f) for f in files]
+
+
+def grid_affine(affine, image_shape: Sequence[int], grid_shape: Sequence[int]) -> np.ndarray:
+    """The affine of a coarse in-plane grid covering the same field of view as an image's slices.
+
+    Voxel ``(i, j, k)`` of a ``grid_shape[0] x grid_shape[1]`` grid covers image pixels ``i * s .. (i + 1) * s`` along
+    the first axis (``s = H / h``), so its centre is at image voxel ``(i + 0.5) * s - 0.5``; the slice axis is kept.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    sy, sx = image_shape[0] / grid_shape[0], image_shape[1] / grid_shape[1]
+    scale = np.diag([sy, sx, 1.0, 1.0])
+    scale[:3, 3] = [(sy - 1) / 2, (sx - 1) / 2, 0.0]
+    return affine @ scale
+
+
+class SamSliceFeatures:
+    """Pooled SAM embeddings and prompt-affinity logit maps of every slice of a case, through a prior cache.
+
+    Args:
+        miner: the :class:`~bundle.sam.prompt_affinity.PromptAffinityMiner` (its engine runs the encoder).
+        window: how slices become SAM input (a :class:`~bundle.sam.slices.SliceWindow` or its arguments).
+        cache_dir: the cache folder; the partition is named after the SAM model and the configuration digest.
+        slices_per_batch: slices embedded and decoded at once.
+        with_maps: also decode the prompt grid (False for the ``cam_peaks`` placement, whose prompts come from CAMs).
+    """
+
+    def __init__(self, miner: PromptAffinityMiner, window: SliceWindow | Mapping, cache_dir: str | os.PathLike,
+                 slices_per_batch: int = 8, with_maps: bool = True) -> None:
+        self.miner = miner
+        self.window = window if isinstance(window, SliceWindow) else SliceWindow(**dict(window))
+        if slices_per_batch < 1:
+            raise ValueError(f"slices_per_batch must be >= 1, got {slices_per_batch}")
+        self.slices_per_batch = int(slices_per_batch)
+        self.with_maps = bool(with_maps)
+        self.cache = PriorCache(cache_dir, self.signature(), label=f"features-{miner.engine.info.model_type}")
+
+    def signature(self) -> dict:
+        """Everything that changes the cached features (never builds SAM)."""
+        sig = {"weak_features": 1, "window": self.window.signature(), "kinds": [PAM_KIND] if self.with_maps else []}
+        sig["miner" if self.with_maps else "engine"] = (self.miner.signature() if self.with_maps
+                                                        else self.miner.engine.signature())
+        return sig
+
+    def is_current(self, entry: Mapping, image_key: str = "image") -> bool:
+        return self.cache.is_current(case_id_of(entry, image_key), entry_files(entry, image_key))
+
+    def compute(self, image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(maps [a, a, D] float32, embeddings [D, F] float32, sam_slices [D] bool)`` of a ``[C, H, W, D]`` volume."""
+        fitted = self.window.fit(image)
+        keep = self.window.nonempty(image, fitted)
+        depth = int(image.shape[-1])
+        size = self.miner.affinity_size
+        maps = np.zeros((size, size, depth), np.float32)
+        embeddings = None
+        level = self.window.foreground_level * 255.0
+        for start in range(0, int(keep.sum()), self.slices_per_batch):
+            chunk = np.flatnonzero(keep)[start : start + self.slices_per_batch]
+            rgb = self.window.slices(image, fitted, chunk)
+            emb = self.miner.engine.embed(rgb)
+            pooled = pooled_embedding(emb).float().cpu().numpy()
+            if embeddings is None:
+                embeddings = np.zeros((depth, pooled.shape[1]), np.float32)
+            embeddings[chunk] = pooled
+            if self.with_maps:
+                foreground = rgb.max(axis=-1) > level
+                m = self.miner.logit_maps_from_embeddings(emb, foreground=foreground)
+                maps[..., chunk] = m.float().cpu().numpy().transpose(1, 2, 0)
+        if embeddings is None:  # no slice with foreground: nothing for SAM to see
+            embeddings = np.zeros((depth, EMBEDDING_DIM), np.float32)
+        return maps, embeddings, keep
+
+    def ensure(self, entry: Mapping, loader, image_key: str = "image") -> bool:
+        """Compute and store the features of one datalist entry unless they are current; True when computed."""
+        if self.is_current(entry, image_key):
+            return False
+        start = time.perf_counter()
+        image = loader(dict(entry))[image_key]
+        maps, embeddings, keep = self.compute(image)
+        affine = grid_affine(image.affine, image.shape[1:3], maps.shape[:2]) if isinstance(image, MetaTensor) \
+            else np.eye(4)
+        data = maps[None] if self.with_maps else np.zeros((0, *maps.shape), np.float32)
+        prior = MetaTensor(torch.from_numpy(data), affine=torch.as_tensor(affine),
+                           meta={"channel_names": list(self.cache.kinds), "sam_prior_slices": int(keep.sum())})
+        case_id = case_id_of(entry, image_key)
+        self.cache.store(case_id, entry_files(entry, image_key), prior, time.perf_counter() - start,
+                         arrays={EMBEDDING_ARRAY: embeddings, SAM_SLICES_ARRAY: keep})
+        return True
+
+    def maps(self, case_id: str) -> np.ndarray:
+        """The cached ``[a, a, D]`` logit maps of a case."""
+        return self.cache.load(case_id).numpy()[0]
+
+    def embeddings(self, case_id: str) -> np.ndarray:
+        """The cached ``[D, F]`` pooled embeddings of a case (zero rows for slices SAM did not see)."""
+        return self.cache.load_array(case_id, EMBEDDING_ARRAY)
+
+    def sam_slices(self, case_id: str) -> np.ndarray:
+        """The cached ``[D]`` flags of the slices SAM was run on."""
+        return self.cache.load_array(case_id, SAM_SLICES_ARRAY)

@@ -1,0 +1,314 @@
+"""The WeakMedSAM pipeline: six stages, each resumable, run one at a time or all together.
+
+``configs/train_weak.json`` builds one :class:`WeakPipeline`; its run ids call :meth:`WeakPipeline.run`::
+
+    sam_features   pooled SAM embeddings + prompt-affinity logit maps of every slice (cache, per case)
+    subclasses     seeded k-means of the positive training slices' embeddings -> child targets (one JSON)
+    classifier     parent/child slice classifier on slice labels (checkpoint every epoch, model + card)
+    pseudo_labels  CAMs -> random walk -> pseudo-label NIfTIs (cache, per case) and a datalist pointing at them
+    pseudo_quality the pseudo labels (with and without the walk) against the ground truth: 3D Dice per class
+    segmentation   the SAMAug segmentation workflow trained on the pseudo labels (its own resume checkpoint)
+    evaluation     that network on the real labels of the test split (3D Dice / HD95 in mm + slice convention)
+
+``weak_training`` runs them in order. Each stage finds the work of an earlier run (cache entries, the sub-class file,
+the classifier's card, the segmentation checkpoint) and does only what is missing, so an interrupted pipeline is
+resumed by running the same command again. The first four stages never read a label voxel: their entries are loaded
+without the ``label`` key (only the datalist's slice-label summaries are used); the ground truth is read by
+``pseudo_quality`` (a report only: nothing trains on it) and by the evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.bundle import ConfigWorkflow
+from monai.utils import look_up_option
+
+from bundle.atomic import write_text_atomic
+from bundle.data.case_ids import case_id_of
+from bundle.data.datalist_io import load_checked_section, read_datalist
+from bundle.data.tasks import get_task
+from bundle.workflows.common.case_report import json_safe
+from bundle.workflows.weak.classifier import slice_dataset, train_classifier
+from bundle.workflows.weak.features import SamSliceFeatures
+from bundle.workflows.weak.panels import write_panels
+from bundle.workflows.weak.pseudo_stage import CAM_KIND, PSEUDO_KIND, PseudoLabels, pseudo_label_quality
+from bundle.workflows.weak.slices import class_groups, weak_slice_items, with_targets
+from bundle.workflows.weak.subclass_stage import SubclassTargets
+
+__all__ = ["DEFAULT_TASKS", "SEG_LABELS", "STAGES", "WeakPipeline", "default_task", "pseudo_datalist"]
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("sam_features", "subclasses", "classifier", "pseudo_labels", "pseudo_quality", "segmentation", "evaluation")
+DEFAULT_TASKS = {"brats": "brats_wt", "lits": "lits_liver", "abdomenct1k": "abdomenct_organs"}
+"""The weak task of each dataset preset: BraTS whole tumour, LiTS liver, AbdomenCT-1K's four organs."""
+SEG_LABELS = (PSEUDO_KIND, CAM_KIND, "ground_truth")
+"""What the segmentation stage trains on: the pseudo labels, the CAM-alone labels, or (the fully supervised baseline
+with the same settings) the datalist's real labels."""
+_NO_LABEL = "__weak_no_label__"  # a label key no entry has: entries are checked and loaded without their label
+
+
+def default_task(dataset_name: str) -> str:
+    """The weak task of a dataset preset (:data:`DEFAULT_TASKS`)."""
+    return look_up_option(dataset_name, DEFAULT_TASKS)
+
+
+def pseudo_datalist(datalist: str | os.PathLike, data_root: str | os.PathLike, labels: Mapping[str, str],
+                    path: str | os.PathLike, sections: Sequence[str] = ("training", "validation")) -> Path:
+    """Write a copy of ``datalist`` whose ``sections`` point ``label`` at the pseudo labels (absolute paths).
+
+    Paths are made absolute (so the copy can live anywhere), the entries' label summaries and check records (made
+    from the real labels) are dropped, the other sections (the test split) keep their real labels, and the file says
+    where its labels come from.
+    """
+    data = read_datalist(datalist)
+    root = Path(data_root).resolve()
+
+    def absolute(p):
+        return [absolute(x) for x in p] if isinstance(p, list) else str(p if os.path.isabs(p) else root / p)
+
+    for section in ("training", "validation", "testing"):
+        for entry in data.get(section) or []:
+            for key in ("image", "label"):
+                if key in entry:
+                    entry[key] = absolute(entry[key])
+            if section in sections:
+                case_id = case_id_of(entry)
+                if case_id not in labels:
+                    raise ValueError(f"{datalist}: no pseudo label for case {case_id} of the {section} section")
+                entry["label"] = labels[case_id]
+                for key in ("slice_labels", "slice_foreground", "volume_labels", "checked"):
+                    entry.pop(key, None)
+    data["description"] = (f"{data.get('description', '')} -- weak supervision: {', '.join(sections)} labels are "
+                           "WeakMedSAM pseudo labels, the other sections keep the ground truth").strip(" -")
+    data["pseudo_labels"] = {"sections": list(sections), "source": os.fspath(datalist)}
+    write_text_atomic(path, json.dumps(data, indent=1))
+    return Path(path)
+
+
+class WeakPipeline:
+    """The stages of WeakMedSAM on one dataset (see the module docstring).
+
+    Args:
+        datalist, dataset_dir: the datalist and the folder its relative paths start from.
+        task: a slice-level task (:data:`DEFAULT_TASKS`).
+        output_dir: run folder (sub-class file, classifier checkpoint, reports, TensorBoard events).
+        model_dir: where the classifier and the segmentation model are written.
+        features: the :class:`~bundle.workflows.weak.features.SamSliceFeatures` stage.
+        sam_loader: transform loading a volume for SAM (checked load, channel first, RAS).
+        volume_transform: the classifier's volume transform (``sam_loader`` + intensity scaling).
+        train_item_transform, val_item_transform: per-slice transforms (resize to ``roi_size``, augmentation).
+        classifier_args: :func:`~bundle.workflows.weak.classifier.train_classifier` settings (``max_epochs``,
+            ``batch_size``, ``learning_rate``, ``weight_decay``, ``child_weight``) and ``network`` arguments.
+        card: fields recorded with the classifier (roi size, channel names, intensity, ...).
+        pseudo_args: :class:`~bundle.workflows.weak.pseudo_stage.PseudoLabels` settings.
+        pseudo_cache_dir: the pseudo-label cache folder.
+        num_subclasses, seed: sub-class exploration.
+        feature_extractor: what sub-class exploration clusters: None for the pooled SAM embeddings of
+            ``features`` (default), or a :class:`~bundle.workflows.weak.extractors.NetworkFeatures` (any torch
+            network with the user's weights).
+        seg_labels: what the segmentation trains on (:data:`SEG_LABELS`): ``pseudo_label`` (CAM + random walk),
+            ``cam_label`` (the CAM alone) or ``ground_truth`` (the fully supervised baseline with the same settings);
+            the outputs of the last two get a ``_cam_label`` / ``_ground_truth`` suffix.
+        seg_config_files, seg_overrides: the segmentation workflow's configs and overrides (``datalist``,
+            ``regions`` and the output folders are set here); ``eval_config_file`` is added for the evaluation;
+            ``meta_file`` is the bundle's metadata.
+        summary_writer: TensorBoard writer (loss, AUC, the image / CAM / M / refined / pseudo-label panels).
+        panels: cases shown in TensorBoard.
+        device: the classifier's device.
+    """
+
+    def __init__(self, datalist, dataset_dir, task: str, output_dir, model_dir, features: SamSliceFeatures,
+                 sam_loader, volume_transform, train_item_transform, val_item_transform,
+                 classifier_args: Mapping, card: Mapping, pseudo_args: Mapping, pseudo_cache_dir,
+                 num_subclasses: int = 8, seed: int = 0, seg_config_files: Sequence[str] = (),
+                 seg_overrides: Mapping | None = None, eval_config_file: str | None = None,
+                 meta_file: str | None = None, summary_writer=None, panels: int = 2, device="cpu",
+                 num_workers: int = 0, cache_rate: float = 1.0, seg_labels: str = PSEUDO_KIND,
+                 feature_extractor=None) -> None:
+        self.task = get_task(task)
+        if self.task.level != "slice":
+            raise ValueError(f"task {self.task.name!r} has volume labels; WeakMedSAM needs slice labels")
+        self.datalist, self.dataset_dir = os.fspath(datalist), os.fspath(dataset_dir)
+        self.output_dir, self.model_dir = Path(output_dir), Path(model_dir)
+        self.features = features
+        self.sam_loader, self.volume_transform = sam_loader, volume_transform
+        self.train_item_transform, self.val_item_transform = train_item_transform, val_item_transform
+        self.classifier_args, self.card = dict(classifier_args), dict(card)
+        self.pseudo_args, self.pseudo_cache_dir = dict(pseudo_args), pseudo_cache_dir
+        self.subclasses = SubclassTargets(self.output_dir / "subclasses.json", features, self.task.name,
+                                          num_subclasses, seed, extractor=feature_extractor)
+        self.seed, self.device = int(seed), device
+        self.seg_config_files, self.seg_overrides = list(seg_config_files), dict(seg_overrides or {})
+        self.eval_config_file, self.meta_file = eval_config_file, meta_file
+        self.summary_writer, self.panels = summary_writer, int(panels)
+        self.num_workers, self.cache_rate = int(num_workers), float(cache_rate)
+        self.seg_labels = look_up_option(seg_labels, SEG_LABELS)
+
+    # ---- data ----------------------------------------------------------------------------------------------------
+    def entries(self, section: str, with_label: bool = False) -> list[dict]:
+        """The checked entries of a section; without ``with_label`` the label is neither checked nor kept."""
+        data = read_datalist(self.datalist)
+        if not isinstance(data.get(section), list) or not data[section]:
+            return []
+        entries = load_checked_section(self.datalist, section, self.dataset_dir, required=("image",),
+                                       label_key="label" if with_label else _NO_LABEL)
+        if not with_label:
+            entries = [{k: v for k, v in e.items() if k != "label"} for e in entries]
+        return [{**e, "case_id": case_id_of(e)} for e in entries]
+
+    def _items(self, section: str) -> tuple[list[dict], list[dict]]:
+        self.task.check_datalist(read_datalist(self.datalist), self.datalist)
+        entries = self.entries(section)
+        return entries, weak_slice_items(entries, self.task, self.datalist)
+
+    # ---- stages --------------------------------------------------------------------------------------------------
+    def sam_features(self) -> dict:
+        entries = self.entries("training") + self.entries("validation")
+        done = 0
+        for i, entry in enumerate(entries, 1):
+            computed = self.features.ensure(entry, self.sam_loader)
+            done += computed
+            logger.info("sam_features: case %d/%d %s %s", i, len(entries), entry["case_id"],
+                        "computed" if computed else "cached")
+        self.features.cache.write_manifest()
+        return {"cases": len(entries), "computed": done, "cache": str(self.features.cache.cache_dir)}
+
+    def _subclass_record(self) -> tuple[dict, list, list, list, list]:
+        train_entries, train_items = self._items("training")
+        val_entries, val_items = self._items("validation")
+        record = self.subclasses.ensure(train_items, val_items)
+        return record, train_entries, train_items, val_entries, val_items
+
+    def subclasses_stage(self) -> dict:
+        record, *_ = self._subclass_record()
+        return {"file": str(self.subclasses.path), "child_outputs": record["num_outputs"]}
+
+    def classifier(self) -> dict:
+        record, train_entries, train_items, val_entries, val_items = self._subclass_record()
+        train_items = with_targets(train_items, self.task, self.subclasses.child_targets(record, train_items))
+        val_items = with_targets(val_items, self.task, self.subclasses.child_targets(record, val_items))
+        train = slice_dataset(train_entries, train_items, self.volume_transform, self.train_item_transform,
+                              self.cache_rate, self.num_workers)
+        val = slice_dataset(val_entries, val_items, self.volume_transform, self.val_item_transform,
+                            self.cache_rate, self.num_workers) if val_items else None
+        args = dict(self.classifier_args)
+        network = {**args.pop("network"), "num_classes": len(class_groups(self.task)),
+                   "num_subclasses": self.subclasses.num_subclasses}
+        card = {**self.card, "task": self.task.name, "class_names": list(class_groups(self.task)),
+                "subclasses": record["signature"]}
+        card = train_classifier(network, train, val, self.output_dir, self.classifier_path, card, device=self.device,
+                                seed=self.seed, num_workers=self.num_workers, summary_writer=self.summary_writer,
+                                **args)
+        return {"model": str(self.classifier_path), "validation": card.get("validation", {})}
+
+    @property
+    def classifier_path(self) -> Path:
+        return self.model_dir / "classifier.pt"
+
+    def pseudo(self) -> PseudoLabels:
+        return PseudoLabels(self.features, self.classifier_path, self.pseudo_cache_dir, device=self.device,
+                            **self.pseudo_args)
+
+    def pseudo_labels(self) -> dict:
+        pseudo = self.pseudo()
+        entries = self.entries("training") + self.entries("validation")
+        computed = 0
+        for i, entry in enumerate(entries, 1):
+            done = pseudo.ensure(entry, self.volume_transform, sam_loader=self.sam_loader)
+            computed += done
+            logger.info("pseudo_labels: case %d/%d %s %s", i, len(entries), entry["case_id"],
+                        "written" if done else "cached")
+        pseudo.cache.write_manifest()
+        if self.summary_writer is not None and self.panels:
+            write_panels(self.summary_writer, pseudo, entries[: self.panels], self.volume_transform)
+        for kind in (PSEUDO_KIND, CAM_KIND):
+            labels = {e["case_id"]: pseudo.label_file(e["case_id"], kind) for e in entries}
+            pseudo_datalist(self.datalist, self.dataset_dir, labels, self._datalist_path(kind))
+        return {"cases": len(entries), "computed": computed, "datalist": str(self._datalist_path(PSEUDO_KIND)),
+                "cache": str(pseudo.cache.cache_dir)}
+
+    def pseudo_quality(self) -> dict:
+        """The pseudo labels against the ground truth (3D Dice per class, with and without the walk)."""
+        quality = pseudo_label_quality(self.pseudo(), self.entries("training", True) + self.entries("validation", True))
+        path = self.output_dir / "pseudo_label_quality.json"
+        write_text_atomic(path, json.dumps(json_safe(quality), indent=1))
+        for kind, per_class in quality["mean"].items():
+            logger.info("pseudo-label quality (%s, 3D Dice): %s", kind,
+                        ", ".join(f"{k} {v:.3f}" for k, v in per_class.items() if v is not None))
+        return {"file": str(path), "mean": quality["mean"]}
+
+    @property
+    def _suffix(self) -> str:
+        return "" if self.seg_labels == PSEUDO_KIND else f"_{self.seg_labels}"
+
+    def _datalist_path(self, kind: str) -> Path:
+        return self.output_dir / f"pseudo_datalist{'' if kind == PSEUDO_KIND else '_' + kind}.json"
+
+    @property
+    def pseudo_datalist_path(self) -> Path:
+        """The datalist the segmentation trains on: ``pseudo_datalist.json`` (``..._cam_label.json`` for the CAM-alone
+        labels, the original datalist for ``ground_truth``)."""
+        return Path(self.datalist) if self.seg_labels == "ground_truth" else self._datalist_path(self.seg_labels)
+
+    def _seg_overrides(self) -> dict:
+        regions = {name: list(values) for name, values in class_groups(self.task).items()}
+        return {"regions": regions, "output_dir": str(self.output_dir / f"segmentation{self._suffix}"),
+                "ckpt_dir": str(self.model_dir / f"segmentation{self._suffix}"), "seed": self.seed,
+                **self.seg_overrides}
+
+    def segmentation(self) -> dict:
+        if not self.pseudo_datalist_path.is_file():
+            raise FileNotFoundError(f"{self.pseudo_datalist_path}: no pseudo-label datalist; run 'pseudo_labels'")
+        overrides = {**self._seg_overrides(), "datalist": str(self.pseudo_datalist_path)}
+        self._run_bundle(self.seg_config_files, "training", "train", overrides)
+        return {"labels": self.seg_labels, "model": str(Path(overrides["ckpt_dir"]) / "model.pt")}
+
+    def evaluation(self) -> dict:
+        if self.eval_config_file is None:
+            raise ValueError("no evaluation config given (eval_config_file)")
+        overrides = {**self._seg_overrides(), "datalist": self.datalist, "eval_section": "testing"}
+        self._run_bundle([*self.seg_config_files, self.eval_config_file], "evaluating", "eval", overrides)
+        return {"labels": self.seg_labels, "eval_dir": str(Path(overrides["output_dir"]))}
+
+    def _run_bundle(self, files: Sequence[str], run_id: str, workflow_type: str, overrides: Mapping) -> None:
+        """Run a bundle config in this process, as ``python -m monai.bundle run RUN_ID`` does."""
+        workflow = ConfigWorkflow(config_file=list(files), workflow_type=workflow_type, run_id=run_id,
+                                  logging_file=False, meta_file=self.meta_file, **overrides)
+        workflow.initialize()
+        try:
+            workflow.run()
+        finally:
+            workflow.finalize()
+
+    # ---- driver --------------------------------------------------------------------------------------------------
+    def run(self, stages: str | Sequence[str] = STAGES) -> dict:
+        """Run stages in pipeline order; writes ``weak_summary.json`` (what each stage did, how long it took)."""
+        names = [stages] if isinstance(stages, str) else list(stages)
+        names = [look_up_option(s, STAGES) for s in names]
+        summary_path = self.output_dir / "weak_summary.json"
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError):
+            summary = {}
+        torch.manual_seed(self.seed)
+        np.random.seed(self.seed)
+        for name in sorted(names, key=STAGES.index):
+            logger.info("WeakMedSAM stage %r (%s)", name, self.task.name)
+            start = time.perf_counter()
+            method = self.subclasses_stage if name == "subclasses" else getattr(self, name)
+            result = method()
+            seconds = time.perf_counter() - start
+            summary[name] = {**result, "seconds": round(seconds, 2)}
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(summary_path, json.dumps(json_safe(summary), indent=1))
+            logger.info("WeakMedSAM stage %r done in %.1f s", name, seconds)
+        return summary

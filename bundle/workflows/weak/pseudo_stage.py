@@ -1,0 +1,248 @@
+"""WeakMedSAM stage 4: CAMs refined by the prompt-affinity random walk into pseudo-label volumes.
+
+For every slice of a case: the classifier's CAMs and parent probabilities (slices resized to the classifier's
+``roi_size``); the CAMs resized to the affinity grid; for the slices the classifier calls positive,
+:func:`bundle.priors.random_walk.random_walk` with the cached SAM logit map ``M``; then upsampling, Gaussian blur,
+zeroing of negative classes and thresholding (:func:`bundle.priors.pseudo_labels.pseudo_label_slice`). The same path
+without the walk (the CAM alone) is kept next to it, so the walk's contribution is measured on every run.
+
+The pseudo labels are written as label NIfTIs in the image file's own voxel grid and affine (the RAS-oriented result
+is turned back with nibabel's orientation tools), class ``c`` written as the label value that reads back as that class
+through the task's label groups (:func:`bundle.priors.pseudo_labels.class_values_for_groups`), so the segmentation
+workflow reads them like ground truth. They live in a :class:`bundle.priors.cache.PriorCache` partition whose
+signature holds the classifier file's sha256, the SAM feature partition and every walk / blur / threshold setting;
+each case is written atomically and skipped on a rerun when current. Ground truth is read only by
+:func:`pseudo_label_quality`, after the labels exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
+
+from bundle.data.case_ids import case_id_of
+from bundle.hashing import path_sha256
+from bundle.priors.cache import PriorCache
+from bundle.priors.pseudo_labels import class_map_to_label, class_values_for_groups, pseudo_label_slice
+from bundle.priors.random_walk import random_walk
+from bundle.workflows.weak.classifier import load_classifier
+from bundle.workflows.weak.features import SamSliceFeatures, entry_files
+from bundle.workflows.weak.slices import class_groups
+
+__all__ = ["CAM_KIND", "PSEUDO_KIND", "PseudoLabels", "pseudo_label_quality", "to_file_grid"]
+
+logger = logging.getLogger(__name__)
+
+PSEUDO_KIND = "pseudo_label"
+"""Pseudo labels from CAM + random walk (what the segmentation network trains on)."""
+CAM_KIND = "cam_label"
+"""The same pipeline without the random walk: the CAM alone, for comparison."""
+
+
+def to_file_grid(array: np.ndarray, oriented_affine, file_affine) -> np.ndarray:
+    """A ``[H, W, D]`` array in the RAS-oriented grid back to the voxel order of the file it was loaded from."""
+    transform = ornt_transform(io_orientation(np.asarray(oriented_affine, np.float64)),
+                               io_orientation(np.asarray(file_affine, np.float64)))
+    return np.ascontiguousarray(apply_orientation(array, transform))
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    low, high = x.min(), x.max()
+    return (x - low) / (high - low) if high > low else torch.zeros_like(x)
+
+
+class PseudoLabels:
+    """Pseudo-label volumes of datalist cases from a trained classifier and cached SAM features.
+
+    Args:
+        features: the SAM feature stage (logit maps ``M``; with the ``cam_peaks`` placement its miner decodes
+            prompts placed on the CAMs here).
+        classifier_path: the classifier file of :func:`bundle.workflows.weak.classifier.train_classifier`.
+        cache_dir: the cache folder (one partition per configuration).
+        beta, steps, radius, border: random-walk settings (METHODS.md §5: 4, 4, 5, every pixel).
+        kernel_size, sigma: Gaussian blur after upsampling (21, 3.5).
+        threshold: foreground threshold of a binary task's refined map (0.5).
+        background_threshold: multi-class: a pixel is background when no class map exceeds it (0.5).
+        positive_threshold: a slice is positive for a class when the classifier's probability exceeds it.
+        logit_scale: ``M`` is multiplied by this before the affinity ``exp(-|M_u - M_v|)``; 1 is the authors'.
+        batch_size: slices per classifier forward pass.
+        device: the classifier's device.
+    """
+
+    def __init__(self, features: SamSliceFeatures, classifier_path: str | os.PathLike, cache_dir: str | os.PathLike,
+                 beta: float = 4.0, steps: int = 4, radius: int = 5, border: str = "all", kernel_size: int = 21,
+                 sigma: float = 3.5, threshold: float = 0.5, background_threshold: float = 0.5,
+                 positive_threshold: float = 0.5, logit_scale: float = 1.0, batch_size: int = 16,
+                 device="cpu") -> None:
+        self.features = features
+        self.classifier_path = os.fspath(classifier_path)
+        self.walk = {"beta": float(beta), "steps": int(steps), "radius": int(radius), "border": border}
+        if not float(logit_scale) > 0:
+            raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
+        self.logit_scale = float(logit_scale)
+        self.blur = {"kernel_size": int(kernel_size), "sigma": float(sigma)}
+        self.threshold, self.background_threshold = float(threshold), float(background_threshold)
+        self.positive_threshold = float(positive_threshold)
+        self.batch_size, self.device = int(batch_size), torch.device(device)
+        self.cache_dir = cache_dir
+        self._network = self._card = self._cache = None
+
+    def _load(self) -> None:
+        if self._network is None:
+            if not os.path.isfile(self.classifier_path):
+                raise FileNotFoundError(f"{self.classifier_path}: no trained classifier; run the 'classifier' stage")
+            self._network, self._card = load_classifier(self.classifier_path, self.device)
+
+    @property
+    def card(self) -> dict:
+        self._load()
+        return self._card
+
+    @property
+    def cache(self) -> PriorCache:
+        if self._cache is None:
+            self._cache = PriorCache(self.cache_dir, self.signature(), label="pseudo-labels")
+        return self._cache
+
+    def signature(self) -> dict:
+        """Everything that changes the pseudo labels: classifier file, SAM features, every setting."""
+        return {"weak_pseudo_labels": 1, "classifier_sha256": path_sha256(self.classifier_path),
+                "features": self.features.cache.digest, "walk": self.walk, "blur": self.blur,
+                "threshold": self.threshold, "background_threshold": self.background_threshold,
+                "positive_threshold": self.positive_threshold, "logit_scale": self.logit_scale,
+                "kinds": [PSEUDO_KIND, CAM_KIND]}
+
+    @property
+    def groups(self) -> dict[str, tuple[int, ...]]:
+        return class_groups(self.card["task"])
+
+    @torch.no_grad()
+    def cams(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cams [D, C, a, a] on the affinity grid, probabilities [D, C])`` of a ``[Cin, H, W, D]`` volume."""
+        self._load()
+        roi = [int(s) for s in self._card["roi_size"]]
+        size = self.features.miner.affinity_size
+        volume = torch.as_tensor(image).float().permute(3, 0, 1, 2)  # [D, Cin, H, W]
+        cams, probs = [], []
+        for start in range(0, volume.shape[0], self.batch_size):
+            x = F.interpolate(volume[start : start + self.batch_size].to(self.device), size=roi, mode="bilinear",
+                              align_corners=False)
+            parent, _ = self._network(x)
+            probs.append(torch.sigmoid(parent).cpu())
+            cam = self._network.cam(x, size=(size, size)).cpu()
+            cams.append(torch.stack([torch.stack([_unit(m) for m in s]) for s in cam]))
+        return torch.cat(cams), torch.cat(probs)
+
+    def refine(self, image, case_id: str, rgb_source=None) -> dict[str, np.ndarray]:
+        """Per-slice maps of a case: ``cams``, ``probabilities``, ``logits`` (M), ``refined`` and the class maps
+        ``pseudo`` / ``cam`` (``[H, W, D]`` int64, 0 = background, c + 1 = class c), in the oriented grid."""
+        cams, probs = self.cams(image)
+        depth, num_classes = probs.shape
+        h, w = int(image.shape[1]), int(image.shape[2])
+        positive = (probs > self.positive_threshold).numpy()
+        if self.features.with_maps:
+            maps = torch.from_numpy(self.features.maps(case_id))  # [a, a, D]
+        else:
+            maps = self._cam_peak_maps(rgb_source if rgb_source is not None else image, cams)
+        refined = cams.clone()
+        pseudo = np.zeros((h, w, depth), np.int64)
+        cam_only = np.zeros((h, w, depth), np.int64)
+        multi = num_classes > 1
+        for d in np.flatnonzero(positive.any(axis=1)):
+            refined[d] = random_walk(maps[..., d] * self.logit_scale, cams[d], **self.walk)
+            for out, source in ((pseudo, refined[d]), (cam_only, cams[d])):
+                label = pseudo_label_slice(source, positive[d], (h, w), threshold=self.threshold,
+                                           background_threshold=self.background_threshold, multi_class=multi,
+                                           **self.blur)
+                label = np.asarray(label)
+                out[..., d] = label.astype(np.int64) if multi else label[0].astype(np.int64)
+        return {"cams": cams.numpy(), "probabilities": probs.numpy(), "logits": maps.numpy(),
+                "refined": refined.numpy(), "pseudo": pseudo, "cam": cam_only}
+
+    def _cam_peak_maps(self, image, cams: torch.Tensor) -> torch.Tensor:
+        """``M`` for the ``cam_peaks`` placement: prompts at the CAM maxima of each slice (one embedding per slice)."""
+        features = self.features
+        fitted = features.window.fit(image)
+        keep = features.window.nonempty(image, fitted)
+        size = features.miner.affinity_size
+        maps = torch.zeros((size, size, cams.shape[0]))
+        for start in range(0, int(keep.sum()), features.slices_per_batch):
+            chunk = np.flatnonzero(keep)[start : start + features.slices_per_batch]
+            rgb = features.window.slices(image, fitted, chunk)
+            slice_cams = F.interpolate(cams[chunk], size=rgb.shape[1:3], mode="bilinear", align_corners=False)
+            m = features.miner.logit_maps(rgb, cams=slice_cams.numpy())
+            maps[..., chunk] = m.float().cpu().permute(1, 2, 0)
+        return maps
+
+    def ensure(self, entry: Mapping, loader, image_key: str = "image", sam_loader=None) -> bool:
+        """Write the pseudo labels of one entry unless current; True when computed.
+
+        Args:
+            loader: transform giving the classifier's input volume (load, orient, intensity scaling).
+            sam_loader: transform giving the volume SAM sees (load, orient; only for the ``cam_peaks`` placement).
+        """
+        case_id = case_id_of(entry, image_key)
+        sources = [*entry_files(entry, image_key), self.classifier_path]
+        if self.cache.is_current(case_id, sources):
+            return False
+        start = time.perf_counter()
+        image = loader({k: v for k, v in entry.items() if k != "label"})[image_key]
+        rgb_source = None
+        if not self.features.with_maps:
+            rgb_source = (sam_loader or loader)({k: v for k, v in entry.items() if k != "label"})[image_key]
+        maps = self.refine(image, case_id, rgb_source)
+        values = class_values_for_groups(list(self.groups.values()))
+        file_affine = np.asarray(image.meta.get("original_affine", image.affine), np.float64)
+        volumes = [to_file_grid(np.asarray(class_map_to_label(maps[k], values)), image.affine, file_affine)
+                   for k in ("pseudo", "cam")]
+        prior = MetaTensor(torch.from_numpy(np.stack(volumes).astype(np.uint8)), affine=torch.as_tensor(file_affine),
+                           meta={"channel_names": [PSEUDO_KIND, CAM_KIND]})
+        self.cache.store(case_id, sources, prior, time.perf_counter() - start)
+        return True
+
+    def label_file(self, case_id: str, kind: str = PSEUDO_KIND) -> str:
+        """Path of a case's pseudo-label NIfTI."""
+        return str(self.cache.case_dir(case_id) / f"{kind}.nii.gz")
+
+
+def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    total = pred.sum() + truth.sum()
+    return 1.0 if total == 0 else float(2.0 * np.logical_and(pred, truth).sum() / total)
+
+
+def pseudo_label_quality(pseudo: PseudoLabels, entries: Sequence[Mapping], image_key: str = "image") -> dict:
+    """Per-class 3D Dice of the pseudo labels (with and without the walk) against the entries' ground truth.
+
+    The only place the weak pipeline reads label voxels, after the pseudo labels are written; entries without a
+    ``label`` are skipped. An empty prediction of an empty truth scores 1.
+    """
+    groups = pseudo.groups
+    cases, sums = [], {kind: {name: [] for name in groups} for kind in (PSEUDO_KIND, CAM_KIND)}
+    for entry in entries:
+        if not entry.get("label"):
+            continue
+        case_id = case_id_of(entry, image_key)
+        truth = np.asanyarray(nib.load(str(entry["label"])).dataobj)
+        record = {"case_id": case_id}
+        for kind in (PSEUDO_KIND, CAM_KIND):
+            pred = np.asanyarray(nib.load(pseudo.label_file(case_id, kind)).dataobj)
+            if pred.shape != truth.shape[: pred.ndim]:
+                raise ValueError(f"{entry['label']}: shape {truth.shape} differs from its pseudo label {pred.shape}")
+            for name, values in groups.items():
+                score = _dice(np.isin(pred, values), np.isin(truth.reshape(pred.shape), values))
+                record[f"{kind}/{name}"] = score
+                sums[kind][name].append(score)
+        cases.append(record)
+    means = {kind: {name: (float(np.mean(v)) if v else None) for name, v in per.items()} for kind, per in sums.items()}
+    return {"metric": "3D Dice per class against the ground truth (empty vs empty = 1)", "kinds": {
+        PSEUDO_KIND: "CAM + SAM prompt-affinity random walk", CAM_KIND: "CAM alone (same blur and threshold)"},
+        "mean": means, "cases": cases}

@@ -1,0 +1,150 @@
+"""WeakMedSAM end to end on phantoms with a small real SAM: every stage, resume, label-free early stages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from weak_utils import run_weak
+from workflow_utils import CONFIGS, PRESETS, SAM_PRIORS, TRAIN, tensorboard_tags
+
+from bundle.errors import InputError
+from bundle.hashing import path_sha256
+from bundle.workflows.weak.pipeline import STAGES
+
+
+def _summary(work) -> dict:
+    return json.loads((work / "run" / "weak_summary.json").read_text())
+
+
+def test_brats_pipeline_end_to_end_and_resume(phantom_set, tmp_path, shapes_sam_checkpoint):
+    data = phantom_set("brats")
+    sam = {"sam_checkpoint": str(shapes_sam_checkpoint)}
+    run_weak(data, tmp_path, **sam)
+    summary = _summary(tmp_path)
+    assert list(summary) == list(STAGES)
+    assert summary["sam_features"]["computed"] == summary["sam_features"]["cases"] == 3  # training + validation
+
+    # pseudo labels: one NIfTI per training / validation case, in the image file's grid, values of the WT group
+    pseudo = json.loads((tmp_path / "run" / "pseudo_datalist.json").read_text())
+    original = json.loads(data.datalist.read_text())
+    for section in ("training", "validation"):
+        for entry, source in zip(pseudo[section], original[section]):
+            label = nib.load(entry["label"])
+            image_file = entry["image"][0] if isinstance(entry["image"], list) else entry["image"]
+            image = nib.load(image_file)
+            assert label.shape == image.shape[:3]
+            np.testing.assert_allclose(label.affine, image.affine, atol=1e-5)
+            assert set(np.unique(np.asarray(label.dataobj))) <= {0, 1}
+            assert "slice_labels" not in entry and entry["label"] != source["label"]
+    assert [e["label"] for e in pseudo["testing"]] == [str(data.root / e["label"]) for e in original["testing"]]
+
+    quality = json.loads((tmp_path / "run" / "pseudo_label_quality.json").read_text())
+    assert set(quality["mean"]) == {"pseudo_label", "cam_label"}
+    assert set(quality["mean"]["pseudo_label"]) == {"tumour"}
+    assert len(quality["cases"]) == 3
+
+    # the final network was trained on the pseudo labels and evaluated on the real test labels, both metric families
+    seg_run = tmp_path / "run" / "segmentation"
+    assert (tmp_path / "models" / "segmentation" / "model.pt").is_file()
+    reports = list(seg_run.glob("eval_testing_*/metrics_summary.json"))
+    assert len(reports) == 1
+    report = json.loads(reports[0].read_text())
+    assert {"dice", "hd95", "slice_dice"} <= set(json.dumps(report).replace('"', " ").split())
+
+    tags, _ = tensorboard_tags(tmp_path / "run")
+    panels = {t.rsplit("/", 1)[-1] for t in tags["images"] if t.startswith("weak/")}
+    assert {"image", "cam", "sam_logits", "refined", "pseudo_label"} <= panels
+    assert "classifier/train_loss" in tags["scalars"]
+
+    # a second run finds every stage's work: nothing is computed again, the classifier is reused
+    stamp = (tmp_path / "models" / "classifier.pt").stat().st_mtime_ns
+    run_weak(data, tmp_path, **sam)
+    again = _summary(tmp_path)
+    assert again["sam_features"]["computed"] == 0 and again["pseudo_labels"]["computed"] == 0
+    assert (tmp_path / "models" / "classifier.pt").stat().st_mtime_ns == stamp
+
+
+def test_pseudo_labels_resume_case_by_case(phantom_set, tmp_path, shapes_sam_checkpoint):
+    data = phantom_set("lits")
+    sam = {"sam_checkpoint": str(shapes_sam_checkpoint)}
+    for stage in ("sam_features", "subclasses", "classifier", "pseudo_labels"):
+        run_weak(data, tmp_path, stage, **sam)
+    cache = _summary(tmp_path)["pseudo_labels"]["cache"]
+    first = sorted(p for p in (tmp_path / "priors").rglob("entry.json") if str(p).startswith(cache))
+    assert len(first) == 3
+    shutil.rmtree(first[0].parent)  # as if the run had been killed while writing this case
+    run_weak(data, tmp_path, "pseudo_labels", **sam)
+    assert _summary(tmp_path)["pseudo_labels"]["computed"] == 1
+
+
+def test_label_free_stages_never_read_label_voxels(phantom_set, tmp_path, shapes_sam_checkpoint):
+    """Label files replaced by garbage: the first four stages still run; the quality report fails naming the file."""
+    data = phantom_set("abdomenct1k")
+    root = tmp_path / "data"
+    shutil.copytree(data.root, root)
+    datalist = json.loads((root / "datalist.json").read_text())
+    labels = {root / e["label"] for section in ("training", "validation", "testing") for e in datalist[section]}
+    assert len(labels) == 4
+    for path in labels:
+        path.write_bytes(b"not a NIfTI file")
+    copy = type(data)(data.preset, root, root / "datalist.json", data.cases)
+    sam = {"sam_checkpoint": str(shapes_sam_checkpoint)}
+    for stage in ("sam_features", "subclasses", "classifier", "pseudo_labels"):
+        run_weak(copy, tmp_path, stage, **sam)
+    pseudo = json.loads((tmp_path / "run" / "pseudo_datalist.json").read_text())
+    values = set()
+    for entry in pseudo["training"] + pseudo["validation"]:
+        values |= set(np.unique(np.asarray(nib.load(entry["label"]).dataobj)).tolist())
+    assert values <= {0, 1, 2, 3, 4}
+    with pytest.raises(RuntimeError) as failed:  # the bundle parser wraps the stage's error
+        run_weak(copy, tmp_path, "pseudo_quality", **sam)
+    cause = failed.value.__cause__
+    assert isinstance(cause, InputError) and cause.path in {str(p) for p in labels}
+
+
+def test_user_network_features_cam_peaks_cam_labels_and_authors_loss(phantom_set, tmp_path, shapes_sam_checkpoint):
+    """Options: sub-classes from a user's network and weights, prompts at the CAM peaks, the segmentation on CAM-alone
+    labels with the authors' loss preset."""
+    from monai.networks.nets import resnet10
+
+    data = phantom_set("brats")
+    weights = tmp_path / "resnet10.pt"
+    torch.manual_seed(0)
+    torch.save(resnet10(spatial_dims=2, n_input_channels=4, feed_forward=False).state_dict(), weights)
+    extractor = {"_target_": "bundle.workflows.weak.extractors.NetworkFeatures",
+                 "network": {"_target_": "monai.networks.nets.resnet10", "spatial_dims": 2, "n_input_channels": 4,
+                             "feed_forward": False},
+                 "weights": str(weights), "loader": "@volume_transform", "roi_size": "@roi_size"}
+    authors = str(CONFIGS / "presets" / "weak_seg_authors.json")
+    run_weak(data, tmp_path, sam_checkpoint=str(shapes_sam_checkpoint), feature_extractor=extractor,
+             pam_placement="cam_peaks", seg_labels="cam_label", seg_extra_configs=[authors])
+
+    record = json.loads((tmp_path / "run" / "subclasses.json").read_text())
+    assert record["signature"]["features"]["weights_sha256"] == path_sha256(weights)
+    # with cam_peaks the feature cache holds embeddings only: M comes from prompts placed on each slice's CAM
+    partitions = [json.loads(p.read_text())["signature"]["prior"]
+                  for p in (tmp_path / "priors" / "weak").glob("*/partition.json")]
+    features = [p for p in partitions if "weak_features" in p]
+    assert len(features) == 1 and features[0]["kinds"] == [] and "miner" not in features[0]
+    pseudo = json.loads((tmp_path / "run" / "pseudo_datalist_cam_label.json").read_text())
+    assert all(e["label"].endswith("cam_label.nii.gz") for e in pseudo["training"])
+    assert (tmp_path / "models" / "segmentation_cam_label" / "model.pt").is_file()
+    assert list((tmp_path / "run" / "segmentation_cam_label").glob("eval_testing_*/metrics_summary.json"))
+
+
+def test_authors_loss_preset_builds_a_background_weighted_bce(phantom_set, tmp_path):
+    data = phantom_set("abdomenct1k")
+    files = [SAM_PRIORS, TRAIN, PRESETS["abdomenct1k"], str(CONFIGS / "presets" / "weak_seg_authors.json")]
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser.update({**data.overrides(tmp_path), "device": "cpu"})
+    loss = parser.get_parsed_content("loss")
+    assert isinstance(loss, torch.nn.BCEWithLogitsLoss)
+    assert loss.pos_weight.shape == (4, 1, 1) and float(loss.pos_weight.max()) == pytest.approx(0.1)
+    assert parser.get_parsed_content("optimizer").defaults["weight_decay"] == pytest.approx(0.1)
