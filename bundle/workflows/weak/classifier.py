@@ -23,10 +23,11 @@ from monai.data import CacheDataset, DataLoader
 from monai.engines import SupervisedTrainer
 from monai.handlers import LrScheduleHandler, StatsHandler, TensorBoardStatsHandler, from_engine
 
+from bundle.checkpoint_files import CheckpointError, load_checkpoint
 from bundle.data.slice_dataset import AxialSliceDataset
 from bundle.networks.fusion import mean_roc_auc
 from bundle.networks.parent_child import ParentChildClassifier, ParentChildLoss
-from bundle.workflows.common.checkpoints import EpochCheckpointSaver, ResumeFromCheckpoint, save_atomic
+from bundle.workflows.common.checkpoints import INFO_KEY, EpochCheckpointSaver, ResumeFromCheckpoint, save_atomic
 from bundle.workflows.common.guards import StopOnNonFiniteLoss
 from bundle.workflows.common.handlers import LearningRateLogger
 from bundle.workflows.weak.slices import TARGET_KEY
@@ -73,12 +74,25 @@ def _card_matches(path: str, card: Mapping) -> bool:
     if not os.path.isfile(path):
         return False
     try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError):  # a damaged model file is retrained, not trusted
+        stored = load_checkpoint(path, what="classifier")
+    except CheckpointError as err:  # a damaged model file is trained again, not trusted
+        logger.warning("classifier: %s; training it again", err)
         return False
     if not isinstance(stored, Mapping) or not isinstance(stored.get("card"), Mapping):
         return False
     return {k: v for k, v in stored["card"].items() if k != "validation"} == dict(card)
+
+
+def _resumable(path: str, card: Mapping) -> bool:
+    """Whether the epoch checkpoint at ``path`` belongs to this configuration (a OneCycle schedule cannot continue
+    with another length, another network or other targets): then training resumes from it, else starts afresh."""
+    if not os.path.isfile(path):
+        return False
+    info = load_checkpoint(path, what="resume checkpoint").get(INFO_KEY) or {}
+    if info.get("card") == dict(card):
+        return True
+    logger.warning("classifier: %s was written with other settings; training starts from scratch and replaces it", path)
+    return False
 
 
 def load_classifier(path: str | os.PathLike, device="cpu") -> tuple[ParentChildClassifier, dict]:
@@ -114,10 +128,14 @@ def train_classifier(
         train_data, val_data: slice datasets (:func:`slice_dataset`); validation may be None.
         output_dir: folder of the resume checkpoint (``classifier_last.pt``).
         model_path: the finished model (``{"network": state_dict, "card": card}``).
-        card: what the model is (task, class names, K, channels, roi, intensity, ...); a finished model is reused
-            only when its card equals this one.
+        card: what the model is (task, class names, K, channels, roi size, intensity, ...); the network arguments and
+            the training settings are added to it. A finished model is reused only when its card equals this one; any
+            other configuration trains: from the last epoch checkpoint when that was written with the same card (an
+            interrupted run), else from scratch.
     """
-    card = {**dict(card), "network": dict(network_args)}
+    training = {"max_epochs": int(max_epochs), "batch_size": int(batch_size), "learning_rate": float(learning_rate),
+                "weight_decay": float(weight_decay), "child_weight": float(child_weight), "seed": int(seed)}
+    card = {**dict(card), "network": dict(network_args), "training": training}
     model_path = os.fspath(model_path)
     if _card_matches(model_path, card):
         logger.info("classifier: %s is finished for this configuration; reusing it", model_path)
@@ -132,17 +150,18 @@ def train_classifier(
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate,
                                                     total_steps=max(1, max_epochs * len(loader)))
+    last = os.path.join(output_dir, "classifier_last.pt")
+    save_dict = {"network": network, "optimizer": optimizer, "lr_scheduler": scheduler}
     handlers = [
-        ResumeFromCheckpoint(os.path.join(output_dir, "classifier_last.pt"),
-                             {"network": network, "optimizer": optimizer, "lr_scheduler": scheduler},
-                             map_location=device, engine_key="trainer"),
         LrScheduleHandler(scheduler, epoch_level=False, print_lr=False),
         StopOnNonFiniteLoss(),
         StatsHandler(tag_name="classifier_loss", output_transform=from_engine(["loss"], first=True),
                      iteration_log=False),
-        EpochCheckpointSaver(output_dir, {"network": network, "optimizer": optimizer, "lr_scheduler": scheduler},
-                             filename="classifier_last.pt", info={"stage": "weak_classifier"}, engine_key="trainer"),
+        EpochCheckpointSaver(output_dir, save_dict, filename="classifier_last.pt",
+                             info={"stage": "weak_classifier", "card": card}, engine_key="trainer"),
     ]
+    if _resumable(last, card):
+        handlers.insert(0, ResumeFromCheckpoint(last, save_dict, map_location=device, engine_key="trainer"))
     if summary_writer is not None:
         handlers += [TensorBoardStatsHandler(summary_writer, tag_name="classifier/train_loss",
                                              output_transform=from_engine(["loss"], first=True)),

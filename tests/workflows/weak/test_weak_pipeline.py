@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import nibabel as nib
@@ -15,7 +16,12 @@ from workflow_utils import CONFIGS, PRESETS, SAM_PRIORS, TRAIN, tensorboard_tags
 
 from bundle.errors import InputError
 from bundle.hashing import path_sha256
+from bundle.workflows.common.checkpoints import EpochCheckpointSaver
 from bundle.workflows.weak.pipeline import STAGES
+
+
+class _Killed(Exception):
+    pass
 
 
 def _summary(work) -> dict:
@@ -148,3 +154,36 @@ def test_authors_loss_preset_builds_a_background_weighted_bce(phantom_set, tmp_p
     assert isinstance(loss, torch.nn.BCEWithLogitsLoss)
     assert loss.pos_weight.shape == (4, 1, 1) and float(loss.pos_weight.max()) == pytest.approx(0.1)
     assert parser.get_parsed_content("optimizer").defaults["weight_decay"] == pytest.approx(0.1)
+
+
+def test_interrupted_classifier_resumes_at_its_last_epoch(phantom_set, tmp_path, shapes_sam_checkpoint, monkeypatch,
+                                                          caplog):
+    data = phantom_set("lits")
+    sam = {"sam_checkpoint": str(shapes_sam_checkpoint), "max_epochs": 2}
+    run_weak(data, tmp_path, "sam_features", **sam)
+    saver = EpochCheckpointSaver.__call__
+
+    def save_then_die(self, engine=None):
+        saver(self, engine)
+        raise _Killed  # the process dies right after the first epoch's checkpoint
+
+    monkeypatch.setattr(EpochCheckpointSaver, "__call__", save_then_die)
+    with pytest.raises(RuntimeError) as stopped:
+        run_weak(data, tmp_path, "classifier", **sam)
+    assert isinstance(stopped.value.__cause__, _Killed)
+    assert not (tmp_path / "models" / "classifier.pt").exists()
+    monkeypatch.undo()
+
+    with caplog.at_level(logging.INFO):
+        run_weak(data, tmp_path, "classifier", **sam)
+    assert "at epoch 1" in caplog.text  # ResumeFromCheckpoint: "resuming from ... at epoch 1"
+    last = torch.load(tmp_path / "run" / "classifier_last.pt", map_location="cpu", weights_only=True)
+    trainer = last["trainer"]
+    assert trainer["iteration"] == 2 * trainer["epoch_length"]
+    assert (tmp_path / "models" / "classifier.pt").is_file()
+
+    # other settings never continue that schedule: a changed configuration trains from scratch
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        run_weak(data, tmp_path, "classifier", **{**sam, "learning_rate": 3e-4})
+    assert "other settings" in caplog.text and "at epoch 1" not in caplog.text
