@@ -52,7 +52,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))  # run from a checkout without `pip install -e .`
 
 import bundle.sam  # noqa: F401  (makes segment_anything, torchvision and so timm importable)
-from bundle.data.phantoms import brain_phantom, ct_phantom
+from bundle.data.phantoms import bench_phantom
 from bundle.hashing import file_sha256
 from bundle.priors.maps import samaug_prior_maps
 from bundle.priors.quality import prior_agreement
@@ -78,15 +78,9 @@ def full_range(image: np.ndarray) -> bool:
 
 def phantom_slices(kind: str, size: int, count: int, seed: int) -> tuple[np.ndarray, list[int]]:
     """``[count, size, size, 3]`` uint8 axial slices holding a label, spread evenly, each of full uint8 range."""
-    rng = np.random.default_rng(seed)
     depth = max(16, size // 4)
-    if kind == "brain":
-        images, labels = brain_phantom((size, size, depth), np.diag([-1.0, -1.0, 1.0, 1.0]), rng)
-        volume, window = images["flair"][None], SliceWindow("mr_percentile", channels=0)
-    else:
-        spacing = 0.8 * 128 / size
-        hu, labels = ct_phantom((size, size, depth), np.diag([-spacing, -spacing, 2.5, 1.0]), rng, num_tumours=2)
-        volume, window = hu[None].astype(np.float32), SliceWindow("ct_abdomen", channels=0)
+    volume, labels, preset = bench_phantom(kind, size, depth, seed)
+    window = SliceWindow(preset, channels=0)
     fitted = window.fit(volume)
     candidates = np.flatnonzero(window.nonempty(volume, fitted) & labels.reshape(-1, depth).any(axis=0))
     slices = window.slices(volume, fitted, candidates)

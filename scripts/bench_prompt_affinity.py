@@ -41,7 +41,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))  # run from a checkout without `pip install -e .`
 
 import bundle.sam  # noqa: F401  (makes segment_anything importable)
-from bundle.data.phantoms import brain_phantom, ct_phantom
+from bundle.data.phantoms import bench_phantom
 from bundle.sam.engine import SamEngine
 from bundle.sam.loading import SAM_MODELS, load_sam
 from bundle.sam.prompt_affinity import PLACEMENTS, PromptAffinityMiner
@@ -52,15 +52,9 @@ KEYS = ("ours_s_per_slice", "reference_s_per_slice", "speedup", "max_abs_diff", 
 
 def phantom_slices(kind: str, size: int, count: int, seed: int) -> tuple[np.ndarray, list[int]]:
     """``[count, size, size, 3]`` uint8 axial slices of a phantom that hold a label, spread evenly over them."""
-    rng = np.random.default_rng(seed)
     depth = max(16, size // 8)
-    if kind == "brain":
-        images, labels = brain_phantom((size, size, depth), np.diag([-1.0, -1.0, 1.0, 1.0]), rng)
-        volume, window = images["flair"][None], SliceWindow("mr_percentile", channels=0)
-    else:
-        spacing = 0.8 * 128 / size
-        hu, labels = ct_phantom((size, size, depth), np.diag([-spacing, -spacing, 2.5, 1.0]), rng, num_tumours=2)
-        volume, window = hu[None].astype(np.float32), SliceWindow("ct_abdomen", channels=0)
+    volume, labels, preset = bench_phantom(kind, size, depth, seed)
+    window = SliceWindow(preset, channels=0)
     labelled = np.flatnonzero(np.asarray(labels).reshape(-1, depth).any(axis=0))
     if len(labelled) < count:
         raise SystemExit(f"the phantom has only {len(labelled)} labelled slices; ask for fewer")

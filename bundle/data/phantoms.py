@@ -24,6 +24,7 @@ __all__ = [
     "MR_MODALITIES",
     "Ellipsoid",
     "SmoothField",
+    "bench_phantom",
     "brain_phantom",
     "ct_phantom",
     "patient_offsets",
@@ -521,3 +522,18 @@ def brain_phantom(
             # magnitude of complex Gaussian noise: Rician, biased upwards in dark tissue as in real MR
             images[m][..., k0:k1] = np.where(head, np.hypot(real, imag) * np.float32(anatomy.gains[m]), 0)
     return images, labels
+
+
+def bench_phantom(kind: str, size: int, depth: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """One phantom volume for the benchmark scripts: ``(volume [1, size, size, depth] float32, labels, window)``.
+
+    ``kind`` ``"brain"``: the FLAIR of :func:`brain_phantom` at 1 mm, window preset ``mr_percentile``; anything else:
+    :func:`ct_phantom` in HU with two liver tumours at 0.8 mm per voxel for 128 pixels, window preset ``ct_abdomen``.
+    """
+    rng = np.random.default_rng(seed)
+    if kind == "brain":
+        images, labels = brain_phantom((size, size, depth), np.diag([-1.0, -1.0, 1.0, 1.0]), rng)
+        return images["flair"][None].astype(np.float32), np.asarray(labels), "mr_percentile"
+    spacing = 0.8 * 128 / size
+    hu, labels = ct_phantom((size, size, depth), np.diag([-spacing, -spacing, 2.5, 1.0]), rng, num_tumours=2)
+    return hu[None].astype(np.float32), np.asarray(labels), "ct_abdomen"
