@@ -38,6 +38,7 @@ REGISTRY = [
     ("brats_wt", "brats", "slice", ("no_tumour", "tumour"), False),
     ("brats_regions", "brats", "slice", ("WT", "TC", "ET"), True),
     ("lits_tumour", "lits", "slice", ("no_tumour", "tumour"), False),
+    ("lits_liver", "lits", "slice", ("no_liver", "liver"), False),
     ("abdomenct_organs", "abdomenct1k", "slice", ("liver", "kidney", "spleen", "pancreas"), True),
     ("brats_grade", "brats", "volume", ("LGG", "HGG"), False),
     ("lits_tumour_volume", "lits", "volume", ("no_tumour", "tumour"), False),

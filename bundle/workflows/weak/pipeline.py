@@ -35,12 +35,13 @@ from bundle.atomic import write_text_atomic
 from bundle.data.case_ids import case_id_of
 from bundle.data.datalist_io import load_checked_section, read_datalist
 from bundle.data.tasks import get_task
+from bundle.errors import InputError
 from bundle.workflows.common.case_report import json_safe
 from bundle.workflows.weak.classifier import slice_dataset, train_classifier
 from bundle.workflows.weak.features import SamSliceFeatures
 from bundle.workflows.weak.panels import write_panels
 from bundle.workflows.weak.pseudo_stage import CAM_KIND, PSEUDO_KIND, PseudoLabels, pseudo_label_quality
-from bundle.workflows.weak.slices import class_groups, weak_slice_items, with_targets
+from bundle.workflows.weak.slices import class_groups, parent_labels, weak_slice_items, with_targets
 from bundle.workflows.weak.subclass_stage import SubclassTargets
 
 __all__ = ["DEFAULT_TASKS", "SEG_LABELS", "STAGES", "WeakPipeline", "default_task", "pseudo_datalist"]
@@ -169,6 +170,24 @@ class WeakPipeline:
         self.task.check_datalist(read_datalist(self.datalist), self.datalist)
         entries = self.entries(section)
         return entries, weak_slice_items(entries, self.task, self.datalist)
+
+    def check(self) -> None:
+        """What the label-free stages need, checked before any SAM or training work: the datalist is of the task's
+        dataset, every training / validation case passes the case check and carries slice labels, and the training
+        split has a positive slice for every class.
+
+        Raises:
+            InputError, MissingInputError: naming the datalist (and the case) or the file at fault.
+        """
+        _, train_items = self._items("training")
+        self._items("validation")
+        if not train_items:
+            raise InputError(self.datalist, "the training section has no case")
+        missing = [name for name, present in zip(class_groups(self.task), parent_labels(train_items, self.task).T)
+                   if not present.any()]
+        if missing:
+            raise InputError(self.datalist, f"no training slice holds {missing}: the classifier of task "
+                                            f"{self.task.name!r} cannot learn a class it never sees")
 
     # ---- stages --------------------------------------------------------------------------------------------------
     def sam_features(self) -> dict:
@@ -299,6 +318,8 @@ class WeakPipeline:
             summary = json.loads(summary_path.read_text())
         except (OSError, ValueError):
             summary = {}
+        if set(names) & set(STAGES[:4]):
+            self.check()
         torch.manual_seed(self.seed)
         np.random.seed(self.seed)
         for name in sorted(names, key=STAGES.index):

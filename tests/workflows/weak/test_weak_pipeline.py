@@ -187,3 +187,13 @@ def test_interrupted_classifier_resumes_at_its_last_epoch(phantom_set, tmp_path,
     with caplog.at_level(logging.INFO):
         run_weak(data, tmp_path, "classifier", **{**sam, "learning_rate": 3e-4})
     assert "other settings" in caplog.text and "at epoch 1" not in caplog.text
+
+
+def test_wrong_datalist_fails_before_any_sam_work(phantom_set, tmp_path, shapes_sam_checkpoint):
+    data = phantom_set("lits")
+    with pytest.raises(RuntimeError) as failed:
+        run_weak(data, tmp_path, sam_checkpoint=str(shapes_sam_checkpoint), task="brats_wt")
+    cause = failed.value.__cause__
+    assert isinstance(cause, InputError) and cause.path == str(data.datalist)
+    assert "brats_wt" in str(cause) and "'lits'" in str(cause)
+    assert not (tmp_path / "priors").exists()  # no feature was computed, no cache folder made
