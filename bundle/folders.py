@@ -20,9 +20,14 @@ from bundle.atomic import remove_stale_temps, temp_path_for
 from bundle.distributed import is_main_process
 from bundle.errors import FileError
 
-__all__ = ["OutputFolderError", "check_writable_folder", "checkpoint_bytes", "prepare_output_folders", "format_bytes"]
+__all__ = ["CONFIGS_DIR", "OutputFolderError", "check_writable_folder", "checkpoint_bytes", "prepare_output_folders",
+           "format_bytes"]
 
 logger = logging.getLogger(__name__)
+
+#: the bundle's own ``configs/`` folder; a config that runs other configs (``configs/train_weak.json``) finds them here,
+#: whatever ``bundle_root`` (the folder of data, runs and models) is
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 #: room kept free beyond what the run itself writes (logs, TensorBoard events, reports)
 DEFAULT_MARGIN = 64 << 20

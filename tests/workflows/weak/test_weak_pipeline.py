@@ -196,4 +196,4 @@ def test_wrong_datalist_fails_before_any_sam_work(phantom_set, tmp_path, shapes_
     cause = failed.value.__cause__
     assert isinstance(cause, InputError) and cause.path == str(data.datalist)
     assert "brats_wt" in str(cause) and "'lits'" in str(cause)
-    assert not (tmp_path / "priors").exists()  # no feature was computed, no cache folder made
+    assert not list(tmp_path.rglob("partition.json"))  # no feature was computed

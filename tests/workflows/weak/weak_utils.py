@@ -34,7 +34,8 @@ def weak_overrides(data: PhantomSet, work: Path, **overrides) -> dict:
     base = data.overrides(work)
     seg = {"prior_mode": "@seg_prior_mode", "max_epochs": "@seg_max_epochs", "sam_model_type": "@sam_model_type",
            "prior_cache_dir": "@prior_cache_dir", "dataset_dir": "@dataset_dir", "device": "@device", **TINY_SEG}
-    return {**TINY_WEAK, "bundle_root": base["bundle_root"], "dataset_dir": base["dataset_dir"],
+    # bundle_root is the run's own folder (not the repository): the configs the pipeline runs are found all the same
+    return {**TINY_WEAK, "bundle_root": str(work), "dataset_dir": base["dataset_dir"],
             "datalist": base["datalist"], "prior_cache_dir": base["prior_cache_dir"],
             "output_dir": str(work / "run"), "model_dir": str(work / "models"), "seg_overrides": seg, **overrides}
 
