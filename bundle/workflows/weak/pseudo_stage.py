@@ -210,8 +210,8 @@ class PseudoLabels:
         return True
 
     def label_file(self, case_id: str, kind: str = PSEUDO_KIND) -> str:
-        """Path of a case's pseudo-label NIfTI."""
-        return str(self.cache.case_dir(case_id) / f"{kind}.nii.gz")
+        """Absolute path of a case's pseudo-label NIfTI (a datalist elsewhere points at it)."""
+        return os.path.abspath(self.cache.case_dir(case_id) / f"{kind}.nii.gz")
 
 
 def _dice(pred: np.ndarray, truth: np.ndarray) -> float:

@@ -28,9 +28,12 @@ def _summary(work) -> dict:
     return json.loads((work / "run" / "weak_summary.json").read_text())
 
 
-def test_brats_pipeline_end_to_end_and_resume(phantom_set, tmp_path, shapes_sam_checkpoint):
+def test_brats_pipeline_end_to_end_and_resume(phantom_set, tmp_path, shapes_sam_checkpoint, monkeypatch):
     data = phantom_set("brats")
-    sam = {"sam_checkpoint": str(shapes_sam_checkpoint)}
+    # output folders relative to the working directory, as a user's command line gives them
+    monkeypatch.chdir(tmp_path)
+    sam = {"sam_checkpoint": str(shapes_sam_checkpoint), "output_dir": "run", "model_dir": "models",
+           "prior_cache_dir": "priors"}
     run_weak(data, tmp_path, **sam)
     summary = _summary(tmp_path)
     assert list(summary) == list(STAGES)
