@@ -35,6 +35,18 @@ def _flatten(prefix: str, value, out: dict) -> dict:
     return out
 
 
+def _find_sam(signature) -> dict:
+    """The SAM signature (``model_type``, ``checkpoint_sha256``, ...) wherever a partition's signature nests it."""
+    if isinstance(signature, dict):
+        if isinstance(signature.get("sam"), dict):
+            return signature["sam"]
+        for value in signature.values():
+            found = _find_sam(value)
+            if found:
+                return found
+    return {}
+
+
 def _size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
@@ -62,10 +74,11 @@ def list_partitions(cache_dir: str | os.PathLike) -> list[dict]:
             continue
         prior = record["signature"]["prior"]
         generator = prior.get("generator", {})
-        sam = generator.get("sam", {})
+        sam = _find_sam(prior)
         rows.append({
             "partition": folder.name,
-            "generator": generator.get("generator"),
+            # partitions of other stages (WeakMedSAM's features and pseudo labels) have no generator: their label
+            "generator": generator.get("generator") or folder.name.rsplit("-", 1)[0],
             "model": sam.get("model_type"),
             "checkpoint_sha256": sam.get("checkpoint_sha256"),
             "cases": sum(1 for _ in folder.glob(f"*/{ENTRY_NAME}")),

@@ -392,3 +392,45 @@ def test_cache_cli_lists_and_prunes_partitions(tmp_path, case, capsys):
     assert sorted(p.name for p in cache_dir.iterdir()) == sorted([default.cache.cache_dir.name, "stray"])
     assert main(["prune", str(cache_dir), "stray"]) == 1 and (cache_dir / "stray").is_dir()  # not a partition
     assert "no such partition" in capsys.readouterr().err
+
+
+def test_extra_arrays_are_stored_with_the_case_and_needed_by_it(tmp_path):
+    source = tmp_path / "image.nii.gz"
+    _write(source, _volume())
+    cache = PriorCache(tmp_path / "cache", {"kinds": ["a_map"], "what": "test"}, label="features-tiny")
+    assert cache.cache_dir.name.startswith("features-tiny-")  # readable partition name, digest kept
+    prior = MetaTensor(torch.ones(1, 4, 4, 3), affine=torch.eye(4, dtype=torch.float64),
+                       meta={"channel_names": ["a_map"]})
+    rows = np.arange(12, dtype=np.float32).reshape(3, 4)
+    cache.store("case_1", [str(source)], prior, arrays={"rows": rows, "flags": np.array([True, False, True])})
+    np.testing.assert_array_equal(cache.load_array("case_1", "rows"), rows)
+    assert cache.load_array("case_1", "flags").dtype == bool
+    assert cache.is_current("case_1", [str(source)])
+    (cache.case_dir("case_1") / "rows.npy").unlink()  # a case missing one of its files is computed again
+    assert not cache.is_current("case_1", [str(source)])
+    with pytest.raises(FileNotFoundError, match="nothing"):
+        cache.load_array("case_1", "nothing")
+    with pytest.raises(ValueError, match="also a prior kind"):
+        cache.store("case_2", [str(source)], prior, arrays={"a_map": rows})
+
+
+def test_uint8_priors_are_written_as_uint8(tmp_path):
+    source = tmp_path / "image.nii.gz"
+    _write(source, _volume())
+    cache = PriorCache(tmp_path / "cache", {"kinds": ["labels"]})
+    prior = MetaTensor(torch.full((1, 4, 4, 3), 3, dtype=torch.uint8), meta={"channel_names": ["labels"]})
+    cache.store("case_1", [str(source)], prior)
+    assert nib.load(cache.case_dir("case_1") / "labels.nii.gz").get_data_dtype() == np.uint8
+
+
+def test_list_names_partitions_without_a_generator_by_their_label(tmp_path):
+    from bundle.priors.cache_cli import list_partitions
+
+    source = tmp_path / "image.nii.gz"
+    _write(source, _volume())
+    signature = {"kinds": ["m"], "miner": {"engine": {"sam": {"model_type": "tiny", "checkpoint_sha256": "ab12"}}}}
+    cache = PriorCache(tmp_path / "cache", signature, label="features-tiny")
+    cache.store("case_1", [str(source)], MetaTensor(torch.zeros(1, 2, 2, 3), meta={"channel_names": ["m"]}))
+    (row,) = list_partitions(tmp_path / "cache")
+    assert (row["generator"], row["model"], row["checkpoint_sha256"], row["cases"]) == ("features-tiny", "tiny",
+                                                                                       "ab12", 1)

@@ -55,11 +55,6 @@ def to_file_grid(array: np.ndarray, oriented_affine, file_affine) -> np.ndarray:
     return np.ascontiguousarray(apply_orientation(array, transform))
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    low, high = x.min(), x.max()
-    return (x - low) / (high - low) if high > low else torch.zeros_like(x)
-
-
 class PseudoLabels:
     """Pseudo-label volumes of datalist cases from a trained classifier and cached SAM features.
 
@@ -138,8 +133,7 @@ class PseudoLabels:
                               align_corners=False)
             parent, _ = self._network(x)
             probs.append(torch.sigmoid(parent).cpu())
-            cam = self._network.cam(x, size=(size, size)).cpu()
-            cams.append(torch.stack([torch.stack([_unit(m) for m in s]) for s in cam]))
+            cams.append(self._network.cam(x, size=(size, size)).cpu())  # min-max per map, on the affinity grid
         return torch.cat(cams), torch.cat(probs)
 
     def refine(self, image, case_id: str, rgb_source=None) -> dict[str, np.ndarray]:
