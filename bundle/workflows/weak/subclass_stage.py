@@ -19,7 +19,7 @@ import numpy as np
 
 from bundle.atomic import write_text_atomic
 from bundle.hashing import json_sha256
-from bundle.networks.subclasses import SubclassResult, assign_subclasses, explore_subclasses
+from bundle.networks.subclasses import assign_subclasses, explore_subclasses
 from bundle.workflows.weak.features import SamSliceFeatures
 from bundle.workflows.weak.slices import parent_labels
 
@@ -110,10 +110,6 @@ class SubclassTargets:
         for row, item in enumerate(items):
             out[row, record["targets"][_key(item)]] = 1.0
         return out
-
-    @staticmethod
-    def result(record: Mapping) -> SubclassResult:
-        return SubclassResult.from_json(record["result"])
 
 
 def _key(item: Mapping) -> str:

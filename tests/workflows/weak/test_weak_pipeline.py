@@ -17,6 +17,7 @@ from workflow_utils import CONFIGS, PRESETS, SAM_PRIORS, TRAIN, tensorboard_tags
 from bundle.errors import InputError
 from bundle.hashing import path_sha256
 from bundle.workflows.common.checkpoints import EpochCheckpointSaver
+from bundle.workflows.weak.panels import PANELS
 from bundle.workflows.weak.pipeline import STAGES
 
 
@@ -68,7 +69,7 @@ def test_brats_pipeline_end_to_end_and_resume(phantom_set, tmp_path, shapes_sam_
 
     tags, _ = tensorboard_tags(tmp_path / "run")
     panels = {t.rsplit("/", 1)[-1] for t in tags["images"] if t.startswith("weak/")}
-    assert {"image", "cam", "sam_logits", "refined", "pseudo_label"} <= panels
+    assert panels == set(PANELS)
     assert "classifier/train_loss" in tags["scalars"]
 
     # a second run finds every stage's work: nothing is computed again, the classifier is reused
