@@ -256,10 +256,17 @@ class WeakPipeline:
                 "cache": str(pseudo.cache.cache_dir)}
 
     def pseudo_quality(self) -> dict:
-        """The pseudo labels against the ground truth (3D Dice per class, with and without the walk)."""
-        quality = pseudo_label_quality(self.pseudo(), self.entries("training", True) + self.entries("validation", True))
+        """The pseudo labels against the ground truth (3D Dice per class, with and without the walk).
+
+        Written to ``<output_dir>/pseudo_label_quality.json`` (the run's latest) and to ``quality.json`` in the
+        pseudo labels' cache partition, which keeps the report of every configuration next to its labels.
+        """
+        pseudo = self.pseudo()
+        quality = pseudo_label_quality(pseudo, self.entries("training", True) + self.entries("validation", True))
         path = self.output_dir / "pseudo_label_quality.json"
-        write_text_atomic(path, json.dumps(json_safe(quality), indent=1))
+        text = json.dumps(json_safe(quality), indent=1)
+        write_text_atomic(path, text)
+        write_text_atomic(pseudo.cache.cache_dir / "quality.json", text)
         for kind, per_class in quality["mean"].items():
             logger.info("pseudo-label quality (%s, 3D Dice): %s", kind,
                         ", ".join(f"{k} {v:.3f}" for k, v in per_class.items() if v is not None))

@@ -239,4 +239,6 @@ def pseudo_label_quality(pseudo: PseudoLabels, entries: Sequence[Mapping], image
     means = {kind: {name: (float(np.mean(v)) if v else None) for name, v in per.items()} for kind, per in sums.items()}
     return {"metric": "3D Dice per class against the ground truth (empty vs empty = 1)", "kinds": {
         PSEUDO_KIND: "CAM + SAM prompt-affinity random walk", CAM_KIND: "CAM alone (same blur and threshold)"},
+        "pseudo_labels": {"partition": os.path.abspath(pseudo.cache.cache_dir),
+                          "settings": pseudo.cache.signature["prior"]},
         "mean": means, "cases": cases}

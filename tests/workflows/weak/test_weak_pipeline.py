@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -56,6 +57,9 @@ def test_brats_pipeline_end_to_end_and_resume(phantom_set, tmp_path, shapes_sam_
 
     quality = json.loads((tmp_path / "run" / "pseudo_label_quality.json").read_text())
     assert set(quality["mean"]) == {"pseudo_label", "cam_label"}
+    # the same report is kept with the labels of its configuration
+    kept = Path(quality["pseudo_labels"]["partition"]) / "quality.json"
+    assert json.loads(kept.read_text()) == quality and quality["pseudo_labels"]["settings"]["logit_scale"] == 1.0
     assert set(quality["mean"]["pseudo_label"]) == {"tumour"}
     assert len(quality["cases"]) == 3
 
