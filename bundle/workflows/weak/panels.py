@@ -13,15 +13,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bundle.workflows.common.handlers import to_unit_range
+
 __all__ = ["PANELS", "slice_panels", "write_panels"]
 
 PANELS = ("image", "cam", "sam_logits", "refined", "pseudo_label", "cam_label")
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    low, high = float(x.min()), float(x.max())
-    return (x - low) / (high - low) if high > low else np.zeros_like(x)
+def _unit_np(x) -> np.ndarray:
+    return to_unit_range(torch.as_tensor(np.asarray(x, np.float32))).numpy()
 
 
 def _resize(x: np.ndarray, size) -> np.ndarray:
@@ -34,26 +34,35 @@ def slice_panels(image: np.ndarray, maps: Mapping[str, np.ndarray], d: int, num_
     classifier input (channel 0 shown)."""
     size = image.shape[1:3]
     return {
-        "image": _unit(image[0, ..., d]),
+        "image": _unit_np(image[0, ..., d]),
         "cam": _resize(maps["cams"][d].max(axis=0), size),
-        "sam_logits": _unit(_resize(maps["logits"][..., d], size)),
+        "sam_logits": _unit_np(_resize(maps["logits"][..., d], size)),
         "refined": _resize(maps["refined"][d].max(axis=0), size),
         "pseudo_label": maps["pseudo"][..., d].astype(np.float32) / max(num_classes, 1),
         "cam_label": maps["cam"][..., d].astype(np.float32) / max(num_classes, 1),
     }
 
 
-def write_panels(writer, pseudo, entries: Sequence[Mapping], loader, step: int = 0) -> None:
-    """Draw the panels of ``entries`` (label-free: the entries carry no label path) with ``writer``."""
+def write_panels(writer, pseudo, entries: Sequence[Mapping], loader, computed: Mapping | None = None,
+                 step: int = 0) -> None:
+    """Draw the panels of ``entries`` (label-free: the entries carry no label path) with ``writer``.
+
+    ``computed`` maps case ids to the ``(image, maps)`` the pseudo-label stage just made; other cases are refined
+    again here (cached cases of a rerun; with ``cam_peaks`` their ``M`` is not cached and they are not drawn).
+    """
+    computed = computed or {}
     for entry in entries:
-        image = loader({k: v for k, v in entry.items() if k != "label"})["image"]
-        if not pseudo.features.with_maps:
-            continue  # cam_peaks: the maps are not cached; computing them again only for a picture is not worth it
-        maps = pseudo.refine(image, entry["case_id"])
+        case_id = entry["case_id"]
+        if case_id in computed:
+            image, maps = computed[case_id]
+        elif pseudo.features.with_maps:
+            image = loader({k: v for k, v in entry.items() if k != "label"})["image"]
+            maps = pseudo.refine(image, case_id)
+        else:
+            continue
         d = int(np.argmax(maps["probabilities"].max(axis=1)))
-        array = np.asarray(image)
-        for name, panel in slice_panels(array, maps, d, maps["cams"].shape[1]).items():
-            writer.add_image(f"weak/{entry['case_id']}/{name}", np.clip(panel, 0, 1)[None], step)
-        writer.add_text(f"weak/{entry['case_id']}", f"slice {d} (axial, RAS), classifier probability "
+        for name, panel in slice_panels(np.asarray(image), maps, d, maps["cams"].shape[1]).items():
+            writer.add_image(f"weak/{case_id}/{name}", np.clip(panel, 0, 1)[None], step)
+        writer.add_text(f"weak/{case_id}", f"slice {d} (axial, RAS), classifier probability "
                         f"{float(maps['probabilities'][d].max()):.3f}", step)
     writer.flush()

@@ -240,15 +240,17 @@ class WeakPipeline:
     def pseudo_labels(self) -> dict:
         pseudo = self.pseudo()
         entries = self.entries("training") + self.entries("validation")
-        computed = 0
+        computed, shown = 0, {}
         for i, entry in enumerate(entries, 1):
             done = pseudo.ensure(entry, self.volume_transform, sam_loader=self.sam_loader)
-            computed += done
+            computed += done is not None
+            if done is not None and i <= self.panels:
+                shown[entry["case_id"]] = done  # drawn below without computing them again
             logger.info("pseudo_labels: case %d/%d %s %s", i, len(entries), entry["case_id"],
-                        "written" if done else "cached")
+                        "written" if done is not None else "cached")
         pseudo.cache.write_manifest()
         if self.summary_writer is not None and self.panels:
-            write_panels(self.summary_writer, pseudo, entries[: self.panels], self.volume_transform)
+            write_panels(self.summary_writer, pseudo, entries[: self.panels], self.volume_transform, shown)
         for kind in (PSEUDO_KIND, CAM_KIND):
             labels = {e["case_id"]: pseudo.label_file(e["case_id"], kind) for e in entries}
             pseudo_datalist(self.datalist, self.dataset_dir, labels, self._datalist_path(kind))

@@ -177,8 +177,12 @@ class PseudoLabels:
             maps[..., chunk] = m.float().cpu().permute(1, 2, 0)
         return maps
 
-    def ensure(self, entry: Mapping, loader, image_key: str = "image", sam_loader=None) -> bool:
-        """Write the pseudo labels of one entry unless current; True when computed.
+    def ensure(self, entry: Mapping, loader, image_key: str = "image", sam_loader=None) -> tuple | None:
+        """Write the pseudo labels of one entry unless current.
+
+        Returns:
+            None when the cached labels are current, else ``(image, maps)``: the classifier's input volume and
+            :meth:`refine`'s maps, so a caller can draw them without computing them again.
 
         Args:
             loader: transform giving the classifier's input volume (load, orient, intensity scaling).
@@ -187,7 +191,7 @@ class PseudoLabels:
         case_id = case_id_of(entry, image_key)
         sources = [*entry_files(entry, image_key), self.classifier_path]
         if self.cache.is_current(case_id, sources):
-            return False
+            return None
         start = time.perf_counter()
         image = loader({k: v for k, v in entry.items() if k != "label"})[image_key]
         rgb_source = None
@@ -201,7 +205,7 @@ class PseudoLabels:
         prior = MetaTensor(torch.from_numpy(np.stack(volumes).astype(np.uint8)), affine=torch.as_tensor(file_affine),
                            meta={"channel_names": [PSEUDO_KIND, CAM_KIND]})
         self.cache.store(case_id, sources, prior, time.perf_counter() - start)
-        return True
+        return image, maps
 
     def label_file(self, case_id: str, kind: str = PSEUDO_KIND) -> str:
         """Absolute path of a case's pseudo-label NIfTI (a datalist elsewhere points at it)."""
