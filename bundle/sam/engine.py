@@ -135,11 +135,16 @@ class SamEngine:
         if self._model is None:
             info = self.info
             model_type = SamConfig(**info.config) if info.model_type == "custom" else info.model_type
-            model = load_sam(model_type, info.checkpoint, device=self.device)
+            model = load_sam(model_type, info.checkpoint, device=self.device, adapter=info.adapter)
             if model.sam_info.checkpoint_sha256 != info.checkpoint_sha256:
                 raise RuntimeError(
                     f"{info.checkpoint}: the checkpoint changed since this run started (sha256 "
                     f"{info.checkpoint_sha256} then, {model.sam_info.checkpoint_sha256} now)"
+                )
+            if model.sam_info.adapter_sha256 != info.adapter_sha256:
+                raise RuntimeError(
+                    f"{info.adapter}: the SAM adapter changed since this run started (sha256 "
+                    f"{info.adapter_sha256} then, {model.sam_info.adapter_sha256} now)"
                 )
             self._model = model.eval()
         return self._model

@@ -1,8 +1,8 @@
 """Choose the mask generator from configuration: SAM's automatic masks (point or box grid), or the weight-free fallback.
 
 The generator is built without building SAM: its engine holds the model's :class:`~bundle.sam.loading.SamInfo`
-(type, checkpoint sha256, preprocessing) and loads the model on first use, so a run whose priors are all cached
-(the prior cache is keyed on :meth:`signature`) never pays for SAM.
+(type, checkpoint and adapter sha256, preprocessing) and loads the model on first use, so a run whose priors are all
+cached (the prior cache is keyed on :meth:`signature`) never pays for SAM.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def make_mask_generator(
     amg: Mapping | None = None,
     box_grid: Mapping | None = None,
     fallback: Mapping | None = None,
+    adapter: str | None = None,
 ):
     """Build the mask generator that feeds every prior.
 
@@ -56,15 +57,24 @@ def make_mask_generator(
         amg: arguments of :class:`~bundle.sam.automatic.SamAutomaticMasks` (points_per_side, thresholds ...).
         box_grid: arguments of :class:`~bundle.sam.box_grid.SamBoxGridMasks` (box_sizes, box_stride ...).
         fallback: arguments of :class:`~bundle.sam.fallback.RegionProposalMasks`.
+        adapter: a SAM adapter file trained on the checkpoint (:mod:`bundle.sam.adapter`: LoRA, prompt encoder and
+            mask decoder of a fine-tuning run), applied when the model loads; ``None`` or ``""``: none. Its sha256
+            joins the prior cache's key.
 
     Raises:
-        FileNotFoundError: the model type needs a checkpoint and none exists where it was given.
+        FileNotFoundError: the model type needs a checkpoint and none exists where it was given, or the adapter
+            does not exist.
+        ValueError: the adapter does not fit the model (another type or checkpoint), or one is given with
+            ``fallback``.
     """
     if model_type == FALLBACK:
+        if adapter:
+            raise ValueError(f"sam_model_type 'fallback' is not a SAM: it cannot use the SAM adapter {adapter} "
+                             "(set sam_adapter to null, or a SAM model type)")
         from bundle.sam.fallback import RegionProposalMasks
 
         return RegionProposalMasks(**dict(fallback or {}))
-    engine = make_engine(model_type, checkpoint, device, batch_size, autocast)
+    engine = make_engine(model_type, checkpoint, device, batch_size, autocast, adapter)
     if resolve_prompt_mode(prompt_mode, engine.info.prompts) == "boxes":
         from bundle.sam.box_grid import SamBoxGridMasks
 
@@ -75,14 +85,16 @@ def make_mask_generator(
 
 
 def make_engine(model_type: str = "lite_medsam", checkpoint: str | None = None,
-                device: str | torch.device | None = None, batch_size: int = 4, autocast: str = "auto"):
-    """The :class:`~bundle.sam.engine.SamEngine` of a SAM type, loading the model on first use.
+                device: str | torch.device | None = None, batch_size: int = 4, autocast: str = "auto",
+                adapter: str | None = None):
+    """The :class:`~bundle.sam.engine.SamEngine` of a SAM type (and adapter), loading the model on first use.
 
     Args: as :func:`make_mask_generator` (``fallback`` is not a SAM and has no engine).
 
     Raises:
-        FileNotFoundError: the model type needs a checkpoint and none exists where it was given.
-        ValueError: ``model_type`` is ``fallback``.
+        FileNotFoundError: the model type needs a checkpoint and none exists where it was given, or the adapter
+            does not exist.
+        ValueError: ``model_type`` is ``fallback``, or the adapter does not fit the model.
     """
     if model_type == FALLBACK:
         raise ValueError("sam_model_type 'fallback' is not a SAM: this stage needs SAM image embeddings and prompts "
@@ -90,7 +102,7 @@ def make_engine(model_type: str = "lite_medsam", checkpoint: str | None = None,
     from bundle.sam.engine import SamEngine
     from bundle.sam.loading import sam_info
 
-    info = sam_info(model_type, checkpoint or None)
+    info = sam_info(model_type, checkpoint or None, adapter or None)
     if info.checkpoint is None:
         raise FileNotFoundError(
             f"SAM {info.model_type} needs a checkpoint (sam_checkpoint): random weights make no priors; see "

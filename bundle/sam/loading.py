@@ -16,6 +16,12 @@ Checkpoints are read with ``map_location`` and ``weights_only=True`` and checked
 weight is copied, so a wrong file fails with a message saying what it is. :func:`sam_info` describes a model and its
 checkpoint (sha256 included) without building it: the prior cache is keyed on that, so a run whose priors are all
 cached never builds SAM.
+
+A fine-tuned model is its base checkpoint plus an adapter file (LoRA updates of the encoder, prompt encoder and mask
+decoder; :mod:`bundle.sam.adapter`): ``load_sam(model_type, checkpoint, adapter=path)`` loads the base, checks that
+the adapter was trained on it and applies it (merged into the encoder by default). The adapter's sha256 joins the
+signature only when an adapter is set, so the signatures (and prior caches) of plain models are those they always
+were.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Mapping
@@ -178,7 +184,7 @@ class SamInfo:
     """What was (or will be) loaded: recorded in prior-cache entries and model cards.
 
     :meth:`signature` is what changes the model's outputs (the prior cache's key): the checkpoint's sha256, not its
-    path, so a moved checkpoint keeps its cache.
+    path, so a moved checkpoint keeps its cache; likewise the adapter's sha256 (``adapter_sha256``), not its path.
     """
 
     model_type: str
@@ -187,12 +193,18 @@ class SamInfo:
     config: dict = field(default_factory=dict)
     preprocessing: dict = field(default_factory=dict)
     prompts: str = "points"
+    adapter: str | None = None
+    adapter_sha256: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def signature(self) -> dict:
         """Everything about the model that changes its outputs.
+
+        The keys are ``model_type``, ``checkpoint_sha256``, ``config``, ``preprocessing`` and ``prompts``, plus
+        ``adapter_sha256`` only for a model with an adapter: a plain model's signature is the same as before
+        adapters existed, so existing prior caches stay valid.
 
         Raises:
             ValueError: the model has no checkpoint (random weights): two such models differ although they would
@@ -203,7 +215,10 @@ class SamInfo:
                 f"SAM {self.model_type} has no recorded checkpoint (random weights): its outputs cannot be cached or "
                 "reproduced; load it with a checkpoint (load_sam(model_type, checkpoint))"
             )
-        return {k: v for k, v in self.as_dict().items() if k != "checkpoint"}
+        signature = {k: v for k, v in self.as_dict().items() if k not in ("checkpoint", "adapter", "adapter_sha256")}
+        if self.adapter_sha256 is not None:
+            signature["adapter_sha256"] = self.adapter_sha256
+        return signature
 
 
 def packaged_checkpoint(model_type: str) -> Path | None:
@@ -387,19 +402,47 @@ def _missing_checkpoint_hint(name: str) -> str:
     return "see large_files.yml for the published checkpoints"
 
 
-def sam_info(model_type: str | SamConfig | Mapping = "vit_b", checkpoint: str | os.PathLike | None = None) -> SamInfo:
-    """Describe a model and its checkpoint without building it (the checkpoint is hashed, not loaded).
+def sam_info(
+    model_type: str | SamConfig | Mapping = "vit_b",
+    checkpoint: str | os.PathLike | None = None,
+    adapter: str | os.PathLike | None = None,
+) -> SamInfo:
+    """Describe a model, its checkpoint and its adapter without building it (the checkpoint is hashed, not loaded).
 
     Args:
         model_type: a key of :data:`SAM_MODELS`, or a :class:`SamConfig` / mapping of its fields.
         checkpoint: the weights; ``None`` takes the weights an installed package ships for the type (LiteMedSAM),
             else none (random weights).
+        adapter: an adapter file (:mod:`bundle.sam.adapter`) trained on that checkpoint, or ``None``. It is hashed
+            and its header read, so an adapter of another base fails here rather than when the model is first used.
 
     Raises:
-        FileNotFoundError: the checkpoint does not exist (the message says where it was looked for and how to get it),
-            or the package that ships the default weights is not installed.
-        ValueError: the packaged weights do not have their published sha256 (a damaged installation).
+        FileNotFoundError: the checkpoint or the adapter does not exist (the message says where it was looked for and,
+            for a checkpoint, how to get it), or the package that ships the default weights is not installed.
+        ValueError: the packaged weights do not have their published sha256 (a damaged installation), or the adapter
+            is not an adapter file or was trained on another model type or checkpoint (the message names it).
     """
+    info = _base_info(model_type, checkpoint)
+    if adapter is None:
+        return info
+    from bundle.sam.adapter import adapter_header
+
+    path = Path(adapter).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"SAM adapter not found: {path.resolve()} (model_type={info.model_type})")
+    base = adapter_header(path)["base"]
+    if (base["model_type"], base["checkpoint_sha256"]) != (info.model_type, info.checkpoint_sha256):
+        raise ValueError(
+            f"{path}: adapter for SAM {base['model_type']} with base checkpoint sha256 {base['checkpoint_sha256']}, "
+            f"but the model is SAM {info.model_type} with checkpoint sha256 "
+            f"{info.checkpoint_sha256 or 'none (random weights)'} ({info.checkpoint or 'no checkpoint'}); "
+            "set the checkpoint the adapter was trained on"
+        )
+    info.adapter, info.adapter_sha256 = str(path), _checkpoint_sha256(path)
+    return info
+
+
+def _base_info(model_type: str | SamConfig | Mapping, checkpoint: str | os.PathLike | None) -> SamInfo:
     name, card = _resolve(model_type)
     if checkpoint is None:
         path = packaged_checkpoint(name)
@@ -453,8 +496,10 @@ def load_sam(
     model_type: str | SamConfig | Mapping = "vit_b",
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
+    adapter: str | os.PathLike | None = None,
+    merge_adapter: bool = True,
 ) -> torch.nn.Module:
-    """Build a SAM model and load its weights.
+    """Build a SAM model and load its weights, then its adapter if one is given.
 
     Args:
         model_type: a key of :data:`SAM_MODELS` (``vit_b``, ``vit_l``, ``vit_h``, ``medsam_vit_b``, ``lite_medsam``,
@@ -462,21 +507,36 @@ def load_sam(
         checkpoint: a state-dict file in segment-anything's format (wrapped or ``module.``-prefixed is fine);
             ``None``: the packaged weights for ``lite_medsam``, random weights for the other types.
         device: where the model lives.
+        adapter: an adapter file trained on this checkpoint (:func:`bundle.sam.adapter.save_adapter`), or ``None``.
+        merge_adapter: fold the adapter's LoRA updates into the encoder's weights (inference: a plain SAM, no extra
+            cost); ``False`` keeps them as separate modules (to continue training them).
 
     Returns:
         the ``segment_anything.modeling.Sam`` module in eval mode, with ``sam_info`` (:class:`SamInfo`) attached.
 
     Raises:
-        FileNotFoundError: the checkpoint does not exist (the message says where it was looked for and how to get it).
-        ValueError: the file is not a SAM state dict, or it belongs to another architecture (the message names it).
+        FileNotFoundError: the checkpoint or the adapter does not exist (the message says where it was looked for and
+            how to get it).
+        ValueError: the file is not a SAM state dict, or it belongs to another architecture; the adapter is not an
+            adapter file or was trained on another base (the messages name the file).
     """
     # described (and a missing file reported) before building: a ViT-H takes tens of seconds to initialise
-    info = sam_info(model_type, checkpoint)
+    info = sam_info(model_type, checkpoint, adapter)
     model = build_sam(model_type)
     if info.checkpoint is not None:
         path = Path(info.checkpoint)
         model.load_state_dict(_read_state(path, info.model_type, model), strict=True)
         logger.info("loaded SAM %s from %s (sha256 %s)", info.model_type, path, info.checkpoint_sha256[:12])
+    if info.adapter is not None:
+        from bundle.sam.adapter import load_adapter
+
+        model.sam_info = replace(info, adapter=None, adapter_sha256=None)  # the base, which the adapter must fit
+        load_adapter(model, info.adapter, merge=merge_adapter)
+        if model.sam_info.adapter_sha256 != info.adapter_sha256:
+            raise RuntimeError(f"{info.adapter}: the adapter changed while it was being loaded (sha256 "
+                               f"{info.adapter_sha256}, then {model.sam_info.adapter_sha256})")
+        logger.info("applied SAM adapter %s (sha256 %s)%s", info.adapter, info.adapter_sha256[:12],
+                    ", merged" if merge_adapter else "")
     model.to(device)
     model.sam_info = info
     return model

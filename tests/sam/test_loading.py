@@ -195,3 +195,13 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"model": SimpleNamespace(x=1)}, path)  # needs unpickling of an arbitrary class
     with pytest.raises(ValueError, match="cannot be read as a torch checkpoint"):
         load_sam("tiny", path)
+
+
+def test_signature_without_adapter_is_unchanged(tiny_sam_checkpoint):
+    """The prior cache is keyed on this: adapters must not add keys (or values) to a plain model's signature."""
+    info = loading.sam_info("tiny", tiny_sam_checkpoint)
+    old_style = {k: v for k, v in info.as_dict().items()
+                 if k in ("model_type", "checkpoint_sha256", "config", "preprocessing", "prompts")}
+    assert info.signature() == old_style
+    assert json.dumps(info.signature(), sort_keys=True) == json.dumps(old_style, sort_keys=True)
+    assert set(loading.sam_info("lite_medsam").signature()) == set(old_style)

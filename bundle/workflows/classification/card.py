@@ -90,7 +90,7 @@ def prior_from_card(card: Mapping[str, Any], device: Any = "cpu") -> SamPrior | 
     generator = make_mask_generator(
         model_type=p["sam_model_type"], checkpoint=p["sam_checkpoint"], device=device, batch_size=p["sam_batch_size"],
         autocast=p["sam_autocast"], prompt_mode=p["sam_prompt_mode"], amg=p["amg"], box_grid=p["box_grid"],
-        fallback=p["fallback"],
+        fallback=p["fallback"], adapter=p.get("sam_adapter"),  # cards written before adapters existed have none
     )
     return SamPrior(generator=generator, window=p["sam_window"], kinds=p["prior_kinds"],
                     slices_per_batch=p["slices_per_batch"], samaugc_score=p["samaugc_score"],

@@ -210,20 +210,10 @@ def input_entries(input_files, datalist=None, section: str = "testing", data_roo
     Raises:
         MissingInputError: the pattern matches nothing or a file does not exist; InputError: a file fails the check.
     """
-    import glob
-
-    from bundle.data.case_check import check_case_files
-    from bundle.data.case_ids import case_id_from_files
-    from bundle.errors import MissingInputError
+    from bundle.workflows.common.inputs import file_cases
 
     if input_files:
-        pattern = isinstance(input_files, (str, os.PathLike))
-        files = sorted(glob.glob(os.fspath(input_files))) if pattern else list(input_files)
-        if not files:
-            raise MissingInputError(os.fspath(input_files) if pattern else "[]", "input_files matches no file")
-        for f in files:
-            check_case_files(f)
-        return [{"case_id": case_id_from_files(f), "image": f} for f in files]
+        return file_cases(input_files)
     if datalist is None or data_root is None:
         raise ValueError("give input_files, or a datalist and its data root.")
     entries = load_checked_section(datalist, section, data_root, required=("image",), label_key="label")

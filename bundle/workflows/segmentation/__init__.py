@@ -18,7 +18,7 @@ from bundle.workflows.segmentation.inputs import (
     raw_network_input,
     split_image_prior,
 )
-from bundle.workflows.segmentation.metrics import METRIC_DEFINITIONS, case_metrics
+from bundle.workflows.common.seg_metrics import METRIC_DEFINITIONS, case_metrics
 from bundle.workflows.segmentation.report import SegmentationReport, case_record
 from bundle.workflows.segmentation.train_step import TRAIN_MODES, SamAugTrainStep
 from bundle.workflows.segmentation.transforms import LabelToRegions, LabelToRegionsd, RegionsToLabel, RegionsToLabeld

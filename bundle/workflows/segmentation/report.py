@@ -6,7 +6,7 @@ collecting, gathering across ranks and writing the files to :class:`bundle.workf
 e.g. from predictions saved to disk.
 
 A segmentation record adds ``spacing`` (mm per spatial axis, from the affine), written as the CSV column after
-``source``; the summary carries :data:`bundle.workflows.segmentation.metrics.METRIC_DEFINITIONS`.
+``source``; the summary carries :data:`bundle.workflows.common.seg_metrics.METRIC_DEFINITIONS`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from monai.data.utils import affine_to_spacing
 
 from bundle.workflows.common.case_report import CaseReport, case_id_from_meta, sources_from_meta
 from bundle.workflows.common.case_report import write_report as write_case_report
-from bundle.workflows.segmentation.metrics import METRIC_DEFINITIONS, SLICE_METRICS, VOLUME_METRICS, case_metrics
+from bundle.workflows.common.seg_metrics import METRIC_DEFINITIONS, SLICE_METRICS, VOLUME_METRICS, case_metrics
 
 __all__ = ["METRIC_NAMES", "SegmentationReport", "spacing_from_meta", "case_record", "write_report"]
 

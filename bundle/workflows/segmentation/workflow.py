@@ -15,7 +15,6 @@ instead of silently taking the other branch.
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -23,10 +22,8 @@ from typing import Any
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.utils import look_up_option
 
-from bundle.data.case_check import check_case_files
-from bundle.data.case_ids import case_id_from_files
 from bundle.data.datalist_io import load_checked_section
-from bundle.errors import MissingInputError
+from bundle.workflows.common.inputs import file_cases
 from bundle.workflows.segmentation.inputs import PRIOR_MODES
 
 __all__ = [
@@ -174,15 +171,7 @@ def input_items(
         InputError: a file fails the case check.
     """
     if input_files:
-        files = sorted(glob.glob(os.fspath(input_files))) if isinstance(input_files, (str, os.PathLike)) else list(
-            input_files
-        )
-        if not files:
-            raise MissingInputError(os.fspath(input_files) if isinstance(input_files, (str, os.PathLike)) else "[]",
-                                    "the input_files pattern matches no file")
-        for f in files:
-            check_case_files(f)
-        return [{"case_id": case_id_from_files(f), "image": f} for f in files]
+        return file_cases(input_files)
     if datalist is None or data_root is None:
         raise ValueError("give input_files, or a datalist and its data root.")
     return load_datalist(datalist, section, data_root, keys=("case_id", "image"))

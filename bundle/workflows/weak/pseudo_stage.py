@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
-from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
 
 from bundle.data.case_ids import case_id_of
+from bundle.data.writers import to_file_grid
 from bundle.hashing import path_sha256
 from bundle.priors.cache import PriorCache
 from bundle.priors.pseudo_labels import class_map_to_label, class_values_for_groups, pseudo_label_slice
@@ -38,7 +38,7 @@ from bundle.workflows.weak.classifier import load_classifier
 from bundle.workflows.weak.features import SamSliceFeatures, entry_files
 from bundle.workflows.weak.slices import class_groups
 
-__all__ = ["CAM_KIND", "PSEUDO_KIND", "PseudoLabels", "pseudo_label_quality", "to_file_grid"]
+__all__ = ["CAM_KIND", "PSEUDO_KIND", "PseudoLabels", "pseudo_label_quality"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +46,6 @@ PSEUDO_KIND = "pseudo_label"
 """Pseudo labels from CAM + random walk (what the segmentation network trains on)."""
 CAM_KIND = "cam_label"
 """The same pipeline without the random walk: the CAM alone, for comparison."""
-
-
-def to_file_grid(array: np.ndarray, oriented_affine, file_affine) -> np.ndarray:
-    """A ``[H, W, D]`` array in the RAS-oriented grid back to the voxel order of the file it was loaded from."""
-    transform = ornt_transform(io_orientation(np.asarray(oriented_affine, np.float64)),
-                               io_orientation(np.asarray(file_affine, np.float64)))
-    return np.ascontiguousarray(apply_orientation(array, transform))
 
 
 class PseudoLabels:

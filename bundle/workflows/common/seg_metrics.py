@@ -44,6 +44,7 @@ __all__ = [
     "volume_metrics",
     "slice_metrics",
     "case_metrics",
+    "slice_surface_distances",
 ]
 
 VOLUME_METRICS = ("dice", "jaccard", "hd95")
@@ -184,6 +185,18 @@ def _slice_distances(p_edges: np.ndarray, g_edges: np.ndarray) -> tuple[float, f
     assd = 0.5 * (d_pg.mean() + d_gp.mean())
     hd95 = np.percentile(np.concatenate([d_pg, d_gp]), 95)
     return float(assd), float(hd95)
+
+
+def slice_surface_distances(pred, label) -> tuple[float, float]:
+    """ASSD and HD95 in pixels (medpy definitions) between two binary 2D masks; ``(nan, nan)`` if either is empty."""
+    p, g = np.asarray(pred, bool), np.asarray(label, bool)
+    if p.ndim != 2 or p.shape != g.shape:
+        raise ValueError(f"expected two 2D masks of one shape, got {p.shape} and {g.shape}")
+    if not (p.any() and g.any()):
+        return float("nan"), float("nan")
+    cross = ndimage.generate_binary_structure(2, 1)
+    return _slice_distances(p & ~ndimage.binary_erosion(p, structure=cross),
+                            g & ~ndimage.binary_erosion(g, structure=cross))
 
 
 def slice_metrics(pred, label, class_names: Sequence[str] | None = None) -> dict[str, dict[str, float]]:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from bundle.workflows.segmentation.metrics import case_metrics, slice_metrics, volume_metrics
+from bundle.workflows.common.seg_metrics import case_metrics, slice_metrics, volume_metrics
 
 
 def _zeros(shape=(1, 6, 6, 6)):

@@ -1,0 +1,28 @@
+"""SAM-Mix (METHODS.md §4): a slice classifier's Grad-CAM prompts a LoRA-tuned SAM, trained with N labelled slices.
+
+``data`` (organ task, organ mask, labelled-slice draw, slice datasets) -> ``training`` (joint loss, baselines,
+checkpoints) -> ``predictor`` (a model folder rebuilt from its card) -> ``evaluation`` (fair and anchor protocols)
+-> ``pipeline`` (what the configs call) ; ``panels`` draws TensorBoard images.
+"""
+
+from bundle.workflows.semisup.data import DEFAULT_ORGANS, OrganMaskd, draw_labelled_slices, organ_task
+from bundle.workflows.semisup.evaluation import PROTOCOLS
+from bundle.workflows.semisup.pipeline import SamMixWorkflow, input_cases, predict_files, run_name
+from bundle.workflows.semisup.predictor import SamMixPredictor, read_card
+from bundle.workflows.semisup.training import METHODS, train_model
+
+__all__ = [
+    "DEFAULT_ORGANS",
+    "METHODS",
+    "PROTOCOLS",
+    "OrganMaskd",
+    "SamMixPredictor",
+    "SamMixWorkflow",
+    "draw_labelled_slices",
+    "input_cases",
+    "organ_task",
+    "predict_files",
+    "read_card",
+    "run_name",
+    "train_model",
+]

@@ -1,0 +1,119 @@
+"""SAM-Mix's data: one organ as a binary slice task, its mask, the labelled slices drawn with a seed, slice datasets.
+
+The organ is a set of label values of the dataset (LiTS liver = 1 and 2 merged, AbdomenCT-1K liver = 1, spleen = 3
+...): :func:`organ_task` makes the binary slice task (organ present in the axial slice) that the classifier learns
+from the datalist's slice labels, and :class:`OrganMaskd` turns the label volume into the organ's 0/1 mask that the
+segmentation term and the evaluation use. Only ``N`` slices carry that mask during training
+(:func:`draw_labelled_slices`: drawn with a seed from the training slices that hold the organ, recorded with the
+model); every slice carries its class label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import CacheDataset
+from monai.transforms import MapTransform
+
+from bundle.data.slice_dataset import CLASS_LABEL_KEY, AxialSliceDataset, slice_items
+from bundle.data.tasks import TASKS, ClassificationTask
+from bundle.errors import InputError
+
+__all__ = ["DEFAULT_ORGANS", "OrganMaskd", "organ_task", "draw_labelled_slices", "slice_dataset", "organ_items",
+           "labelled_subset"]
+
+DEFAULT_ORGANS: Mapping[str, tuple[str, tuple[int, ...]]] = {
+    "lits": ("liver", (1, 2)),
+    "abdomenct1k": ("liver", (1,)),
+}
+"""The organ SAM-Mix segments by default in each dataset preset: (name, label values)."""
+
+
+def organ_task(dataset: str, organ: str | None = None, values: Sequence[int] | None = None) -> ClassificationTask:
+    """The binary slice task "``organ`` in the slice" of a dataset.
+
+    Args:
+        dataset: the datalist's dataset (``lits``, ``abdomenct1k``, ``brats``, ...).
+        organ: the organ's name (default: :data:`DEFAULT_ORGANS`).
+        values: its label values (default: :data:`DEFAULT_ORGANS`); any values of the dataset's label set work
+            (e.g. ``[3]`` for AbdomenCT-1K's spleen).
+
+    Raises:
+        ValueError: no default organ for the dataset and no ``values`` given.
+    """
+    default = DEFAULT_ORGANS.get(dataset)
+    if values is None or not list(values):
+        if default is None:
+            raise ValueError(f"no default organ for dataset {dataset!r}: give organ_values (label values)")
+        organ, values = organ or default[0], default[1]
+    values = tuple(sorted({int(v) for v in values}))
+    organ = organ or "organ_" + "_".join(str(v) for v in values)
+    for task in TASKS.values():  # a registered task of the same meaning keeps its name
+        if task.dataset == dataset and task.level == "slice" and not task.multi_label and task.values == (values,):
+            return task
+    return ClassificationTask(f"{dataset}_{organ}", dataset, "slice", (f"no_{organ}", organ), False, (values,),
+                              description=f"{organ} (label values {list(values)}) in the slice")
+
+
+class OrganMaskd(MapTransform):
+    """The label volume -> the organ's ``0/1`` float mask (``1`` where the label is one of ``values``)."""
+
+    def __init__(self, keys: KeysCollection, values: Sequence[int], allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.values = torch.as_tensor([int(v) for v in values])
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            # MONAI keeps a MetaTensor's meta data (affine, file name) through torch operations
+            d[key] = torch.isin(torch.as_tensor(label).round().long(), self.values).to(torch.float32)
+        return d
+
+
+def organ_items(entries: Sequence[Mapping], task: ClassificationTask, central_fraction: float = 1.0,
+                where: str = "datalist") -> list[dict]:
+    """Slice items (class label under ``class_label``) of the entries; ``central_fraction`` keeps the central part."""
+    return slice_items(entries, task, central_fraction=central_fraction, where=where)
+
+
+def draw_labelled_slices(items: Sequence[Mapping], n: int, seed: int, where: str = "datalist") -> list[dict]:
+    """The ``n`` slices whose masks are used for training, drawn with ``seed`` from the slices holding the organ.
+
+    Returns:
+        ``[{"case_id", "slice_index"}]`` sorted by case and slice (what the model card records).
+
+    Raises:
+        InputError: fewer positive training slices than ``n`` (naming the datalist).
+    """
+    if n < 1:
+        raise ValueError(f"the number of labelled slices must be >= 1, got {n}")
+    positive = [i for i, item in enumerate(items) if int(item[CLASS_LABEL_KEY]) == 1]
+    if len(positive) < n:
+        raise InputError(where, f"{n} labelled slices asked for, but the training section has only {len(positive)} "
+                                "slices holding the organ")
+    chosen = np.random.default_rng(int(seed)).choice(positive, size=n, replace=False)
+    drawn = [{"case_id": str(items[i]["case_id"]), "slice_index": int(items[i]["slice_index"])} for i in chosen]
+    return sorted(drawn, key=lambda d: (d["case_id"], d["slice_index"]))
+
+
+def slice_dataset(entries: Sequence[Mapping], items: Sequence[Mapping], volume_transform, item_transform=None,
+                  keys: Sequence[str] = ("image", "label"), cache_rate: float = 1.0,
+                  num_workers: int = 0) -> AxialSliceDataset:
+    """Slices (image and organ mask) of the entries' volumes, each volume loaded and cached once."""
+    volumes = [{"case_id": str(e["case_id"]), **{k: e[k] for k in keys if k in e}} for e in entries]
+    cached = CacheDataset(volumes, volume_transform, cache_rate=cache_rate, num_workers=num_workers, progress=False)
+    return AxialSliceDataset(cached, items, keys=tuple(keys), transform=item_transform,
+                             case_ids=[v["case_id"] for v in volumes])
+
+
+def labelled_subset(items: Sequence[Mapping], labelled: Sequence[Mapping]) -> list[dict]:
+    """The items of the labelled slices, in the order of ``labelled``."""
+    index = {(str(i["case_id"]), int(i["slice_index"])): i for i in items}
+    missing = [d for d in labelled if (d["case_id"], d["slice_index"]) not in index]
+    if missing:
+        raise ValueError(f"labelled slices not among the training slices: {missing[:3]}")
+    return [index[(d["case_id"], d["slice_index"])] for d in labelled]

@@ -1,0 +1,281 @@
+"""The SAM-Mix workflow: train (SAM-Mix or a baseline), evaluate both ways, predict NIfTI files.
+
+``configs/train_sam_mix.json`` builds one :class:`SamMixWorkflow`; its run ids call :meth:`SamMixWorkflow.train`
+(``training``) and, with ``configs/evaluate_sam_mix.json`` merged on top, :meth:`SamMixWorkflow.evaluate`
+(``evaluating``). ``configs/inference_sam_mix.json`` needs only the model folder (:func:`predict_files`).
+
+What is checked before any SAM work: the datalist is of the organ's dataset and has its label values, every
+training / validation / testing case passes the case check and carries slice labels, and the training section has at
+least ``num_labelled`` slices holding the organ.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.utils import look_up_option
+
+from bundle.atomic import atomic_path, write_text_atomic
+from bundle.data.case_ids import case_id_of
+from bundle.data.datalist_io import load_checked_section, read_datalist
+from bundle.data.writers import to_file_grid
+from bundle.errors import InputError
+from bundle.networks.sam_mix import SamMixNet
+from bundle.sam.loading import load_sam, sam_info
+from bundle.sam.trainable import TrainableSam
+from bundle.workflows.common.case_report import json_safe
+from bundle.workflows.common.inputs import file_cases
+from bundle.workflows.semisup.data import (
+    draw_labelled_slices,
+    labelled_subset,
+    organ_items,
+    organ_task,
+    slice_dataset,
+)
+from bundle.workflows.semisup.evaluation import evaluate_case, write_evaluation
+from bundle.workflows.semisup.panels import write_panels
+from bundle.workflows.semisup.predictor import SamMixPredictor, build_unet
+from bundle.workflows.semisup.training import METHODS, train_model
+
+__all__ = ["SamMixWorkflow", "input_cases", "predict_files", "run_name"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_name(method: str, organ: str, num_labelled: int, seed: int) -> str:
+    """The folder name of a run: ``sam_mix_n50_liver_seed0``, ``unet_n5_liver_seed1``, ..."""
+    return f"{method}_n{int(num_labelled)}_{organ}_seed{int(seed)}"
+
+
+class SamMixWorkflow:
+    """SAM-Mix (or a baseline) on one dataset and organ (see the module docstring).
+
+    Args:
+        datalist, dataset_dir: the datalist and the folder its relative paths start from.
+        dataset_name: the dataset preset (``lits``, ``abdomenct1k``, ...).
+        organ, organ_values: the organ and its label values (default: :data:`~bundle.workflows.semisup.data.
+            DEFAULT_ORGANS`).
+        method: ``sam_mix``, ``zero_shot`` (CAM boxes into SAM as published) or ``unet`` (the N labelled slices only).
+        num_labelled: N, the slices whose masks train the segmentation (5 / 50 / 100 in the paper).
+        output_dir, model_dir, eval_dir: resume checkpoint and TensorBoard events; ``model.pt`` / ``adapter.pt``;
+            evaluation reports.
+        volume_transform: loads ``image`` and ``label`` (checked, RAS, intensity-scaled, label -> organ mask).
+        train_item_transform, val_item_transform: per-slice transforms (resize to ``roi_size``, augmentation).
+        sam: ``{"model_type", "checkpoint", "lora_rank", "lora_alpha", "multimask", "guidance", "guidance_weight"}``.
+        classifier: ``{"backbone", "backbone_kwargs", "cam_threshold"}``.
+        unet: the U-Net baseline's ``channels``, ``strides``, ``num_res_units``.
+        training: :func:`~bundle.workflows.semisup.training.train_model` settings.
+        card: fields recorded with the model (roi size, channel names, intensity).
+        central_fraction: keep the central part of each volume's slices (authors: 0.3; default all).
+        protocols: the evaluation protocols (``fair``, ``anchor``).
+    """
+
+    def __init__(self, datalist, dataset_dir, dataset_name: str, method: str, num_labelled: int,
+                 output_dir, model_dir, eval_dir, volume_transform, train_item_transform, val_item_transform,
+                 sam: Mapping, classifier: Mapping, unet: Mapping, training: Mapping, card: Mapping,
+                 organ: str | None = None, organ_values: Sequence[int] | None = None, central_fraction: float = 1.0,
+                 seed: int = 0, protocols: Sequence[str] = ("fair", "anchor"), summary_writer=None,
+                 panels: int = 2, device="cpu", num_workers: int = 0, cache_rate: float = 1.0) -> None:
+        self.datalist, self.dataset_dir = os.fspath(datalist), os.fspath(dataset_dir)
+        self.task = organ_task(dataset_name, organ, organ_values)
+        self.organ = self.task.class_names[1]
+        self.method = look_up_option(method, METHODS)
+        self.num_labelled, self.seed = int(num_labelled), int(seed)
+        self.output_dir, self.model_dir, self.eval_dir = Path(output_dir), Path(model_dir), Path(eval_dir)
+        self.volume_transform = volume_transform
+        self.train_item_transform, self.val_item_transform = train_item_transform, val_item_transform
+        self.sam_args, self.classifier_args = dict(sam), dict(classifier)
+        self.unet_args, self.training = dict(unet), dict(training)
+        self.card_fields = dict(card)
+        self.central_fraction = float(central_fraction)
+        self.protocols = [look_up_option(p, ("fair", "anchor")) for p in protocols]
+        self.summary_writer, self.panels = summary_writer, int(panels)
+        self.device = torch.device(device)
+        self.num_workers, self.cache_rate = int(num_workers), float(cache_rate)
+
+    # ---- data ----------------------------------------------------------------------------------------------------
+    def entries(self, section: str) -> list[dict]:
+        data = read_datalist(self.datalist)
+        if not isinstance(data.get(section), list) or not data[section]:
+            return []
+        entries = load_checked_section(self.datalist, section, self.dataset_dir, required=("image", "label"))
+        return [{**e, "case_id": case_id_of(e)} for e in entries]
+
+    def check(self) -> tuple[list[dict], list[dict]]:
+        """The training entries and slice items, after every check of the module docstring."""
+        self.task.check_datalist(read_datalist(self.datalist), self.datalist)
+        entries = self.entries("training")
+        if not entries:
+            raise InputError(self.datalist, "the training section has no case")
+        items = organ_items(entries, self.task, self.central_fraction, self.datalist)
+        self.entries("validation")
+        self.entries("testing")
+        draw_labelled_slices(items, self.num_labelled, self.seed, self.datalist)
+        return entries, items
+
+    # ---- model ---------------------------------------------------------------------------------------------------
+    def _sam_record(self) -> dict:
+        info = sam_info(self.sam_args["model_type"], self.sam_args.get("checkpoint") or None)
+        if info.checkpoint_sha256 is None:
+            raise FileNotFoundError(f"SAM {info.model_type} needs a checkpoint (sam_checkpoint): SAM-Mix tunes real "
+                                    "weights; 'lite_medsam' ships with the bundle's dependencies")
+        tuned = self.method == "sam_mix"
+        return {"model_type": info.model_type, "checkpoint": self.sam_args.get("checkpoint") or None,
+                "checkpoint_sha256": info.checkpoint_sha256,
+                "lora_rank": int(self.sam_args["lora_rank"]) if tuned else 0,
+                "lora_alpha": self.sam_args.get("lora_alpha") if tuned else None,
+                "multimask": self.sam_args.get("multimask", "auto"),
+                "guidance": self.sam_args.get("guidance", "learned") if tuned else "fixed",
+                "guidance_weight": float(self.sam_args.get("guidance_weight", 1.0)) if tuned else 0.0}
+
+    def _card(self, labelled: list[dict]) -> dict:
+        card = {**self.card_fields, "task": self.task.name, "dataset": self.task.dataset, "organ": self.organ,
+                "organ_values": list(self.task.values[0]), "num_labelled": self.num_labelled,
+                "labelled_slices": labelled, "central_fraction": self.central_fraction}
+        if self.method == "unet":
+            channels = len(card["image_channel_names"])
+            card["unet"] = {"in_channels": channels, "channels": list(self.unet_args["channels"]),
+                            "strides": list(self.unet_args["strides"]),
+                            "num_res_units": int(self.unet_args.get("num_res_units", 2))}
+        else:
+            card["sam"] = self._sam_record()
+            card["classifier"] = {"backbone": self.classifier_args["backbone"],
+                                  "backbone_kwargs": dict(self.classifier_args.get("backbone_kwargs") or {}),
+                                  "cam_threshold": float(self.classifier_args.get("cam_threshold", 0.4)),
+                                  "dense_guidance": self.method == "sam_mix"}
+        return card
+
+    def _network(self, card: Mapping) -> torch.nn.Module:
+        if self.method == "unet":
+            return build_unet(card["unet"])
+        rec = card["sam"]
+        sam = load_sam(rec["model_type"], rec["checkpoint"])
+        tuned = self.method == "sam_mix"
+        tsam = TrainableSam(sam, lora_rank=rec["lora_rank"], lora_alpha=rec["lora_alpha"], tune=tuned,
+                            multimask=rec["multimask"], guidance=rec["guidance"],
+                            guidance_weight=rec["guidance_weight"])
+        cls = card["classifier"]
+        return SamMixNet(tsam, cls["backbone"], len(card["image_channel_names"]), cls["backbone_kwargs"],
+                         cls["cam_threshold"], cls["dense_guidance"])
+
+    # ---- stages --------------------------------------------------------------------------------------------------
+    def train(self) -> dict:
+        """Train (resume, or reuse) the model of this configuration; returns what was done."""
+        start = time.perf_counter()
+        entries, items = self.check()
+        labelled = draw_labelled_slices(items, self.num_labelled, self.seed, self.datalist)
+        card = self._card(labelled)
+        loading = {"cache_rate": self.cache_rate, "num_workers": self.num_workers}
+        train = slice_dataset(entries, items, self.volume_transform, self.train_item_transform, **loading)
+        labelled_data = slice_dataset(entries, labelled_subset(items, labelled), self.volume_transform,
+                                      self.train_item_transform, **loading)
+        callback = self._panel_callback()
+        network = self._network(card)
+        card = train_model(self.method, network, train, labelled_data, self.output_dir, self.model_dir, card,
+                           device=self.device, seed=self.seed, num_workers=self.num_workers,
+                           summary_writer=self.summary_writer, epoch_callback=callback, **self.training)
+        result = {"method": self.method, "model_dir": str(self.model_dir), "labelled_slices": len(labelled),
+                  "training_slices": len(items), "seconds": round(time.perf_counter() - start, 2)}
+        write_text_atomic(self.output_dir / "sam_mix_training.json", json.dumps(json_safe(result), indent=1))
+        return result
+
+    def _panel_callback(self):
+        if self.summary_writer is None or not self.panels:
+            return None
+        val_entries = self.entries("validation")
+        if not val_entries:
+            return None
+        items = [i for i in organ_items(val_entries, self.task, 1.0, self.datalist) if i["class_label"] == 1]
+        if not items:
+            return None
+        step = max(1, len(items) // self.panels)
+        shown = items[::step][: self.panels]
+        data = slice_dataset(val_entries, shown, self.volume_transform, self.val_item_transform,
+                             cache_rate=self.cache_rate)
+        writer, device = self.summary_writer, self.device
+
+        def callback(engine):
+            write_panels(writer, engine.network, [data[i] for i in range(len(data))], engine.state.epoch, device)
+
+        return callback
+
+    def evaluate(self, section: str = "testing") -> dict:
+        """Both protocols on a section's cases with the trained model; reports under ``eval_dir``."""
+        entries = self.entries(section)
+        if not entries:
+            raise InputError(self.datalist, f"the {section} section has no case to evaluate")
+        predictor = SamMixPredictor(self.model_dir, self.device, sam_checkpoint=self.sam_args.get("checkpoint"))
+        card = predictor.card
+        records: dict[str, list] = {p: [] for p in self.protocols}
+        for i, entry in enumerate(entries, 1):
+            data = self.volume_transform({"image": entry["image"], "label": entry["label"]})
+            image, truth = data["image"], data["label"]
+            spacing = [float(s) for s in image.pixdim[:3]]
+            scores = evaluate_case(predictor, image, truth, spacing, self.organ, self.protocols)
+            for protocol, result in scores.items():
+                record = {"case_id": entry["case_id"], "source": str(entry["image"]), "metrics": result["metrics"],
+                          "seconds": round(result["seconds"], 3)}
+                records[protocol].append(record)
+            logger.info("sam-mix evaluation: case %d/%d %s %s", i, len(entries), entry["case_id"],
+                        {p: r["metrics"][self.organ] for p, r in scores.items()})
+        tags = {"method": card["method"], "organ": self.organ, "num_labelled": card["num_labelled"],
+                "seed": card["training"]["seed"], "section": section,
+                "sam": {k: card["sam"][k] for k in ("model_type", "checkpoint_sha256", "lora_rank")}
+                if "sam" in card else None}
+        both = write_evaluation(records, self.eval_dir, self.organ, tags)
+        return {"eval_dir": str(self.eval_dir), "protocols": both["protocols"]}
+
+
+def input_cases(input_files, datalist=None, section: str = "testing", data_root=None) -> list[dict]:
+    """``[{"case_id", "image"}]`` from ``input_files`` (glob or list) or else a datalist section, checked first."""
+    if input_files:
+        return file_cases(input_files)
+    if datalist is None or data_root is None:
+        raise ValueError("give input_files, or a datalist and its data root")
+    entries = load_checked_section(datalist, section, data_root, required=("image",), label_key="label")
+    return [{"case_id": case_id_of(e), "image": e["image"]} for e in entries]
+
+
+def predict_files(model_dir: str | os.PathLike, cases: Sequence[Mapping], output_dir: str | os.PathLike, loader,
+                  device="cpu", sam_checkpoint: str | None = None, suffix: str = "_seg") -> list[dict]:
+    """The organ mask of every case, written as a NIfTI in its image file's grid (shape, affine, axis order).
+
+    Args:
+        model_dir: the trained model folder.
+        cases: :func:`input_cases` (one image file per case).
+        output_dir: where ``<case_id><suffix>.nii.gz`` go (written atomically; an existing output is kept).
+        loader: transform loading ``{"image": file}`` as in training (checked, RAS, intensity-scaled).
+
+    Returns:
+        one record per file: ``image``, ``output``, ``status`` (``written`` / ``exists``), ``seconds``.
+    """
+    predictor = SamMixPredictor(model_dir, device, sam_checkpoint=sam_checkpoint)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, case in enumerate(cases, 1):
+        path, name = case["image"], case["case_id"]
+        out_path = output_dir / f"{name}{suffix}.nii.gz"
+        if out_path.exists():
+            records.append({"image": str(path), "output": str(out_path), "status": "exists", "seconds": 0.0})
+            continue
+        start = time.perf_counter()
+        image = loader({"image": path})["image"]
+        mask = predictor.predict_volume(image, boxes="cam")["mask"][0]
+        file_affine = np.asarray(image.meta.get("original_affine", image.affine), np.float64)
+        volume = to_file_grid(mask, np.asarray(image.affine, np.float64), file_affine)
+        with atomic_path(out_path) as tmp:  # the temporary name keeps .nii.gz: nibabel picks the format from it
+            nib.save(nib.Nifti1Image(volume.astype(np.uint8), file_affine), tmp)
+        seconds = time.perf_counter() - start
+        records.append({"image": str(path), "output": str(out_path), "status": "written", "seconds": round(seconds, 2)})
+        logger.info("sam-mix inference: %d/%d %s -> %s (%.1f s)", i, len(cases), path, out_path, seconds)
+    write_text_atomic(output_dir / "inference_summary.json", json.dumps(records, indent=1))
+    return records

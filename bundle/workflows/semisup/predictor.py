@@ -1,0 +1,174 @@
+"""A trained SAM-Mix model (or baseline) rebuilt from its folder alone, run slice by slice over volumes.
+
+The folder holds ``model.pt`` (classifier or U-Net weights + the card that says what they are: method, organ, roi
+size, intensity, SAM type and checkpoint sha256, LoRA rank, CAM threshold) and, for SAM-Mix, ``adapter.pt``.
+:class:`SamMixPredictor` needs nothing else: the base SAM is found from the card (LiteMedSAM's packaged weights, or
+the recorded checkpoint path, or ``sam_checkpoint`` given here) and checked against the recorded sha256.
+
+Two box sources, the two evaluation protocols of METHODS.md §4:
+
+- ``cam`` (fair, and inference): every slice; the classifier's probability gates it (below ``gate`` the slice is
+  empty); the Grad-CAM box (central box when the CAM is empty) prompts SAM;
+- ``ground_truth`` (the authors' protocol): only slices whose ground truth holds the organ, prompted with the tight
+  box of that ground truth, no gate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import UNet
+from monai.utils import look_up_option
+
+from bundle.checkpoint_files import load_checkpoint
+from bundle.networks.sam_mix import SamMixNet
+from bundle.sam.cam_prompts import mask_boxes
+from bundle.sam.loading import load_sam, sam_info
+from bundle.sam.trainable import TrainableSam
+from bundle.workflows.semisup.training import GAIN_KEY
+
+__all__ = ["BOX_SOURCES", "SamMixPredictor", "build_unet", "read_card"]
+
+logger = logging.getLogger(__name__)
+
+BOX_SOURCES = ("cam", "ground_truth")
+
+
+def build_unet(args: dict) -> UNet:
+    """The U-Net baseline (MONAI ``UNet``, 2D, one output logit) from its card entry."""
+    return UNet(spatial_dims=2, in_channels=int(args["in_channels"]), out_channels=1, channels=tuple(args["channels"]),
+                strides=tuple(args["strides"]), num_res_units=int(args["num_res_units"]))
+
+
+def read_card(model_dir: str | os.PathLike) -> dict:
+    """The card of a trained model folder (``model.pt``)."""
+    path = Path(model_dir) / "model.pt"
+    stored = load_checkpoint(path, what="SAM-Mix model")
+    if not isinstance(stored, dict) or not isinstance(stored.get("card"), dict):
+        raise ValueError(f"{path}: not a SAM-Mix model file (no card); train one with configs/train_sam_mix.json")
+    return stored
+
+
+class SamMixPredictor:
+    """Slice-wise predictions of a trained model folder.
+
+    Args:
+        model_dir: the folder ``configs/train_sam_mix.json`` wrote (``model.pt``, ``adapter.pt``).
+        device: where to run.
+        sam_checkpoint: the base SAM checkpoint when the recorded path has moved (checked against its sha256).
+        batch_size: slices per forward pass.
+        gate: classifier probability below which a slice is predicted empty (``cam`` boxes only).
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, device="cpu", sam_checkpoint: str | None = None,
+                 batch_size: int = 8, gate: float = 0.5) -> None:
+        self.model_dir = Path(model_dir)
+        stored = read_card(self.model_dir)
+        self.card = stored["card"]
+        self.method = self.card["method"]
+        self.device = torch.device(device)
+        self.batch_size, self.gate = int(batch_size), float(gate)
+        self.roi_size = tuple(int(s) for s in self.card["roi_size"])
+        if self.method == "unet":
+            self.network = build_unet(self.card["unet"])
+            self.network.load_state_dict(stored["network"])
+        else:
+            self.network = self._sam_mix(stored["network"], sam_checkpoint)
+            with torch.no_grad():
+                self.network.sam.guidance_gain.copy_(stored[GAIN_KEY])
+        self.network.to(self.device).eval()
+
+    def _sam_mix(self, classifier_state: dict, sam_checkpoint: str | None) -> SamMixNet:
+        rec = self.card["sam"]
+        checkpoint = sam_checkpoint or rec.get("checkpoint")
+        if checkpoint and not os.path.isfile(checkpoint) and sam_checkpoint is None:
+            raise FileNotFoundError(f"{self.model_dir}: the base SAM checkpoint it was trained on, {checkpoint}, is "
+                                    "gone; give its new place with sam_checkpoint")
+        info = sam_info(rec["model_type"], checkpoint or None)
+        if info.checkpoint_sha256 != rec["checkpoint_sha256"]:
+            raise ValueError(f"{self.model_dir}: trained on SAM {rec['model_type']} with sha256 "
+                             f"{rec['checkpoint_sha256']}, but {info.checkpoint} has {info.checkpoint_sha256}")
+        adapter = self.model_dir / "adapter.pt" if self.method == "sam_mix" else None
+        sam = load_sam(rec["model_type"], info.checkpoint, adapter=adapter, merge_adapter=True)
+        tsam = TrainableSam(sam, lora_rank=0, tune=False, multimask=rec["multimask"], guidance=rec["guidance"],
+                            guidance_weight=rec["guidance_weight"])
+        cls = self.card["classifier"]
+        net = SamMixNet(tsam, backbone=cls["backbone"], in_channels=len(self.card["image_channel_names"]),
+                        backbone_kwargs=cls["backbone_kwargs"], cam_threshold=cls["cam_threshold"],
+                        dense_guidance=cls["dense_guidance"])
+        net.classifier.load_state_dict(classifier_state)
+        return net
+
+    def _resize(self, x: torch.Tensor, size, mode: str) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x
+        return F.interpolate(x, size=tuple(size), mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+
+    def predict_slices(self, x: torch.Tensor, truth: torch.Tensor | None = None) -> dict:
+        """Logits and prompts of ``[B, C, H, W]`` slices (at any size; run at the card's ``roi_size``).
+
+        Args:
+            x: slices, intensity-scaled as in training.
+            truth: ``[B, 1, H, W]`` organ masks: their boxes prompt SAM (the authors' protocol); None: CAM boxes.
+
+        Returns:
+            ``logits [B, 1, H, W]`` (at the input size), ``probability [B]`` (None for the U-Net), ``cam_empty [B]``.
+        """
+        height, width = x.shape[-2:]
+        xr = self._resize(x.to(self.device).float(), self.roi_size, "bilinear")
+        with torch.no_grad():
+            if self.method == "unet":
+                logits, probability, empty = self.network(xr), None, torch.zeros(len(x), dtype=torch.bool)
+            else:
+                boxes = None
+                if truth is not None:
+                    boxes = mask_boxes(self._resize(truth.to(self.device).float(), self.roi_size, "nearest") > 0.5)[0]
+                out = self.network.predict(xr, boxes)
+                logits, probability, empty = out["logits"], out["probability"].cpu(), out["cam_empty"].cpu()
+        return {"logits": self._resize(logits, (height, width), "bilinear").cpu(), "probability": probability,
+                "cam_empty": empty}
+
+    def predict_volume(self, image: torch.Tensor, truth: torch.Tensor | None = None, boxes: str = "cam") -> dict:
+        """The organ mask of a ``[C, H, W, D]`` volume (RAS, intensity-scaled), slice by slice.
+
+        Args:
+            image: the volume.
+            truth: ``[1, H, W, D]`` organ mask, needed for ``boxes="ground_truth"``.
+            boxes: ``cam`` (every slice, classifier gate) or ``ground_truth`` (slices holding the organ only).
+
+        Returns:
+            ``mask [1, H, W, D]`` uint8, ``slices`` (the slice indices predicted), ``probability [D]`` (NaN where
+            not run; None for the U-Net) and ``cam_empty`` (slices whose CAM was empty).
+        """
+        look_up_option(boxes, BOX_SOURCES)
+        image = torch.as_tensor(image).float()
+        depth = image.shape[-1]
+        if boxes == "ground_truth":
+            if truth is None:
+                raise ValueError("boxes='ground_truth' needs the ground truth")
+            truth = torch.as_tensor(truth).float()
+            slices = [d for d in range(depth) if bool(truth[..., d].any())]
+        else:
+            slices = list(range(depth))
+        mask = np.zeros((1, *image.shape[1:]), np.uint8)
+        probability = np.full(depth, np.nan)
+        empty = []
+        for start in range(0, len(slices), self.batch_size):
+            chunk = slices[start : start + self.batch_size]
+            x = image[..., chunk].permute(3, 0, 1, 2)
+            t = truth[..., chunk].permute(3, 0, 1, 2) if boxes == "ground_truth" else None
+            out = self.predict_slices(x, t)
+            keep = out["logits"][:, 0] > 0
+            if out["probability"] is not None:
+                probability[chunk] = out["probability"].numpy()
+                if boxes == "cam":
+                    keep &= (out["probability"] >= self.gate)[:, None, None]
+            mask[0][..., chunk] = keep.permute(1, 2, 0).numpy().astype(np.uint8)
+            empty += [d for d, e in zip(chunk, out["cam_empty"].tolist()) if e]
+        return {"mask": mask, "slices": slices, "probability": None if self.method == "unet" else probability,
+                "cam_empty": empty}

@@ -1,0 +1,301 @@
+"""SAM-Mix training (METHODS.md §4) and its two baselines, with MONAI's ``SupervisedTrainer``.
+
+One iteration of SAM-Mix (:class:`JointStep`):
+
+- a batch of training slices (all of them, labelled or not) -> classifier -> ``CE(class)``;
+- a batch of the ``N`` labelled slices (cycled: with N = 5 every iteration sees them) -> the classifier's Grad-CAM
+  (eval mode, detached) -> CAM mask and box; the box prompt is the ground-truth box (``gt_boxes``, what the authors
+  trained with) or the CAM box -> SAM with the CAM mask added to its embedding -> ``Dice(mask)``;
+- loss ``CE + seg_weight * Dice`` (0.5), one Adam step (lr 1e-4) over the classifier, the LoRA adapters, SAM's
+  prompt encoder and mask decoder.
+
+An epoch is one pass over the training slices. The baselines reuse the loop:
+
+- ``zero_shot``: the classifier alone (no segmentation term); SAM is used as published with the CAM boxes;
+- ``unet``: a MONAI 2D U-Net trained with Dice on the ``N`` labelled slices alone, for as many iterations (and
+  labelled batches) as SAM-Mix gets.
+
+Every epoch ends with an atomic checkpoint (trainable weights, optimizer, trainer state) that a rerun with the same
+card resumes from. After the last epoch the classifier's batch-norm statistics are recomputed over the training
+slices (:mod:`bundle.workflows.common.batch_norm`); the finished model is ``model.pt`` (classifier or U-Net + card)
+and, for SAM-Mix, the adapter file ``adapter.pt`` (:mod:`bundle.sam.adapter`), which records the base checkpoint's
+sha256.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+
+import torch
+from ignite.engine import Events
+from monai.data import DataLoader
+from monai.engines import SupervisedTrainer
+from monai.handlers import StatsHandler, TensorBoardStatsHandler
+from monai.losses import DiceLoss
+
+from bundle.checkpoint_files import CheckpointError, load_checkpoint
+from bundle.data.slice_dataset import CLASS_LABEL_KEY
+from bundle.sam.adapter import adapter_state_dict, save_adapter
+from bundle.sam.cam_prompts import mask_boxes
+from bundle.sam.engine import resolve_autocast
+from bundle.workflows.common.batch_norm import recompute_batch_norm
+from bundle.workflows.common.checkpoints import INFO_KEY, EpochCheckpointSaver, ResumeFromCheckpoint, save_atomic
+from bundle.workflows.common.guards import StopOnNonFiniteLoss
+
+__all__ = ["GAIN_KEY", "METHODS", "LabelledBatches", "JointStep", "UNetStep", "SamTrainableState", "train_model"]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("sam_mix", "zero_shot", "unet")
+GAIN_KEY = "guidance_gain"
+"""Where ``model.pt`` (and the resume checkpoint's SAM entry) keep the dense-guidance gain of the trained SAM."""
+"""What a run trains: SAM-Mix, the classifier of the zero-shot baseline, or the U-Net baseline."""
+
+
+class LabelledBatches:
+    """Batches of the labelled slices, reshuffled (seeded per epoch) whenever they run out."""
+
+    def __init__(self, dataset, batch_size: int, seed: int = 0, num_workers: int = 0) -> None:
+        self.dataset, self.batch_size = dataset, max(1, min(int(batch_size), len(dataset)))
+        self.seed, self.num_workers = int(seed), int(num_workers)
+        self._epoch, self._draws, self._iter = 0, 0, None
+
+    def start_epoch(self, epoch: int) -> None:
+        """Restart the draw for an epoch: a resumed run draws the same batches as an uninterrupted one."""
+        self._epoch, self._draws, self._iter = int(epoch), 0, None
+
+    def __next__(self) -> dict:
+        while True:
+            if self._iter is None:
+                generator = torch.Generator().manual_seed(self.seed * 100_003 + self._epoch * 1_009 + self._draws)
+                self._draws += 1
+                self._iter = iter(DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True,
+                                             generator=generator, num_workers=self.num_workers))
+            try:
+                return next(self._iter)
+            except StopIteration:
+                self._iter = None
+
+
+def _scalar(key: str) -> Callable[[Mapping], float]:
+    """Output transform of the loss handlers: one entry of the step's output dictionary as a float."""
+    return lambda output: float(output[key])
+
+
+def _to(batch: Mapping, key: str, device) -> torch.Tensor:
+    return batch[key].to(device=device).float()
+
+
+class _Step:
+    """Mixed precision shared by the steps: ``autocast`` as :func:`bundle.sam.engine.resolve_autocast` reads it
+    (float32 on the CPU; bf16, or fp16 with a gradient scaler, on CUDA)."""
+
+    def __init__(self, autocast: str = "none", device="cpu") -> None:
+        self.dtype = resolve_autocast(autocast, torch.device(device))
+        self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
+
+    def autocast(self, device: torch.device):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.dtype)
+
+    def update(self, engine, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+        self.scaler.step(engine.optimizer)
+        self.scaler.update()
+
+
+class JointStep(_Step):
+    """``iteration_update`` of the SAM-Mix trainer (and, with ``labelled=None``, of the classifier alone)."""
+
+    def __init__(self, labelled: LabelledBatches | None, seg_weight: float = 0.5, gt_boxes: bool = True,
+                 autocast: str = "none", device="cpu") -> None:
+        super().__init__(autocast, device)
+        self.labelled, self.seg_weight, self.gt_boxes = labelled, float(seg_weight), bool(gt_boxes)
+        self.ce = torch.nn.CrossEntropyLoss()
+        self.dice = DiceLoss(sigmoid=True)
+
+    def __call__(self, engine, batch: Mapping) -> dict:
+        net, device = engine.network, engine.state.device
+        net.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+        x = _to(batch, "image", device)
+        with self.autocast(device):
+            logits = net(x)
+        cls_loss = self.ce(logits.float(), batch[CLASS_LABEL_KEY].to(device).long())
+        loss, seg_loss = cls_loss, torch.zeros((), device=device)
+        if self.labelled is not None:
+            sample = next(self.labelled)
+            xl, ml = _to(sample, "image", device), _to(sample, "label", device)
+            _, cam_box, cam_mask, _ = net.prompts(xl)  # float32: the CAM threshold decides the box
+            boxes = mask_boxes(ml > 0.5)[0] if self.gt_boxes else cam_box
+            with self.autocast(device):
+                seg_logits = net.segment(xl, boxes, cam_mask)
+            seg_loss = self.dice(seg_logits.float(), ml)
+            loss = cls_loss + self.seg_weight * seg_loss
+        self.update(engine, loss)
+        return {"loss": loss.detach(), "cls_loss": cls_loss.detach(), "seg_loss": seg_loss.detach()}
+
+
+class UNetStep(_Step):
+    """``iteration_update`` of the U-Net baseline: Dice on a batch of the labelled slices."""
+
+    def __init__(self, labelled: LabelledBatches, autocast: str = "none", device="cpu") -> None:
+        super().__init__(autocast, device)
+        self.labelled = labelled
+        self.dice = DiceLoss(sigmoid=True)
+
+    def __call__(self, engine, batch: Mapping) -> dict:
+        net, device = engine.network, engine.state.device
+        net.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+        sample = next(self.labelled)
+        with self.autocast(device):
+            logits = net(_to(sample, "image", device))
+        loss = self.dice(logits.float(), _to(sample, "label", device))
+        self.update(engine, loss)
+        return {"loss": loss.detach(), "seg_loss": loss.detach()}
+
+
+class SamTrainableState:
+    """Checkpoint entry of a SAM being tuned: only what training changes (adapters, prompt encoder, mask decoder, the
+    dense-guidance gain)."""
+
+    def __init__(self, trainable: torch.nn.Module) -> None:
+        self.trainable = trainable
+
+    def state_dict(self) -> dict:
+        state = {k: v.detach().clone() for k, v in adapter_state_dict(self.trainable.sam).items()}
+        state[GAIN_KEY] = self.trainable.guidance_gain.detach().clone()
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        state = dict(state)
+        with torch.no_grad():
+            self.trainable.guidance_gain.copy_(state.pop(GAIN_KEY))
+        own = self.trainable.sam.state_dict()
+        unknown = [k for k in state if k not in own]
+        if unknown:
+            raise KeyError(f"checkpoint has SAM weights this model lacks: {unknown[:3]}")
+        self.trainable.sam.load_state_dict(state, strict=False)
+
+
+def _card_matches(path: str, card: Mapping) -> bool:
+    if not os.path.isfile(path):
+        return False
+    try:
+        stored = load_checkpoint(path, what="model")
+    except CheckpointError as err:  # a damaged model file is trained again, not trusted
+        logger.warning("sam-mix: %s; training again", err)
+        return False
+    return isinstance(stored, Mapping) and stored.get("card") == dict(card)
+
+
+def _resumable(path: str, card: Mapping) -> bool:
+    if not os.path.isfile(path):
+        return False
+    info = load_checkpoint(path, what="resume checkpoint").get(INFO_KEY) or {}
+    if info.get("card") == dict(card):
+        return True
+    logger.warning("sam-mix: %s was written with other settings; training starts from scratch and replaces it", path)
+    return False
+
+
+def train_model(
+    method: str,
+    network: torch.nn.Module,
+    train_data,
+    labelled_data,
+    output_dir: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    card: Mapping,
+    max_epochs: int = 10,
+    batch_size: int = 16,
+    seg_batch_size: int = 4,
+    learning_rate: float = 1e-4,
+    seg_weight: float = 0.5,
+    gt_boxes: bool = True,
+    autocast: str = "auto",
+    device="cpu",
+    seed: int = 0,
+    num_workers: int = 0,
+    summary_writer=None,
+    epoch_callback: Callable | None = None,
+) -> dict:
+    """Train (or resume, or reuse) one model of :data:`METHODS`; returns its card.
+
+    Args:
+        method: ``sam_mix``, ``zero_shot`` or ``unet``.
+        network: a :class:`~bundle.networks.sam_mix.SamMixNet` (``sam_mix``, ``zero_shot``) or a U-Net.
+        train_data: every training slice (image, organ mask, class label).
+        labelled_data: the ``N`` labelled slices.
+        output_dir: folder of the resume checkpoint (``sam_mix_last.pt``).
+        model_dir: where ``model.pt`` (and ``adapter.pt``) are written.
+        card: what the model is; training settings are added. A finished model with the same card is reused; an
+            epoch checkpoint with the same card is resumed; anything else trains from scratch.
+        autocast: mixed precision (``auto``: bf16 or fp16 on CUDA, float32 on the CPU; ``none``, ``bf16``,
+            ``fp16``); recorded in the card.
+        epoch_callback: called with the trainer after every epoch (TensorBoard panels).
+    """
+    training = {"max_epochs": int(max_epochs), "batch_size": int(batch_size), "seg_batch_size": int(seg_batch_size),
+                "learning_rate": float(learning_rate), "seg_weight": float(seg_weight), "gt_boxes": bool(gt_boxes),
+                "optimizer": "Adam", "seed": int(seed),
+                "autocast": str(resolve_autocast(autocast, torch.device(device)) or "float32").replace("torch.", "")}
+    card = {**dict(card), "method": method, "training": training}
+    model_path = os.path.join(os.fspath(model_dir), "model.pt")
+    adapter_path = os.path.join(os.fspath(model_dir), "adapter.pt")
+    if _card_matches(model_path, card) and (method != "sam_mix" or os.path.isfile(adapter_path)):
+        logger.info("sam-mix: %s is finished for this configuration; reusing it", model_path)
+        return dict(card)
+    torch.manual_seed(int(seed))
+    device = torch.device(device)
+    network = network.to(device)
+    labelled = LabelledBatches(labelled_data, seg_batch_size, seed, num_workers) if method != "zero_shot" else None
+    if method == "unet":
+        step, save_dict = UNetStep(labelled, autocast, device), {"network": network}
+    else:
+        step = JointStep(labelled, seg_weight, gt_boxes, autocast, device)
+        save_dict = {"classifier": network.classifier, "sam": SamTrainableState(network.sam)}
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=learning_rate)
+    save_dict["optimizer"] = optimizer
+    generator = torch.Generator().manual_seed(int(seed))
+    drop_last = len(train_data) > batch_size and len(train_data) % batch_size == 1  # batch norm needs 2 samples
+    loader = DataLoader(train_data, batch_size=batch_size, shuffle=True, generator=generator, drop_last=drop_last,
+                        num_workers=num_workers)
+    last = os.path.join(os.fspath(output_dir), "sam_mix_last.pt")
+    handlers = [
+        StopOnNonFiniteLoss(),
+        StatsHandler(tag_name="loss", output_transform=_scalar("loss"), iteration_log=False),
+        EpochCheckpointSaver(output_dir, save_dict, filename="sam_mix_last.pt",
+                             info={"stage": "sam_mix", "card": card}, engine_key="trainer"),
+    ]
+    if _resumable(last, card):
+        handlers.insert(0, ResumeFromCheckpoint(last, save_dict, map_location=device, engine_key="trainer"))
+    if summary_writer is not None:
+        for key in ("loss", "seg_loss") if method == "unet" else ("loss", "cls_loss", "seg_loss"):
+            handlers.append(TensorBoardStatsHandler(summary_writer, tag_name=f"train/{key}",
+                                                    output_transform=_scalar(key)))
+    trainer = SupervisedTrainer(device=device, max_epochs=max_epochs, train_data_loader=loader, network=network,
+                                optimizer=optimizer, loss_function=step.dice, iteration_update=step,
+                                train_handlers=handlers)
+    if labelled is not None:
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: labelled.start_epoch(engine.state.epoch))
+    if epoch_callback is not None:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, epoch_callback)
+    trainer.run()
+    if method != "unet":  # the classifier's eval-mode statistics, from its final weights (common/batch_norm.py)
+        recompute_batch_norm(network.classifier, loader, device)
+    os.makedirs(model_dir, exist_ok=True)
+    if method == "sam_mix":
+        save_adapter(network.sam.sam, adapter_path, extra={"card": card})
+    stored = {"network": network.state_dict(), "card": card}
+    if method != "unet":
+        stored = {"network": network.classifier.state_dict(), GAIN_KEY: network.sam.guidance_gain.detach().cpu(),
+                  "card": card}
+    save_atomic(stored, model_path)
+    logger.info("sam-mix: saved %s", model_path)
+    return card

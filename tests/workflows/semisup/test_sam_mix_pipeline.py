@@ -1,0 +1,163 @@
+"""SAM-Mix end to end on LiTS phantoms with the tiny SAM: train, resume, evaluate both ways, infer, baselines."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from semisup_utils import infer_mix, mix_files, mix_overrides, run_mix
+from workflow_utils import METADATA, initialized_training, tensorboard_tags
+
+from bundle.errors import InputError
+from bundle.sam.adapter import read_adapter
+from bundle.workflows.common.checkpoints import INFO_KEY
+
+
+@pytest.fixture(scope="module")
+def lits(phantom_set):
+    return phantom_set("lits")
+
+
+@pytest.fixture(scope="module")
+def trained(lits, tiny_sam_checkpoint, tmp_path_factory):
+    work = tmp_path_factory.mktemp("sam_mix")
+    run_mix(lits, work, tiny_sam_checkpoint, max_epochs=2)
+    return work
+
+
+def test_training_writes_model_adapter_card_and_tensorboard(trained, tiny_sam_checkpoint):
+    stored = torch.load(trained / "models" / "model.pt", weights_only=True)
+    card = stored["card"]
+    assert card["method"] == "sam_mix" and card["organ"] == "liver" and card["organ_values"] == [1, 2]
+    assert card["num_labelled"] == 2 and len(card["labelled_slices"]) == 2
+    assert card["sam"]["model_type"] == "tiny" and card["sam"]["lora_rank"] == 4
+    assert card["sam"]["guidance"] == "learned" and stored["guidance_gain"].shape == (64,)  # tiny SAM: 64 channels
+    assert card["training"]["max_epochs"] == 2 and card["training"]["seg_weight"] == 0.5
+    adapter = read_adapter(trained / "models" / "adapter.pt")
+    assert adapter["base"]["checkpoint_sha256"] == card["sam"]["checkpoint_sha256"]
+    assert any(".lora_" in k for k in adapter["state"])
+    tags, _ = tensorboard_tags(trained / "run")
+    assert {"train/loss", "train/cls_loss", "train/seg_loss"} <= set(tags["scalars"])
+    assert any(tag.startswith("panels/") for tag in tags["images"])
+    last = torch.load(trained / "run" / "sam_mix_last.pt", weights_only=True)
+    assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"] and last[INFO_KEY]["card"] == card
+
+
+def test_labelled_slices_depend_on_the_seed_and_hold_the_organ(lits, trained, tiny_sam_checkpoint, tmp_path):
+    card = torch.load(trained / "models" / "model.pt", weights_only=True)["card"]
+    datalist = json.loads(lits.datalist.read_text())
+    labels = {e["case_id"]: e["slice_labels"] for e in datalist["training"]}
+    for drawn in card["labelled_slices"]:
+        per_value = labels[drawn["case_id"]]  # {"1": [0/1 per slice], "2": [...]}
+        assert per_value["1"][drawn["slice_index"]] or per_value["2"][drawn["slice_index"]]
+    from bundle.workflows.semisup.data import draw_labelled_slices, organ_items, organ_task
+
+    entries = [{**e, "case_id": e["case_id"]} for e in datalist["training"]]
+    items = organ_items(entries, organ_task("lits"))
+    draws = {tuple((d["case_id"], d["slice_index"]) for d in draw_labelled_slices(items, 2, s)) for s in range(6)}
+    assert len(draws) > 1
+    assert draw_labelled_slices(items, 2, 0) == card["labelled_slices"]
+
+
+def test_a_finished_model_is_reused(lits, trained, tiny_sam_checkpoint):
+    model = trained / "models" / "model.pt"
+    stamp = model.stat().st_mtime_ns
+    run_mix(lits, trained, tiny_sam_checkpoint, max_epochs=2)
+    assert model.stat().st_mtime_ns == stamp  # same card: nothing trained again
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_from_its_last_epoch(lits, tiny_sam_checkpoint, tmp_path):
+    def workflow():
+        wf = initialized_training(mix_files("lits"), METADATA,
+                                  **mix_overrides(lits, tmp_path, tiny_sam_checkpoint, max_epochs=2))
+        return wf.parser.get_parsed_content("sam_mix")
+
+    def kill_after_epoch_1(engine):
+        if engine.state.epoch == 1:
+            raise _Killed
+
+    first = workflow()
+    first._panel_callback = lambda: kill_after_epoch_1
+    with pytest.raises(_Killed):
+        first.train()
+    assert not (tmp_path / "models" / "model.pt").exists()
+    last = tmp_path / "run" / "sam_mix_last.pt"
+    state = torch.load(last, weights_only=True)["trainer"]
+    epoch_length = state["epoch_length"]
+    assert state["iteration"] == epoch_length  # killed after epoch 1, its checkpoint written
+
+    seen = []
+    second = workflow()
+    second._panel_callback = lambda: lambda engine: seen.append((engine.state.epoch, engine.state.iteration))
+    second.train()
+    assert seen == [(2, 2 * epoch_length)]  # only epoch 2 ran, continuing the iteration count
+    assert (tmp_path / "models" / "adapter.pt").is_file()
+
+
+def test_evaluation_reports_fair_and_anchor_separately(lits, trained, tiny_sam_checkpoint):
+    run_mix(lits, trained, tiny_sam_checkpoint, run_id="evaluating", max_epochs=2)
+    both = json.loads((trained / "run" / "eval" / "sam_mix_evaluation.json").read_text())
+    assert set(both["protocols"]) == {"fair", "anchor"}
+    assert "CAM box" in both["protocols"]["fair"]["description"]
+    assert "tight box of that ground truth" in both["protocols"]["anchor"]["description"]
+    fair = json.loads((trained / "run" / "eval" / "fair" / "metrics_summary.json").read_text())
+    anchor = json.loads((trained / "run" / "eval" / "anchor" / "metrics_summary.json").read_text())
+    assert fair["tags"]["protocol"] == "fair" and anchor["tags"]["protocol"] == "anchor"
+    assert set(fair["metrics"]["liver"]) == {"dice", "hd95"}
+    assert set(anchor["metrics"]["liver"]) == {"slice_dice", "slice_hd95_px"}
+    assert fair["n_cases"] == len(lits.cases["testing"])
+    assert 0.0 <= anchor["metrics"]["liver"]["slice_dice"]["mean"] <= 1.0
+
+
+def test_inference_writes_masks_in_each_input_files_grid(lits, trained, tmp_path):
+    source = lits.root / json.loads(lits.datalist.read_text())["testing"][0]["image"]
+    img = nib.load(source)
+    flipped = tmp_path / "flipped.nii.gz"  # an LPS-ordered copy: the output must follow the file, not RAS
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::-1, ::-1], img.affine @ np.diag([-1, -1, 1, 1]) @
+                             np.array([[1, 0, 0, img.shape[0] - 1], [0, 1, 0, img.shape[1] - 1], [0, 0, 1, 0],
+                                       [0, 0, 0, 1]])), flipped)
+    out = tmp_path / "pred"
+    infer_mix(trained / "models", out, input_files=[str(source), str(flipped)])
+    summary = json.loads((out / "inference_summary.json").read_text())
+    assert [r["status"] for r in summary] == ["written", "written"]
+    masks = []
+    for record, path in zip(summary, (source, flipped)):
+        written, original = nib.load(record["output"]), nib.load(path)
+        assert written.shape == original.shape
+        np.testing.assert_allclose(written.affine, original.affine, atol=1e-5)
+        assert set(np.unique(written.get_fdata())) <= {0.0, 1.0}
+        masks.append(np.asarray(written.dataobj))
+    np.testing.assert_array_equal(masks[0], masks[1][::-1, ::-1])  # the same anatomy, the same mask
+    infer_mix(trained / "models", out, input_files=[str(source)])
+    assert json.loads((out / "inference_summary.json").read_text())[0]["status"] == "exists"
+
+
+@pytest.mark.parametrize("method", ["unet", "zero_shot"])
+def test_baselines_train_and_evaluate(lits, tiny_sam_checkpoint, tmp_path, method):
+    run_mix(lits, tmp_path, tiny_sam_checkpoint, method=method)
+    card = torch.load(tmp_path / "models" / "model.pt", weights_only=True)["card"]
+    assert card["method"] == method
+    assert not (tmp_path / "models" / "adapter.pt").exists()
+    if method == "zero_shot":
+        assert card["sam"]["lora_rank"] == 0 and not card["classifier"]["dense_guidance"]
+    run_mix(lits, tmp_path, tiny_sam_checkpoint, run_id="evaluating", method=method)
+    both = json.loads((tmp_path / "run" / "eval" / "sam_mix_evaluation.json").read_text())
+    assert both["tags"]["method"] == method and set(both["protocols"]) == {"fair", "anchor"}
+
+
+def test_too_few_positive_slices_fail_before_any_model_is_built(lits, tiny_sam_checkpoint, tmp_path):
+    with pytest.raises(Exception) as info:
+        run_mix(lits, tmp_path, tiny_sam_checkpoint, num_labelled=10_000)
+    chain = [info.value]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    found = [e for e in chain if isinstance(e, InputError)]
+    assert found and "10000 labelled slices" in str(found[0]) and str(lits.datalist) in str(found[0])
+    assert not (tmp_path / "models" / "model.pt").exists()
