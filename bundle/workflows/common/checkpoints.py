@@ -39,7 +39,11 @@ __all__ = [
     "ResumeFromCheckpoint",
     "load_network_weights",
     "CheckedCheckpointLoader",
+    "finished_with_card",
+    "resumable_with_card",
 ]
+
+logger = logging.getLogger(__name__)
 
 INFO_KEY = "info"
 _NETWORK_KEYS = ("network", "model")
@@ -127,6 +131,38 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file next to ``path``, then ``os.replace`` it; no temporary file remains."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def finished_with_card(path: str | os.PathLike, card: Mapping, ignore: Sequence[str] = (),
+                       stage: str = "model") -> bool:
+    """Whether ``path`` holds a finished model (``{"card": ..., ...}``) whose card equals ``card``.
+
+    Keys in ``ignore`` (results written after training, e.g. ``validation``) are left out of the comparison. A damaged
+    file is reported and counts as not finished (trained again, not trusted).
+    """
+    if not os.path.isfile(path):
+        return False
+    try:
+        stored = load_checkpoint(path, what=stage)
+    except CheckpointError as err:
+        logger.warning("%s: %s; training it again", stage, err)
+        return False
+    if not isinstance(stored, Mapping) or not isinstance(stored.get("card"), Mapping):
+        return False
+    return {k: v for k, v in stored["card"].items() if k not in ignore} == dict(card)
+
+
+def resumable_with_card(path: str | os.PathLike, card: Mapping, stage: str = "training") -> bool:
+    """Whether the epoch checkpoint at ``path`` was written for this ``card`` (an :class:`EpochCheckpointSaver` with
+    ``info={"card": card}``): then a run resumes from it; any other configuration (another schedule length, network or
+    data) starts afresh and replaces it, which is logged."""
+    if not os.path.isfile(path):
+        return False
+    info = load_checkpoint(path, what="resume checkpoint").get(INFO_KEY) or {}
+    if info.get("card") == dict(card):
+        return True
+    logger.warning("%s: %s was written with other settings; training starts from scratch and replaces it", stage, path)
+    return False
 
 
 class ResumeFromCheckpoint:

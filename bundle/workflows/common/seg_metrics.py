@@ -25,9 +25,8 @@ Inputs are ``[C, H, W, D]`` (D = axial, after ``Orientation("RAS")``), binary (0
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -2,6 +2,7 @@
 ``infer_mode``, segmentation metrics and the per-case report, region transforms, for MONAI's ``SupervisedTrainer`` /
 ``SupervisedEvaluator``. Checkpoints, guards and TensorBoard handlers are shared: :mod:`bundle.workflows.common`."""
 
+from bundle.workflows.common.seg_metrics import METRIC_DEFINITIONS, case_metrics
 from bundle.workflows.segmentation.inferer import (
     ENTROPY_MODES,
     INFER_MODES,
@@ -18,7 +19,6 @@ from bundle.workflows.segmentation.inputs import (
     raw_network_input,
     split_image_prior,
 )
-from bundle.workflows.common.seg_metrics import METRIC_DEFINITIONS, case_metrics
 from bundle.workflows.segmentation.report import SegmentationReport, case_record
 from bundle.workflows.segmentation.train_step import TRAIN_MODES, SamAugTrainStep
 from bundle.workflows.segmentation.transforms import LabelToRegions, LabelToRegionsd, RegionsToLabel, RegionsToLabeld

@@ -214,6 +214,10 @@ class SamMixWorkflow:
             raise InputError(self.datalist, f"the {section} section has no case to evaluate")
         predictor = SamMixPredictor(self.model_dir, self.device, sam_checkpoint=self.sam_args.get("checkpoint"))
         card = predictor.card
+        if card["organ_values"] != list(self.task.values[0]):
+            raise InputError(self.model_dir / "model.pt", f"trained on {card['organ']} (label values "
+                                                          f"{card['organ_values']}), evaluated as {self.organ} "
+                                                          f"{list(self.task.values[0])}: set organ / organ_values")
         records: dict[str, list] = {p: [] for p in self.protocols}
         for i, entry in enumerate(entries, 1):
             data = self.volume_transform({"image": entry["image"], "label": entry["label"]})
@@ -221,8 +225,8 @@ class SamMixWorkflow:
             spacing = [float(s) for s in image.pixdim[:3]]
             scores = evaluate_case(predictor, image, truth, spacing, self.organ, self.protocols)
             for protocol, result in scores.items():
-                record = {"case_id": entry["case_id"], "source": str(entry["image"]), "metrics": result["metrics"],
-                          "seconds": round(result["seconds"], 3)}
+                record = {"case_id": entry["case_id"], "source": str(entry["image"]),
+                          **{k: v for k, v in result.items() if k != "seconds"}, "seconds": round(result["seconds"], 3)}
                 records[protocol].append(record)
             logger.info("sam-mix evaluation: case %d/%d %s %s", i, len(entries), entry["case_id"],
                         {p: r["metrics"][self.organ] for p, r in scores.items()})

@@ -36,13 +36,18 @@ from monai.engines import SupervisedTrainer
 from monai.handlers import StatsHandler, TensorBoardStatsHandler
 from monai.losses import DiceLoss
 
-from bundle.checkpoint_files import CheckpointError, load_checkpoint
 from bundle.data.slice_dataset import CLASS_LABEL_KEY
 from bundle.sam.adapter import adapter_state_dict, save_adapter
 from bundle.sam.cam_prompts import mask_boxes
 from bundle.sam.engine import resolve_autocast
 from bundle.workflows.common.batch_norm import recompute_batch_norm
-from bundle.workflows.common.checkpoints import INFO_KEY, EpochCheckpointSaver, ResumeFromCheckpoint, save_atomic
+from bundle.workflows.common.checkpoints import (
+    EpochCheckpointSaver,
+    ResumeFromCheckpoint,
+    finished_with_card,
+    resumable_with_card,
+    save_atomic,
+)
 from bundle.workflows.common.guards import StopOnNonFiniteLoss
 
 __all__ = ["GAIN_KEY", "METHODS", "LabelledBatches", "JointStep", "UNetStep", "SamTrainableState", "train_model"]
@@ -183,27 +188,6 @@ class SamTrainableState:
         self.trainable.sam.load_state_dict(state, strict=False)
 
 
-def _card_matches(path: str, card: Mapping) -> bool:
-    if not os.path.isfile(path):
-        return False
-    try:
-        stored = load_checkpoint(path, what="model")
-    except CheckpointError as err:  # a damaged model file is trained again, not trusted
-        logger.warning("sam-mix: %s; training again", err)
-        return False
-    return isinstance(stored, Mapping) and stored.get("card") == dict(card)
-
-
-def _resumable(path: str, card: Mapping) -> bool:
-    if not os.path.isfile(path):
-        return False
-    info = load_checkpoint(path, what="resume checkpoint").get(INFO_KEY) or {}
-    if info.get("card") == dict(card):
-        return True
-    logger.warning("sam-mix: %s was written with other settings; training starts from scratch and replaces it", path)
-    return False
-
-
 def train_model(
     method: str,
     network: torch.nn.Module,
@@ -247,7 +231,7 @@ def train_model(
     card = {**dict(card), "method": method, "training": training}
     model_path = os.path.join(os.fspath(model_dir), "model.pt")
     adapter_path = os.path.join(os.fspath(model_dir), "adapter.pt")
-    if _card_matches(model_path, card) and (method != "sam_mix" or os.path.isfile(adapter_path)):
+    if finished_with_card(model_path, card, stage="sam-mix") and (method != "sam_mix" or os.path.isfile(adapter_path)):
         logger.info("sam-mix: %s is finished for this configuration; reusing it", model_path)
         return dict(card)
     torch.manual_seed(int(seed))
@@ -273,7 +257,7 @@ def train_model(
         EpochCheckpointSaver(output_dir, save_dict, filename="sam_mix_last.pt",
                              info={"stage": "sam_mix", "card": card}, engine_key="trainer"),
     ]
-    if _resumable(last, card):
+    if resumable_with_card(last, card, stage="sam-mix"):
         handlers.insert(0, ResumeFromCheckpoint(last, save_dict, map_location=device, engine_key="trainer"))
     if summary_writer is not None:
         for key in ("loss", "seg_loss") if method == "unet" else ("loss", "cls_loss", "seg_loss"):

@@ -23,11 +23,16 @@ from monai.data import CacheDataset, DataLoader
 from monai.engines import SupervisedTrainer
 from monai.handlers import LrScheduleHandler, StatsHandler, TensorBoardStatsHandler, from_engine
 
-from bundle.checkpoint_files import CheckpointError, load_checkpoint
 from bundle.data.slice_dataset import AxialSliceDataset
 from bundle.networks.fusion import mean_roc_auc
 from bundle.networks.parent_child import ParentChildClassifier, ParentChildLoss
-from bundle.workflows.common.checkpoints import INFO_KEY, EpochCheckpointSaver, ResumeFromCheckpoint, save_atomic
+from bundle.workflows.common.checkpoints import (
+    EpochCheckpointSaver,
+    ResumeFromCheckpoint,
+    finished_with_card,
+    resumable_with_card,
+    save_atomic,
+)
 from bundle.workflows.common.guards import StopOnNonFiniteLoss
 from bundle.workflows.common.handlers import LearningRateLogger
 from bundle.workflows.weak.slices import TARGET_KEY
@@ -68,31 +73,6 @@ def parent_probabilities(network: torch.nn.Module, loader, device) -> tuple[np.n
     finally:
         network.train(was_training)
     return torch.cat(probs).numpy(), torch.cat(targets).numpy()
-
-
-def _card_matches(path: str, card: Mapping) -> bool:
-    if not os.path.isfile(path):
-        return False
-    try:
-        stored = load_checkpoint(path, what="classifier")
-    except CheckpointError as err:  # a damaged model file is trained again, not trusted
-        logger.warning("classifier: %s; training it again", err)
-        return False
-    if not isinstance(stored, Mapping) or not isinstance(stored.get("card"), Mapping):
-        return False
-    return {k: v for k, v in stored["card"].items() if k != "validation"} == dict(card)
-
-
-def _resumable(path: str, card: Mapping) -> bool:
-    """Whether the epoch checkpoint at ``path`` belongs to this configuration (a OneCycle schedule cannot continue
-    with another length, another network or other targets): then training resumes from it, else starts afresh."""
-    if not os.path.isfile(path):
-        return False
-    info = load_checkpoint(path, what="resume checkpoint").get(INFO_KEY) or {}
-    if info.get("card") == dict(card):
-        return True
-    logger.warning("classifier: %s was written with other settings; training starts from scratch and replaces it", path)
-    return False
 
 
 def load_classifier(path: str | os.PathLike, device="cpu") -> tuple[ParentChildClassifier, dict]:
@@ -137,7 +117,7 @@ def train_classifier(
                 "weight_decay": float(weight_decay), "child_weight": float(child_weight), "seed": int(seed)}
     card = {**dict(card), "network": dict(network_args), "training": training}
     model_path = os.fspath(model_path)
-    if _card_matches(model_path, card):
+    if finished_with_card(model_path, card, ignore=("validation",), stage="classifier"):
         logger.info("classifier: %s is finished for this configuration; reusing it", model_path)
         return dict(torch.load(model_path, map_location="cpu", weights_only=True)["card"])
     torch.manual_seed(int(seed))
@@ -160,7 +140,7 @@ def train_classifier(
         EpochCheckpointSaver(output_dir, save_dict, filename="classifier_last.pt",
                              info={"stage": "weak_classifier", "card": card}, engine_key="trainer"),
     ]
-    if _resumable(last, card):
+    if resumable_with_card(last, card, stage="classifier"):
         handlers.insert(0, ResumeFromCheckpoint(last, save_dict, map_location=device, engine_key="trainer"))
     if summary_writer is not None:
         handlers += [TensorBoardStatsHandler(summary_writer, tag_name="classifier/train_loss",

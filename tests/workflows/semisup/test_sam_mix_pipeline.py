@@ -11,7 +11,7 @@ import torch
 from semisup_utils import infer_mix, mix_files, mix_overrides, run_mix
 from workflow_utils import METADATA, initialized_training, tensorboard_tags
 
-from bundle.errors import InputError
+from bundle.errors import InputError, exception_chain
 from bundle.sam.adapter import read_adapter
 from bundle.workflows.common.checkpoints import INFO_KEY
 
@@ -155,9 +155,14 @@ def test_baselines_train_and_evaluate(lits, tiny_sam_checkpoint, tmp_path, metho
 def test_too_few_positive_slices_fail_before_any_model_is_built(lits, tiny_sam_checkpoint, tmp_path):
     with pytest.raises(Exception) as info:
         run_mix(lits, tmp_path, tiny_sam_checkpoint, num_labelled=10_000)
-    chain = [info.value]
-    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
-        chain.append(chain[-1].__cause__ or chain[-1].__context__)
-    found = [e for e in chain if isinstance(e, InputError)]
+    found = [e for e in exception_chain(info.value) if isinstance(e, InputError)]
     assert found and "10000 labelled slices" in str(found[0]) and str(lits.datalist) in str(found[0])
     assert not (tmp_path / "models" / "model.pt").exists()
+
+
+def test_evaluating_another_organ_than_trained_is_refused(lits, trained, tiny_sam_checkpoint):
+    with pytest.raises(Exception) as info:
+        run_mix(lits, trained, tiny_sam_checkpoint, run_id="evaluating", max_epochs=2, organ="tumour",
+                organ_values=[2])
+    message = " ".join(str(e) for e in exception_chain(info.value) if isinstance(e, InputError))
+    assert "model.pt" in message and "trained on liver" in message
