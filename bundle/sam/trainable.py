@@ -9,7 +9,7 @@ tuning needs the opposite: one box per slice, a batch of slices, and gradients t
   both sides, ImageNet mean/std on the 0-255 scale or per-slice min-max, zero padding);
 - an optional dense guidance map (SAM-Mix: the thresholded CAM) is resized into the same input frame, averaged onto
   the embedding grid and added to every channel ``c`` of the image embedding times a gain ``g_c``: ``fixed``
-  (``g_c = guidance_weight``, 1 in the paper) or ``learned`` (a trained gain per channel starting at 0, so tuning
+  (``g_c = guidance_weight``, 1 as in the paper) or ``learned`` (a trained gain per channel starting at 0, so tuning
   starts from the published SAM instead of an embedding shifted by 1 wherever the CAM is on);
 - one box prompt per slice goes through SAM's prompt encoder, and SAM's two-way transformer and mask head run on the
   whole batch at once (``MaskDecoder.forward`` would pair every prompt with every image of the batch);
@@ -78,13 +78,13 @@ class TrainableSam(nn.Module):
         tune: whether the prompt encoder, mask decoder and adapters are trainable (False: everything frozen).
         multimask: ``auto`` (single-mask output for box-trained models, multimask otherwise), ``multimask`` or
             ``single``.
-        guidance: ``learned`` (a gain per embedding channel, trained, starting at 0) or ``fixed`` (every channel gets
-            ``guidance_weight``) for the dense guidance added to the image embedding.
+        guidance: ``fixed`` (every channel gets ``guidance_weight``; the paper) or ``learned`` (a gain per embedding
+            channel, trained, starting at 0) for the dense guidance added to the image embedding.
         guidance_weight: the fixed gain (the paper adds the CAM mask as it is: 1); 0 switches guidance off.
     """
 
     def __init__(self, sam: nn.Module, lora_rank: int = 8, lora_alpha: float | None = None, tune: bool = True,
-                 multimask: str = "auto", guidance: str = "learned", guidance_weight: float = 1.0) -> None:
+                 multimask: str = "auto", guidance: str = "fixed", guidance_weight: float = 1.0) -> None:
         super().__init__()
         from bundle.sam.lora import apply_lora, has_lora, mark_trainable
 

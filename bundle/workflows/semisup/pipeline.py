@@ -133,7 +133,7 @@ class SamMixWorkflow:
                 "lora_rank": int(self.sam_args["lora_rank"]) if tuned else 0,
                 "lora_alpha": self.sam_args.get("lora_alpha") if tuned else None,
                 "multimask": self.sam_args.get("multimask", "auto"),
-                "guidance": self.sam_args.get("guidance", "learned") if tuned else "fixed",
+                "guidance": self.sam_args.get("guidance", "fixed") if tuned else "fixed",
                 "guidance_weight": float(self.sam_args.get("guidance_weight", 1.0)) if tuned else 0.0}
 
     def _card(self, labelled: list[dict]) -> dict:

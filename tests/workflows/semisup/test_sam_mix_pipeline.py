@@ -34,7 +34,7 @@ def test_training_writes_model_adapter_card_and_tensorboard(trained, tiny_sam_ch
     assert card["method"] == "sam_mix" and card["organ"] == "liver" and card["organ_values"] == [1, 2]
     assert card["num_labelled"] == 2 and len(card["labelled_slices"]) == 2
     assert card["sam"]["model_type"] == "tiny" and card["sam"]["lora_rank"] == 4
-    assert card["sam"]["guidance"] == "learned" and stored["guidance_gain"].shape == (64,)  # tiny SAM: 64 channels
+    assert card["sam"]["guidance"] == "fixed" and torch.equal(stored["guidance_gain"], torch.ones(64))  # the paper's
     assert card["training"]["max_epochs"] == 2 and card["training"]["seg_weight"] == 0.5
     adapter = read_adapter(trained / "models" / "adapter.pt")
     assert adapter["base"]["checkpoint_sha256"] == card["sam"]["checkpoint_sha256"]
