@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -166,3 +167,17 @@ def test_evaluating_another_organ_than_trained_is_refused(lits, trained, tiny_sa
                 organ_values=[2])
     message = " ".join(str(e) for e in exception_chain(info.value) if isinstance(e, InputError))
     assert "model.pt" in message and "trained on liver" in message
+
+
+@pytest.mark.parametrize("name", ["anatomical.nii", "reoriented_anat_moved.nii"])
+def test_inference_on_nibabel_files_keeps_their_grid(trained, tmp_path, name):
+    """Files nibabel's tests ship (big-endian int16 in LAS order; 4 mm float32 in RAS): masks land on their grid."""
+    from nibabel.testing import data_path
+
+    source = tmp_path / name
+    source.write_bytes((Path(data_path) / name).read_bytes())
+    infer_mix(trained / "models", tmp_path / "pred", input_files=[str(source)])
+    record = json.loads((tmp_path / "pred" / "inference_summary.json").read_text())[0]
+    written, original = nib.load(record["output"]), nib.load(source)
+    assert record["status"] == "written" and written.shape == original.shape
+    np.testing.assert_allclose(written.affine, original.affine, atol=1e-5)
