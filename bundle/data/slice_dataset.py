@@ -18,13 +18,15 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from monai.data import CacheDataset
 from monai.utils import ensure_tuple
 
 from bundle.data.case_check import RECORD_KEY
 from bundle.data.case_ids import case_id_of
 from bundle.data.tasks import ClassificationTask, get_task
 
-__all__ = ["CLASS_LABEL_KEY", "slice_items", "volume_items", "class_balanced_weights", "AxialSliceDataset"]
+__all__ = ["CLASS_LABEL_KEY", "slice_items", "volume_items", "class_balanced_weights", "AxialSliceDataset",
+           "cached_slices"]
 
 CLASS_LABEL_KEY = "class_label"
 """Key of the class label in items and in the dictionaries of :class:`AxialSliceDataset`."""
@@ -266,3 +268,25 @@ class AxialSliceDataset(torch.utils.data.Dataset):
         # a copy of one slice: a view would keep the whole volume's storage alive, and a DataLoader worker would
         # send that whole storage through shared memory with each sample
         return array[..., d].clone(memory_format=torch.contiguous_format)
+
+
+def cached_slices(entries: Sequence[Mapping], items: Sequence[Mapping], volume_transform, item_transform=None,
+                  keys: str | Sequence[str] = "image", label_key: str = CLASS_LABEL_KEY, cache_rate: float = 1.0,
+                  num_workers: int = 0) -> AxialSliceDataset:
+    """The :class:`AxialSliceDataset` of ``items`` over the entries' volumes, each volume loaded once by a MONAI
+    ``CacheDataset`` with ``volume_transform`` (deterministic: load, orient, scale) and sliced afterwards.
+
+    Args:
+        entries: datalist entries with ``case_id`` and the ``keys`` (file paths).
+        items: slice items of those cases.
+        volume_transform: the volume transform (``keys`` in, ``[C, H, W, D]`` out).
+        item_transform: per-slice transform (resize, augmentation).
+        keys: what is loaded and sliced (``"image"``; ``("image", "label")`` with the segmentation).
+        label_key: key of the class label (or target) in items and samples.
+        cache_rate, num_workers: of the ``CacheDataset``.
+    """
+    keys = ensure_tuple(keys)
+    volumes = [{"case_id": str(e["case_id"]), **{k: e[k] for k in keys if k in e}} for e in entries]
+    cached = CacheDataset(volumes, volume_transform, cache_rate=cache_rate, num_workers=num_workers, progress=False)
+    return AxialSliceDataset(cached, items, keys=keys, transform=item_transform,
+                             case_ids=[v["case_id"] for v in volumes], label_key=label_key)

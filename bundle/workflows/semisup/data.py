@@ -5,7 +5,7 @@ The organ is a set of label values of the dataset (LiTS liver = 1 and 2 merged, 
 from the datalist's slice labels, and :class:`OrganMaskd` turns the label volume into the organ's 0/1 mask that the
 segmentation term and the evaluation use. Only ``N`` slices carry that mask during training
 (:func:`draw_labelled_slices`: drawn with a seed from the training slices that hold the organ, recorded with the
-model); every slice carries its class label.
+model); every slice carries its class label (:func:`bundle.data.slice_dataset.slice_items` of the organ task).
 """
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import CacheDataset
 from monai.transforms import MapTransform
 
-from bundle.data.slice_dataset import CLASS_LABEL_KEY, AxialSliceDataset, slice_items
+from bundle.data.slice_dataset import CLASS_LABEL_KEY
 from bundle.data.tasks import TASKS, ClassificationTask
 from bundle.errors import InputError
 
-__all__ = ["DEFAULT_ORGANS", "OrganMaskd", "organ_task", "draw_labelled_slices", "slice_dataset", "organ_items",
-           "labelled_subset"]
+__all__ = ["DEFAULT_ORGANS", "OrganMaskd", "organ_task", "draw_labelled_slices", "labelled_subset"]
 
 DEFAULT_ORGANS: Mapping[str, tuple[str, tuple[int, ...]]] = {
     "lits": ("liver", (1, 2)),
@@ -74,12 +72,6 @@ class OrganMaskd(MapTransform):
         return d
 
 
-def organ_items(entries: Sequence[Mapping], task: ClassificationTask, central_fraction: float = 1.0,
-                where: str = "datalist") -> list[dict]:
-    """Slice items (class label under ``class_label``) of the entries; ``central_fraction`` keeps the central part."""
-    return slice_items(entries, task, central_fraction=central_fraction, where=where)
-
-
 def draw_labelled_slices(items: Sequence[Mapping], n: int, seed: int, where: str = "datalist") -> list[dict]:
     """The ``n`` slices whose masks are used for training, drawn with ``seed`` from the slices holding the organ.
 
@@ -98,16 +90,6 @@ def draw_labelled_slices(items: Sequence[Mapping], n: int, seed: int, where: str
     chosen = np.random.default_rng(int(seed)).choice(positive, size=n, replace=False)
     drawn = [{"case_id": str(items[i]["case_id"]), "slice_index": int(items[i]["slice_index"])} for i in chosen]
     return sorted(drawn, key=lambda d: (d["case_id"], d["slice_index"]))
-
-
-def slice_dataset(entries: Sequence[Mapping], items: Sequence[Mapping], volume_transform, item_transform=None,
-                  keys: Sequence[str] = ("image", "label"), cache_rate: float = 1.0,
-                  num_workers: int = 0) -> AxialSliceDataset:
-    """Slices (image and organ mask) of the entries' volumes, each volume loaded and cached once."""
-    volumes = [{"case_id": str(e["case_id"]), **{k: e[k] for k in keys if k in e}} for e in entries]
-    cached = CacheDataset(volumes, volume_transform, cache_rate=cache_rate, num_workers=num_workers, progress=False)
-    return AxialSliceDataset(cached, items, keys=tuple(keys), transform=item_transform,
-                             case_ids=[v["case_id"] for v in volumes])
 
 
 def labelled_subset(items: Sequence[Mapping], labelled: Sequence[Mapping]) -> list[dict]:

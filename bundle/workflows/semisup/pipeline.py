@@ -26,6 +26,7 @@ from monai.utils import look_up_option
 from bundle.atomic import atomic_path, write_text_atomic
 from bundle.data.case_ids import case_id_of
 from bundle.data.datalist_io import load_checked_section, read_datalist
+from bundle.data.slice_dataset import cached_slices, slice_items
 from bundle.data.writers import to_file_grid
 from bundle.errors import InputError
 from bundle.networks.sam_mix import SamMixNet
@@ -33,13 +34,7 @@ from bundle.sam.loading import load_sam, sam_info
 from bundle.sam.trainable import TrainableSam
 from bundle.workflows.common.case_report import json_safe
 from bundle.workflows.common.inputs import file_cases
-from bundle.workflows.semisup.data import (
-    draw_labelled_slices,
-    labelled_subset,
-    organ_items,
-    organ_task,
-    slice_dataset,
-)
+from bundle.workflows.semisup.data import draw_labelled_slices, labelled_subset, organ_task
 from bundle.workflows.semisup.evaluation import evaluate_case, write_evaluation
 from bundle.workflows.semisup.panels import write_panels
 from bundle.workflows.semisup.predictor import SamMixPredictor, build_unet
@@ -115,7 +110,7 @@ class SamMixWorkflow:
         entries = self.entries("training")
         if not entries:
             raise InputError(self.datalist, "the training section has no case")
-        items = organ_items(entries, self.task, self.central_fraction, self.datalist)
+        items = slice_items(entries, self.task, central_fraction=self.central_fraction, where=self.datalist)
         self.entries("validation")
         self.entries("testing")
         draw_labelled_slices(items, self.num_labelled, self.seed, self.datalist)
@@ -173,9 +168,9 @@ class SamMixWorkflow:
         entries, items = self.check()
         labelled = draw_labelled_slices(items, self.num_labelled, self.seed, self.datalist)
         card = self._card(labelled)
-        loading = {"cache_rate": self.cache_rate, "num_workers": self.num_workers}
-        train = slice_dataset(entries, items, self.volume_transform, self.train_item_transform, **loading)
-        labelled_data = slice_dataset(entries, labelled_subset(items, labelled), self.volume_transform,
+        loading = {"keys": ("image", "label"), "cache_rate": self.cache_rate, "num_workers": self.num_workers}
+        train = cached_slices(entries, items, self.volume_transform, self.train_item_transform, **loading)
+        labelled_data = cached_slices(entries, labelled_subset(items, labelled), self.volume_transform,
                                       self.train_item_transform, **loading)
         callback = self._panel_callback()
         network = self._network(card)
@@ -193,13 +188,13 @@ class SamMixWorkflow:
         val_entries = self.entries("validation")
         if not val_entries:
             return None
-        items = [i for i in organ_items(val_entries, self.task, 1.0, self.datalist) if i["class_label"] == 1]
+        items = [i for i in slice_items(val_entries, self.task, where=self.datalist) if i["class_label"] == 1]
         if not items:
             return None
         step = max(1, len(items) // self.panels)
         shown = items[::step][: self.panels]
-        data = slice_dataset(val_entries, shown, self.volume_transform, self.val_item_transform,
-                             cache_rate=self.cache_rate)
+        data = cached_slices(val_entries, shown, self.volume_transform, self.val_item_transform,
+                             keys=("image", "label"), cache_rate=self.cache_rate)
         writer, device = self.summary_writer, self.device
 
         def callback(engine):

@@ -19,11 +19,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from ignite.engine import Events
-from monai.data import CacheDataset, DataLoader
+from monai.data import DataLoader
 from monai.engines import SupervisedTrainer
 from monai.handlers import LrScheduleHandler, StatsHandler, TensorBoardStatsHandler, from_engine
 
-from bundle.data.slice_dataset import AxialSliceDataset
+from bundle.data.slice_dataset import AxialSliceDataset, cached_slices
 from bundle.networks.fusion import mean_roc_auc
 from bundle.networks.parent_child import ParentChildClassifier, ParentChildLoss
 from bundle.workflows.common.checkpoints import (
@@ -45,10 +45,8 @@ logger = logging.getLogger(__name__)
 def slice_dataset(entries: Sequence[Mapping], items: Sequence[Mapping], volume_transform, item_transform=None,
                   cache_rate: float = 1.0, num_workers: int = 0) -> AxialSliceDataset:
     """Slices of the entries' image volumes (loaded once, cached) with each item's ``target``."""
-    volumes = [{"case_id": str(e["case_id"]), "image": e["image"]} for e in entries]
-    cached = CacheDataset(volumes, volume_transform, cache_rate=cache_rate, num_workers=num_workers, progress=False)
-    return AxialSliceDataset(cached, items, keys="image", transform=item_transform,
-                             case_ids=[v["case_id"] for v in volumes], label_key=TARGET_KEY)
+    return cached_slices(entries, items, volume_transform, item_transform, keys="image", label_key=TARGET_KEY,
+                         cache_rate=cache_rate, num_workers=num_workers)
 
 
 class TargetBatch:

@@ -54,10 +54,10 @@ def test_labelled_slices_depend_on_the_seed_and_hold_the_organ(lits, trained, ti
     for drawn in card["labelled_slices"]:
         per_value = labels[drawn["case_id"]]  # {"1": [0/1 per slice], "2": [...]}
         assert per_value["1"][drawn["slice_index"]] or per_value["2"][drawn["slice_index"]]
-    from bundle.workflows.semisup.data import draw_labelled_slices, organ_items, organ_task
+    from bundle.data.slice_dataset import slice_items
+    from bundle.workflows.semisup.data import draw_labelled_slices, organ_task
 
-    entries = [{**e, "case_id": e["case_id"]} for e in datalist["training"]]
-    items = organ_items(entries, organ_task("lits"))
+    items = slice_items(datalist["training"], organ_task("lits"))
     draws = {tuple((d["case_id"], d["slice_index"]) for d in draw_labelled_slices(items, 2, s)) for s in range(6)}
     assert len(draws) > 1
     assert draw_labelled_slices(items, 2, 0) == card["labelled_slices"]
