@@ -28,7 +28,7 @@ __all__ = ["SamMixNet", "SamMixOutput"]
 
 class SamMixOutput(dict):
     """What :meth:`SamMixNet.predict` returns: ``probability [B]`` (organ present), ``cam [B, 1, H, W]``,
-    ``cam_mask``, ``boxes [B, 4]``, ``cam_empty [B]`` and ``logits [B, 1, H, W]``."""
+    ``cam_mask``, ``boxes [B, 4]``, ``cam_empty [B]``, ``logits [B, 1, H, W]`` and, when asked for, ``extra_logits``."""
 
 
 class SamMixNet(nn.Module):
@@ -82,16 +82,27 @@ class SamMixNet(nn.Module):
         return logits
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, boxes: torch.Tensor | None = None) -> SamMixOutput:
+    def predict(self, x: torch.Tensor, boxes: torch.Tensor | None = None,
+                extra: tuple[torch.Tensor, torch.Tensor] | None = None) -> SamMixOutput:
         """Classifier probability, CAM, prompts and SAM logits of a batch of slices (eval mode, no gradients kept).
 
         Args:
             x: ``[B, C, H, W]`` slices.
             boxes: box prompts from outside (``[B, 4]``, e.g. ground-truth boxes); None: the CAM boxes.
+            extra: ``(rows [k], boxes [k, 4])``: also decode these boxes for those slices from the same image
+                embeddings (one encoder pass serves both), as ``extra_logits [k, 1, H, W]``.
         """
         probability = torch.softmax(self.classifier(x), dim=1)[:, 1]
         cam, cam_boxes_, mask, empty = self.prompts(x)
         chosen = cam_boxes_ if boxes is None else boxes.to(x.device).float()
-        logits = self.segment(x, chosen, mask)
-        return SamMixOutput(probability=probability, cam=cam, cam_mask=mask, boxes=chosen, cam_empty=empty,
-                            logits=logits)
+        height, width = x.shape[-2:]
+        embeddings = self.sam.encode(x[:, :1], mask if self.dense_guidance else None)
+        logits, _ = self.sam.segment(embeddings, chosen, height, width)
+        out = SamMixOutput(probability=probability, cam=cam, cam_mask=mask, boxes=chosen, cam_empty=empty,
+                           logits=logits)
+        if extra is not None:
+            rows, extra_boxes = extra
+            rows = torch.as_tensor(rows, dtype=torch.long, device=x.device)
+            out["extra_logits"] = self.sam.segment(embeddings[rows], extra_boxes.to(x.device).float(), height,
+                                                   width)[0]
+        return out

@@ -150,6 +150,13 @@ class TrainableSam(nn.Module):
         rows = torch.arange(b, device=logits.device)
         return logits[rows, best].unsqueeze(1), iou[rows, best]
 
+    def segment(self, embeddings: torch.Tensor, boxes: torch.Tensor, height: int, width: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[B, 1, H, W]`` at the slice size and predicted IoU ``[B]`` from :meth:`encode`'s embeddings, one
+        box (slice pixels) per embedding: several box sets can be decoded from one encoder pass."""
+        low_res, iou = self.decode(embeddings, self._input_boxes(boxes, height, width))
+        return self.to_slice(low_res, height, width), iou
+
     def to_slice(self, low_res: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Low-resolution logits -> logits ``[B, 1, H, W]`` at the slice size (padding cropped)."""
         size = self.preprocessing.size
@@ -171,7 +178,4 @@ class TrainableSam(nn.Module):
         """
         if boxes.shape != (slices.shape[0], 4):
             raise ValueError(f"expected one box per slice [{slices.shape[0]}, 4], got {tuple(boxes.shape)}")
-        height, width = slices.shape[-2:]
-        embeddings = self.encode(slices, guidance)
-        low_res, iou = self.decode(embeddings, self._input_boxes(boxes, height, width))
-        return self.to_slice(low_res, height, width), iou
+        return self.segment(self.encode(slices, guidance), boxes, *slices.shape[-2:])

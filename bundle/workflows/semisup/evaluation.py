@@ -61,30 +61,32 @@ def evaluate_case(predictor: SamMixPredictor, image, truth, spacing: Sequence[fl
         organ: the class name in the report.
 
     Returns:
-        ``{protocol: {"metrics": {organ: {...}}, "seconds", ...}}``; ``fair`` also counts the slices whose CAM was
-        empty (central box), ``anchor`` the slices scored.
+        ``{protocol: {"metrics": {organ: {...}}, "seconds", ...}}``; ``seconds`` is the prediction time of the case
+        (both protocols share it); ``fair`` also counts the slices whose CAM was empty (central box), ``anchor`` the
+        slices scored.
     """
     truth = np.asarray(truth) > 0.5
+    start = time.perf_counter()
+    pred = predictor.predict_volume(image, truth, protocols)  # one image embedding per slice for both protocols
+    seconds = time.perf_counter() - start
     out = {}
-    if "fair" in protocols:
-        start = time.perf_counter()
-        pred = predictor.predict_volume(image, boxes="cam")
-        scores = volume_metrics(pred["mask"], truth, spacing=spacing, class_names=[organ])[organ]
-        out["fair"] = {"metrics": {organ: {"dice": scores["dice"], "hd95": scores["hd95"]}},
-                       "seconds": time.perf_counter() - start, "empty_cams": len(pred["cam_empty"])}
-    if "anchor" in protocols:
-        start = time.perf_counter()
-        pred = predictor.predict_volume(image, truth, boxes="ground_truth")
+    if "fair" in pred:
+        fair = pred["fair"]
+        scores = volume_metrics(fair["mask"], truth, spacing=spacing, class_names=[organ])[organ]
+        out["fair"] = {"metrics": {organ: {"dice": scores["dice"], "hd95": scores["hd95"]}}, "seconds": seconds,
+                       "empty_cams": len(fair["cam_empty"])}
+    if "anchor" in pred:
+        anchor = pred["anchor"]
         dice, hd = [], []
-        for d in pred["slices"]:
-            p, g = pred["mask"][0, ..., d] > 0, truth[0, ..., d]
+        for d in anchor["slices"]:
+            p, g = anchor["mask"][0, ..., d] > 0, truth[0, ..., d]
             dice.append(2.0 * np.logical_and(p, g).sum() / (p.sum() + g.sum()))
             hd.append(slice_surface_distances(p, g)[1])
         hd = np.asarray(hd, float)
         out["anchor"] = {
             "metrics": {organ: {"slice_dice": float(np.mean(dice)) if dice else float("nan"),
                                 "slice_hd95_px": float(np.nanmean(hd)) if np.isfinite(hd).any() else float("nan")}},
-            "seconds": time.perf_counter() - start, "slices": len(pred["slices"]),
+            "seconds": seconds, "slices": len(anchor["slices"]),
         }
     return out
 

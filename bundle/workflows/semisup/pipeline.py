@@ -268,7 +268,7 @@ def predict_files(model_dir: str | os.PathLike, cases: Sequence[Mapping], output
             continue
         start = time.perf_counter()
         image = loader({"image": path})["image"]
-        mask = predictor.predict_volume(image, boxes="cam")["mask"][0]
+        mask = predictor.predict_volume(image)["fair"]["mask"][0]
         file_affine = np.asarray(image.meta.get("original_affine", image.affine), np.float64)
         volume = to_file_grid(mask, np.asarray(image.affine, np.float64), file_affine)
         with atomic_path(out_path) as tmp:  # the temporary name keeps .nii.gz: nibabel picks the format from it

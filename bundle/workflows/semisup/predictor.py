@@ -5,11 +5,11 @@ size, intensity, SAM type and checkpoint sha256, LoRA rank, CAM threshold) and, 
 :class:`SamMixPredictor` needs nothing else: the base SAM is found from the card (LiteMedSAM's packaged weights, or
 the recorded checkpoint path, or ``sam_checkpoint`` given here) and checked against the recorded sha256.
 
-Two box sources, the two evaluation protocols of METHODS.md §4:
+Two box sources, the two evaluation protocols of METHODS.md §4, decoded from one image embedding per slice:
 
-- ``cam`` (fair, and inference): every slice; the classifier's probability gates it (below ``gate`` the slice is
-  empty); the Grad-CAM box (central box when the CAM is empty) prompts SAM;
-- ``ground_truth`` (the authors' protocol): only slices whose ground truth holds the organ, prompted with the tight
+- ``fair`` (and inference): every slice; the classifier's probability gates it (below ``gate`` the slice is empty);
+  the Grad-CAM box (central box when the CAM is empty) prompts SAM;
+- ``anchor`` (the authors' protocol): only slices whose ground truth holds the organ, prompted with the tight
   box of that ground truth, no gate.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,12 @@ from bundle.sam.loading import load_sam, sam_info
 from bundle.sam.trainable import TrainableSam
 from bundle.workflows.semisup.training import GAIN_KEY
 
-__all__ = ["BOX_SOURCES", "SamMixPredictor", "build_unet", "read_card"]
+__all__ = ["PROTOCOL_NAMES", "SamMixPredictor", "build_unet", "read_card"]
 
 logger = logging.getLogger(__name__)
 
-BOX_SOURCES = ("cam", "ground_truth")
+PROTOCOL_NAMES = ("fair", "anchor")
+"""The box sources: the CAM (every slice, classifier gate) and the ground truth (slices holding the organ)."""
 
 
 def build_unet(args: dict) -> UNet:
@@ -109,66 +111,87 @@ class SamMixPredictor:
             return x
         return F.interpolate(x, size=tuple(size), mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
 
-    def predict_slices(self, x: torch.Tensor, truth: torch.Tensor | None = None) -> dict:
+    def predict_slices(self, x: torch.Tensor, truth: torch.Tensor | None = None, rows=None) -> dict:
         """Logits and prompts of ``[B, C, H, W]`` slices (at any size; run at the card's ``roi_size``).
 
         Args:
             x: slices, intensity-scaled as in training.
-            truth: ``[B, 1, H, W]`` organ masks: their boxes prompt SAM (the authors' protocol); None: CAM boxes.
+            truth: ``[k, 1, H, W]`` organ masks of the slices ``rows`` of ``x``: their boxes prompt SAM too (the
+                authors' protocol), from the same image embeddings as the CAM boxes.
+            rows: which slices of ``x`` ``truth`` belongs to (default: all).
 
         Returns:
-            ``logits [B, 1, H, W]`` (at the input size), ``probability [B]`` (None for the U-Net), ``cam_empty [B]``.
+            ``logits [B, 1, H, W]`` with the CAM boxes (at the input size), ``truth_logits [k, 1, H, W]`` with the
+            ground-truth boxes (None without ``truth``), ``probability [B]`` (None for the U-Net), ``cam_empty [B]``.
         """
         height, width = x.shape[-2:]
         xr = self._resize(x.to(self.device).float(), self.roi_size, "bilinear")
+        rows = list(range(len(x))) if rows is None else list(rows)
+        truth_logits = None
         with torch.no_grad():
-            if self.method == "unet":
+            if self.method == "unet":  # no prompt: both protocols score the same prediction
                 logits, probability, empty = self.network(xr), None, torch.zeros(len(x), dtype=torch.bool)
-            else:
-                boxes = None
                 if truth is not None:
-                    boxes = mask_boxes(self._resize(truth.to(self.device).float(), self.roi_size, "nearest") > 0.5)[0]
-                out = self.network.predict(xr, boxes)
+                    truth_logits = logits[rows]
+            else:
+                extra = None
+                if truth is not None:
+                    small = self._resize(truth.to(self.device).float(), self.roi_size, "nearest")
+                    extra = (rows, mask_boxes(small > 0.5)[0])
+                out = self.network.predict(xr, extra=extra)
                 logits, probability, empty = out["logits"], out["probability"].cpu(), out["cam_empty"].cpu()
-        return {"logits": self._resize(logits, (height, width), "bilinear").cpu(), "probability": probability,
-                "cam_empty": empty}
+                truth_logits = out.get("extra_logits")
+        if truth_logits is not None:
+            truth_logits = self._resize(truth_logits, (height, width), "bilinear").cpu()
+        return {"logits": self._resize(logits, (height, width), "bilinear").cpu(), "truth_logits": truth_logits,
+                "probability": probability, "cam_empty": empty}
 
-    def predict_volume(self, image: torch.Tensor, truth: torch.Tensor | None = None, boxes: str = "cam") -> dict:
-        """The organ mask of a ``[C, H, W, D]`` volume (RAS, intensity-scaled), slice by slice.
+    def predict_volume(self, image: torch.Tensor, truth: torch.Tensor | None = None,
+                       protocols: Sequence[str] = ("fair",)) -> dict[str, dict]:
+        """The organ mask of a ``[C, H, W, D]`` volume (RAS, intensity-scaled) by each protocol, slice by slice, one
+        image embedding per slice serving both.
 
         Args:
             image: the volume.
-            truth: ``[1, H, W, D]`` organ mask, needed for ``boxes="ground_truth"``.
-            boxes: ``cam`` (every slice, classifier gate) or ``ground_truth`` (slices holding the organ only).
+            truth: ``[1, H, W, D]`` organ mask, needed for ``anchor``.
+            protocols: ``fair`` (CAM boxes, every slice, classifier gate) and / or ``anchor`` (ground-truth boxes,
+                only the slices holding the organ).
 
         Returns:
-            ``mask [1, H, W, D]`` uint8, ``slices`` (the slice indices predicted), ``probability [D]`` (NaN where
-            not run; None for the U-Net) and ``cam_empty`` (slices whose CAM was empty).
+            ``{protocol: {"mask" [1, H, W, D] uint8, "slices" (the slice indices predicted)}}``, and ``probability``
+            ``[D]`` (NaN where not run; None for the U-Net) and ``cam_empty`` (slices whose CAM was empty) under
+            ``fair``.
         """
-        look_up_option(boxes, BOX_SOURCES)
+        protocols = [look_up_option(p, PROTOCOL_NAMES) for p in protocols]
         image = torch.as_tensor(image).float()
         depth = image.shape[-1]
-        if boxes == "ground_truth":
+        positive: list[int] = []
+        if "anchor" in protocols:
             if truth is None:
-                raise ValueError("boxes='ground_truth' needs the ground truth")
+                raise ValueError("the anchor protocol needs the ground truth")
             truth = torch.as_tensor(truth).float()
-            slices = [d for d in range(depth) if bool(truth[..., d].any())]
-        else:
-            slices = list(range(depth))
-        mask = np.zeros((1, *image.shape[1:]), np.uint8)
+            positive = [d for d in range(depth) if bool(truth[..., d].any())]
+        slices = list(range(depth)) if "fair" in protocols else positive
+        masks = {p: np.zeros((1, *image.shape[1:]), np.uint8) for p in protocols}
         probability = np.full(depth, np.nan)
         empty = []
+        wanted = set(positive)
         for start in range(0, len(slices), self.batch_size):
             chunk = slices[start : start + self.batch_size]
-            x = image[..., chunk].permute(3, 0, 1, 2)
-            t = truth[..., chunk].permute(3, 0, 1, 2) if boxes == "ground_truth" else None
-            out = self.predict_slices(x, t)
-            keep = out["logits"][:, 0] > 0
-            if out["probability"] is not None:
-                probability[chunk] = out["probability"].numpy()
-                if boxes == "cam":
+            rows = [i for i, d in enumerate(chunk) if d in wanted]
+            truth_chunk = truth[..., [chunk[i] for i in rows]].permute(3, 0, 1, 2) if rows else None
+            out = self.predict_slices(image[..., chunk].permute(3, 0, 1, 2), truth_chunk, rows)
+            if "fair" in masks:
+                keep = out["logits"][:, 0] > 0
+                if out["probability"] is not None:
+                    probability[chunk] = out["probability"].numpy()
                     keep &= (out["probability"] >= self.gate)[:, None, None]
-            mask[0][..., chunk] = keep.permute(1, 2, 0).numpy().astype(np.uint8)
-            empty += [d for d, e in zip(chunk, out["cam_empty"].tolist()) if e]
-        return {"mask": mask, "slices": slices, "probability": None if self.method == "unet" else probability,
-                "cam_empty": empty}
+                masks["fair"][0][..., chunk] = keep.permute(1, 2, 0).numpy().astype(np.uint8)
+                empty += [d for d, e in zip(chunk, out["cam_empty"].tolist()) if e]
+            if rows:
+                anchor = (out["truth_logits"][:, 0] > 0).permute(1, 2, 0).numpy().astype(np.uint8)
+                masks["anchor"][0][..., [chunk[i] for i in rows]] = anchor
+        result = {p: {"mask": masks[p], "slices": slices if p == "fair" else positive} for p in protocols}
+        if "fair" in result:
+            result["fair"].update(probability=None if self.method == "unet" else probability, cam_empty=empty)
+        return result
