@@ -12,11 +12,30 @@ from workflow_utils import TINY_SAM, check_predictions, check_summary, check_tra
 from bundle.workflows.common.seg_metrics import volume_metrics
 from bundle.workflows.segmentation.transforms import LabelToRegions
 
+REGIONS = {"brats": {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}, "lits": {"liver": [1, 2], "tumour": [2]}}
 
-def test_brats_2d_fallback_priors(phantom_set, tmp_path):
+
+@pytest.fixture(scope="module")
+def trained(phantom_set, tmp_path_factory):
+    """Factory: ``trained("brats")`` -> ``(phantoms, folder)`` with the default workflow (2D network, priors from the
+    weight-free fallback generator) trained once per module on that preset's phantoms, for the tests that evaluate
+    and infer with the model."""
+    runs = {}
+
+    def make(preset: str):
+        if preset not in runs:
+            data = phantom_set(preset)
+            work = tmp_path_factory.mktemp(f"{preset}_run")
+            train(data, work)
+            runs[preset] = data, work
+        return runs[preset]
+
+    return make
+
+
+def test_brats_2d_fallback_priors(trained):
     """Default workflow (2D network, BraTS concat), priors from the weight-free fallback generator."""
-    data = phantom_set("brats")
-    train(data, tmp_path)
+    data, tmp_path = trained("brats")
     text = check_training_outputs(tmp_path, ["WT", "TC", "ET"], ["FLAIR", "T1", "T1ce", "T2", "sam_seg_prior",
                                                                   "sam_boundary_prior"])
     assert "region_proposals" in text and "NOT SAM priors" in text  # the fallback is recorded as such
@@ -31,19 +50,45 @@ def test_brats_2d_fallback_priors(phantom_set, tmp_path):
     check_report_scores_the_written_file(data, tmp_path, "eval_testing_aug_only")
 
 
-def check_report_scores_the_written_file(data, work, eval_name: str) -> None:
-    """The evaluation report's Dice of every region equals the Dice of the label map inference wrote (the same
-    region -> label conversion: ET never outside TC in both)."""
-    regions = {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}
+def check_report_scores_the_written_file(data, work, eval_name: str) -> dict:
+    """The evaluation report's Dice (and HD95) of every region equals that of the label map inference wrote (the
+    same region -> label conversion: ET never outside TC in both), both scored against the label file on its own
+    grid and spacing; returns the report's record of the case."""
+    regions = REGIONS[data.preset]
     to_regions = LabelToRegions(regions)
     (entry,) = json.loads(data.datalist.read_text())["testing"]
-    truth = to_regions(np.asarray(nib.load(data.root / entry["label"]).dataobj)[None])
+    truth_file = nib.load(data.root / entry["label"])
+    truth = to_regions(np.asarray(truth_file.dataobj)[None])
     (written,) = sorted((work / "predictions").glob("*_seg.nii.gz"))
     pred = to_regions(np.asarray(nib.load(written).dataobj)[None])
-    from_file = volume_metrics(pred > 0.5, truth > 0.5, class_names=list(regions))
+    spacing = [float(s) for s in truth_file.header.get_zooms()[:3]]
+    from_file = volume_metrics(pred > 0.5, truth > 0.5, spacing=spacing, class_names=list(regions))
     (case,) = json.loads((work / "run" / eval_name / "metrics_per_case.json").read_text())["cases"]
     for name in regions:
         assert case["metrics"][name]["dice"] == pytest.approx(from_file[name]["dice"], abs=1e-6), name
+        assert case["metrics"][name]["hd95"] == pytest.approx(from_file[name]["hd95"], abs=1e-6, nan_ok=True), name
+    assert case["spacing"] == pytest.approx(spacing, abs=1e-6)
+    return case
+
+
+@pytest.mark.parametrize(
+    "preset, pixdim",
+    [
+        ("brats", [1.5, 1.5, 2.0]),  # 1 mm phantoms with an LPS-style affine diag(-1, -1, 1)
+        ("lits", [1.5, 1.5, 2.5]),  # anisotropic (0.6-0.9 mm in-plane, 1.5-5 mm slices), rotated, LPS-style
+    ],
+)
+def test_report_scores_the_restored_file(preset, pixdim, trained, tmp_path):
+    """With ``pixdim`` unlike the phantoms' grid, the network works on a resampled RAS grid and inference restores
+    its label map to the input's grid: evaluation scores that restored map against the label file (Dice and HD95 in
+    the file's spacing), not the resampled prediction against a resampled label."""
+    data, work = trained(preset)
+    model = {"pixdim": pixdim, "ckpt_dir": str(work / "models"), "prior_cache_dir": str(work / "priors")}
+    evaluate(data, tmp_path, **model)
+    infer(data, tmp_path, **model)
+    check_predictions(data, tmp_path, {0, *(v for values in REGIONS[preset].values() for v in values)})
+    case = check_report_scores_the_written_file(data, tmp_path, "eval_testing_aug_only")
+    assert case["spacing"] != pytest.approx(pixdim, abs=0.01)  # scored on the file's grid, not the network's
 
 
 def test_lits_3d_tiny_sam(phantom_set, tmp_path, tiny_sam_checkpoint):

@@ -9,19 +9,16 @@ so it reads the same prior-cache partition (the signature is the same).
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
-from bundle.atomic import write_text_atomic
-from bundle.distributed import is_main_process
-from bundle.errors import InputError, MissingInputError
+from bundle.errors import InputError
 from bundle.networks.dual_branch import DualBranchClassifier
 from bundle.priors.transforms import SamPrior
 from bundle.sam.factory import make_mask_generator
-from bundle.workflows.common.best_model import BestModelSaver
+from bundle.workflows.common import model_card
 from bundle.workflows.common.intensity_card import describe_intensity, intensity_from_card
+from bundle.workflows.common.model_card import CARD_NAME, CARD_VERSION, write_card
 
 __all__ = [
     "CARD_NAME",
@@ -36,38 +33,21 @@ __all__ = [
     "write_card",
 ]
 
-CARD_NAME = "model_card.json"
-CARD_VERSION = 1
 _REQUIRED = ("task", "network", "roi_size", "cls_aug_mode", "alpha", "fusion_weight", "use_priors",
              "image_channel_names", "intensity", "prior")
 
 
-def write_card(path: str | os.PathLike, card: Mapping[str, Any]) -> None:
-    """Write ``card`` as JSON atomically (main process only)."""
-    if is_main_process():
-        write_text_atomic(path, json.dumps({"card_version": CARD_VERSION, **card}, indent=2, default=str) + "\n")
-
-
-def read_card(model_dir: str | os.PathLike) -> dict:
-    """The model card of ``model_dir`` (a folder holding ``model_card.json``, or the card file itself).
+def read_card(model_dir) -> dict:
+    """The SAMAug-C model card of ``model_dir`` (a folder holding ``model_card.json``, or the card file itself).
 
     Raises:
         MissingInputError: no card (a model trained before cards existed, or the wrong folder).
-        InputError: not JSON, or a field missing; names the file.
+        InputError: not JSON, a field missing, or the card of another kind of model; names the file.
     """
-    path = os.fspath(model_dir)
-    path = os.path.join(path, CARD_NAME) if os.path.isdir(path) or not path.endswith(".json") else path
-    if not os.path.isfile(path):
-        raise MissingInputError(path, "no model card: train with configs/train_samaug_cls.json, which writes it next "
-                                      "to model.pt")
-    try:
-        with open(path) as f:
-            card = json.load(f)
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(path, f"model card is not readable JSON ({error})") from error
-    missing = [k for k in _REQUIRED if k not in card]
-    if missing:
-        raise InputError(path, f"model card lacks {missing}")
+    card = model_card.read_card(model_dir, _REQUIRED, "configs/train_samaug_cls.json")
+    kind = model_card.card_kind(card, model_card.card_path(model_dir))
+    if kind != "classification":
+        raise InputError(model_card.card_path(model_dir), f"is the card of a {kind} model, not of a SAMAug-C classifier")
     return card
 
 
@@ -97,9 +77,9 @@ def prior_from_card(card: Mapping[str, Any], device: Any = "cpu") -> SamPrior | 
                     samaugc_combine=p["samaugc_combine"])
 
 
-class CardBestModelSaver(BestModelSaver):
-    """:class:`~bundle.workflows.common.best_model.BestModelSaver` that writes the model card whenever it saves a new
-    best model, with the fusion weight the key metric chose in that validation.
+class CardBestModelSaver(model_card.CardBestModelSaver):
+    """:class:`~bundle.workflows.common.model_card.CardBestModelSaver` that also records the fusion weight the key
+    metric chose in the validation that saved the model.
 
     Args:
         save_dir: folder of ``model.pt`` and ``model_card.json``.
@@ -110,17 +90,8 @@ class CardBestModelSaver(BestModelSaver):
     """
 
     def __init__(self, save_dir: str, save_dict: dict, card: Mapping[str, Any], metric: Any, **kwargs) -> None:
-        super().__init__(save_dir=save_dir, save_dict=save_dict, **kwargs)
-        self.card = dict(card)
+        super().__init__(save_dir=save_dir, save_dict=save_dict, card={"kind": "classification", **card}, **kwargs)
         self.metric = metric
-        self.key_name = kwargs.get("key_metric_name")
-        json.dumps(self.card, default=str)  # fail at construction, not after the first epoch
 
-    def metrics_completed(self, engine) -> None:
-        before = list(self._key_metric_checkpoint._saved)
-        super().metrics_completed(engine)
-        if list(self._key_metric_checkpoint._saved) != before:
-            card = {**self.card, "fusion_weight": float(self.metric.fusion_weight),
-                    "best_metric": float(engine.state.metrics[self.key_name or engine.state.key_metric_name]),
-                    "best_epoch": int(engine.state.epoch)}
-            write_card(os.path.join(self.save_dir, CARD_NAME), card)
+    def card_fields(self, engine) -> dict:
+        return {**super().card_fields(engine), "fusion_weight": float(self.metric.fusion_weight)}

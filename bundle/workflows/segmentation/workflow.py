@@ -39,6 +39,8 @@ __all__ = [
     "load_datalist",
     "input_items",
     "prior_description",
+    "describe_network",
+    "network_config",
 ]
 
 SPATIAL_DIMS = (2, 3)
@@ -200,3 +202,29 @@ def prior_description(prior_mode: str, generator: Any = None) -> dict:
         note = (f"weight-free fallback generator {name!r} (sam_model_type 'fallback'): classical region "
                 "proposals stand in for SAM's masks; these priors are NOT SAM priors")
     return {"prior_mode": prior_mode, "generator": name, "is_sam": is_sam, "note": note, "signature": signature}
+
+
+_UNET_FIELDS = ("in_channels", "out_channels", "channels", "strides", "kernel_size", "up_kernel_size", "num_res_units",
+                "act", "norm", "dropout", "bias", "adn_ordering")
+
+
+def describe_network(network: Any) -> dict:
+    """The model card entry of a segmentation network (MONAI ``UNet``): its constructor arguments as JSON.
+
+    Raises:
+        ValueError: another network type (the card cannot rebuild it; add it here).
+    """
+    from monai.networks.nets import UNet
+
+    if type(network) is not UNet:
+        raise ValueError(f"the model card can describe MONAI UNet networks, not {type(network).__name__}.")
+    args = {"spatial_dims": int(network.dimensions)}
+    for name in _UNET_FIELDS:
+        value = getattr(network, name)
+        args[name] = list(value) if isinstance(value, tuple) else value
+    return {"_target_": "UNet", **args}
+
+
+def network_config(entry: dict) -> dict:
+    """The ``network_def`` config of a card entry written by :func:`describe_network` (lists back to tuples)."""
+    return {k: tuple(v) if isinstance(v, list) and k in ("act", "norm") else v for k, v in entry.items()}

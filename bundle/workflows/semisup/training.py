@@ -49,8 +49,9 @@ from bundle.workflows.common.checkpoints import (
     save_atomic,
 )
 from bundle.workflows.common.guards import StopOnNonFiniteLoss
+from bundle.workflows.common.model_card import CARD_NAME, write_card
 
-__all__ = ["GAIN_KEY", "METHODS", "LabelledBatches", "JointStep", "UNetStep", "SamTrainableState", "train_model"]
+__all__ = ["GAIN_KEY", "METHODS", "JointStep", "LabelledBatches", "SamTrainableState", "UNetStep", "train_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +234,8 @@ def train_model(
     adapter_path = os.path.join(os.fspath(model_dir), "adapter.pt")
     if finished_with_card(model_path, card, stage="sam-mix") and (method != "sam_mix" or os.path.isfile(adapter_path)):
         logger.info("sam-mix: %s is finished for this configuration; reusing it", model_path)
+        if not os.path.isfile(os.path.join(os.fspath(model_dir), CARD_NAME)):  # finished before cards were written
+            write_card(os.path.join(os.fspath(model_dir), CARD_NAME), {"kind": "sam_mix", **card})
         return dict(card)
     torch.manual_seed(int(seed))
     device = torch.device(device)
@@ -281,5 +284,7 @@ def train_model(
         stored = {"network": network.classifier.state_dict(), GAIN_KEY: network.sam.guidance_gain.detach().cpu(),
                   "card": card}
     save_atomic(stored, model_path)
+    # the card batch inference reads (bundle/workflows/common/model_card.py); model.pt keeps its own copy
+    write_card(os.path.join(os.fspath(model_dir), CARD_NAME), {"kind": "sam_mix", **card})
     logger.info("sam-mix: saved %s", model_path)
     return card

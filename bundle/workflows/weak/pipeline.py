@@ -296,7 +296,8 @@ class WeakPipeline:
     def segmentation(self) -> dict:
         if not self.pseudo_datalist_path.is_file():
             raise FileNotFoundError(f"{self.pseudo_datalist_path}: no pseudo-label datalist; run 'pseudo_labels'")
-        overrides = {**self._seg_overrides(), "datalist": str(self.pseudo_datalist_path)}
+        overrides = {**self._seg_overrides(), "datalist": str(self.pseudo_datalist_path),
+                     "model_card#method": f"weakmedsam ({self.seg_labels} labels)"}
         self._run_bundle(self.seg_config_files, "training", "train", overrides)
         return {"labels": self.seg_labels, "model": str(Path(overrides["ckpt_dir"]) / "model.pt")}
 

@@ -1,0 +1,57 @@
+"""``sam-priors-infer``: batch inference from the command line (the console script of ``pyproject.toml``).
+
+The same run as ``python -m monai.bundle run batch_inferring --config_file configs/batch_inference.json``; see
+:mod:`bundle.inference.batch` for what it reads, writes and reports. Exit status: 0 when every input is done (or
+already was), 1 when any input failed, 2 when the run could not start (bad arguments, an unwritable output folder,
+a model folder without weights or card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from bundle.errors import error_line
+
+__all__ = ["main", "parser"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sam-priors-infer",
+        description="Run a trained model of the bundle over NIfTI files, folders, glob patterns, datalists and DICOM "
+                    "exports; write NIfTI (and DICOM-SEG for DICOM inputs) or class probabilities, and a summary.")
+    p.add_argument("--input", action="append", required=True, metavar="PATH",
+                   help="a file, folder (searched recursively), glob pattern or datalist; repeat for several")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--model", required=True, metavar="DIR", help="trained model folder (model.pt + model_card.json)")
+    p.add_argument("--section", default="testing", help="datalist section to run (default: testing)")
+    p.add_argument("--overwrite", action="store_true", help="run inputs whose outputs already exist again")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--prior_cache", default=None, metavar="DIR",
+                   help="SAM prior cache (default: the model's training cache if writable, else OUTPUT/prior_cache)")
+    p.add_argument("--sam_checkpoint", default=None, help="base SAM checkpoint of a SAM-Mix model, if it has moved")
+    p.add_argument("--no_dicom_seg", action="store_true", help="write NIfTI only, also for DICOM inputs")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
+    from bundle.inference.batch import run_batch
+
+    try:
+        result = run_batch(args.input, args.output, args.model, section=args.section, overwrite=args.overwrite,
+                           device=args.device, prior_cache_dir=args.prior_cache, sam_checkpoint=args.sam_checkpoint,
+                           dicom_seg=not args.no_dicom_seg)
+    except Exception as error:
+        logging.getLogger(__name__).debug("batch inference could not start", exc_info=True)
+        print(error_line(error), file=sys.stderr, flush=True)
+        return 2
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""What a batch-inference run reads: NIfTI (and other ITK) image files, glob patterns, folders, Decathlon datalists and
+DICOM exports, turned into one :class:`InputSource` per volume.
+
+Every argument of ``--input`` is one of:
+
+- an image file (``.nii``, ``.nii.gz``, ``.mha``, ``.mhd``, ``.nrrd``): one input;
+- a glob pattern (``scans/*.nii.gz``, ``**`` allowed): every match, as if listed;
+- a folder: walked recursively; image files are inputs, DICOM files (found by their ``DICM`` preamble, whatever their
+  name) are grouped into series by ``SeriesInstanceUID`` (:mod:`bundle.data.dicom_input`), anything else is
+  reported as skipped;
+- a datalist (``.json``): the entries of one section (``testing`` by default), paths relative to the datalist's
+  folder; an entry with several image files (one per modality) is one multi-channel input;
+- a DICOM file: its series, with the other DICOM files given or found next to it.
+
+Nothing is read beyond DICOM headers here: volumes are loaded one at a time by the runner, so a bad file fails its
+own input only. Each input gets a safe output stem (:mod:`bundle.inference.names`): the file name for images, the
+series description and number for DICOM series (:func:`series_stem`); stems shared by several inputs get a suffix
+from their path or ``SeriesInstanceUID``, stable across reruns.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bundle.data.datalist_io import read_datalist
+from bundle.data.dicom_input import DicomSeries, is_dicom_file, scan_dicom_files
+from bundle.inference.names import safe_stem, unique_stems
+
+__all__ = ["IMAGE_SUFFIXES", "InputSource", "Skipped", "collect_inputs", "image_stem", "series_stem"]
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class InputSource:
+    """One volume to run the model on.
+
+    Attributes:
+        name: the output stem (safe, unique in the run).
+        kind: ``image`` (files read by MONAI's readers) or ``dicom`` (a series read by :mod:`bundle.data.dicom_input`).
+        files: the image file(s) (several: one per modality, stacked as channels) or the series' files.
+        label: how messages and the summary name it (a path, or the series folder and UID).
+        series: the DICOM series (``dicom`` only).
+    """
+
+    name: str
+    kind: str
+    files: list[str]
+    label: str
+    series: DicomSeries | None = None
+    stem: str = field(default="", repr=False)
+    key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A path that is not an input: ``status`` ``skipped`` (not an image: a DICOM SR, a text file) or ``failed``
+    (meant as an input but unreadable: a corrupt DICOM file, a missing path, a broken datalist)."""
+
+    path: str
+    status: str
+    reason: str
+
+
+def image_stem(path: str | os.PathLike) -> str:
+    """The file name without its image suffix (``case_001.nii.gz`` -> ``case_001``)."""
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def series_stem(series: DicomSeries) -> str:
+    """The stem of a DICOM series' outputs: its description and number (``CT_abdomen_3``), sanitised; the
+    ``SeriesInstanceUID`` when it has neither."""
+    number = getattr(series.datasets[0], "SeriesNumber", None) if series.datasets else None
+    text = "_".join(str(v) for v in (series.description, number) if v not in (None, ""))
+    return safe_stem(text, fallback=safe_stem(series.series_uid, "series"))
+
+
+def _is_image_file(path: str) -> bool:
+    return path.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _datalist_entries(path: str, section: str) -> list[tuple[list[str], str | None]]:
+    data = read_datalist(path)
+    if section not in data:
+        raise ValueError(f"has no {section!r} section (sections: {sorted(data)})")
+    root = Path(path).resolve().parent
+    entries = []
+    for i, entry in enumerate(data[section]):
+        image: Any = entry.get("image") if isinstance(entry, dict) else entry
+        files = image if isinstance(image, list) else [image]
+        if not files or not all(isinstance(f, str) and f for f in files):
+            raise ValueError(f"entry {i} of {section!r} has no image path")
+        case_id = entry.get("case_id") if isinstance(entry, dict) else None
+        entries.append(([str(root / f) for f in files], case_id))
+    return entries
+
+
+def _walk(folder: Path) -> list[str]:
+    found = []
+    for base, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(base, f) for f in sorted(files) if not f.startswith(".")]
+    return found
+
+
+def collect_inputs(paths: Sequence[str | os.PathLike], section: str = "testing",
+                   exclude: Sequence[str | os.PathLike] = ()) -> tuple[list[InputSource], list[Skipped]]:
+    """The inputs named by ``paths`` (files, globs, folders, datalists; see the module docstring).
+
+    Args:
+        paths: what the user passed as ``--input``.
+        section: the datalist section to run.
+        exclude: folders never read (the output folder, when it lies inside an input folder).
+
+    Returns:
+        ``(inputs, skipped)``: inputs in a stable order (images as listed, then DICOM series), and every path that is
+        not an input with its status and reason.
+    """
+    excluded = [Path(p).resolve() for p in exclude]
+    images: list[tuple[list[str], str | None]] = []
+    dicom_files: list[str] = []
+    skipped: list[Skipped] = []
+
+    def is_excluded(path: str) -> bool:
+        resolved = Path(path).resolve()
+        return any(resolved == e or e in resolved.parents for e in excluded)
+
+    def add_file(path: str, listed: bool) -> None:
+        if is_excluded(path):
+            return
+        if _is_image_file(path):
+            images.append(([path], None))
+        elif is_dicom_file(path):
+            dicom_files.append(path)
+        elif path.lower().endswith(".dcm"):
+            dicom_files.append(path)  # no preamble: the scan reports it as a failed DICOM file
+        elif listed:
+            skipped.append(Skipped(path, "failed", "not a NIfTI, ITK image, DICOM file or datalist"))
+        else:
+            skipped.append(Skipped(path, "skipped", "not an image file"))
+
+    for raw in paths:
+        text = os.fspath(raw)
+        if any(c in _GLOB_CHARS for c in text):
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                skipped.append(Skipped(text, "failed", "the pattern matches no file"))
+            for match in matches:
+                if os.path.isdir(match):
+                    for path in _walk(Path(match)):
+                        add_file(path, listed=False)
+                else:
+                    add_file(match, listed=True)
+        elif os.path.isdir(text):
+            for path in _walk(Path(text)):
+                add_file(path, listed=False)
+        elif not os.path.exists(text):
+            skipped.append(Skipped(text, "failed", "does not exist"))
+        elif text.lower().endswith(".json"):
+            try:
+                images += _datalist_entries(text, section)
+            except Exception as err:  # noqa: BLE001 - a broken datalist fails itself, the other inputs still run
+                skipped.append(Skipped(text, "failed", f"datalist: {getattr(err, 'problem', None) or err}"))
+        else:
+            add_file(text, listed=True)
+
+    inputs = []
+    seen: set[tuple[str, ...]] = set()
+    for files, case_id in images:
+        key = tuple(os.path.abspath(f) for f in files)
+        if key in seen:  # the same file reached twice (a folder and a glob): run it once
+            continue
+        seen.add(key)
+        label = files[0] if len(files) == 1 else ", ".join(files)
+        stem = safe_stem(case_id or image_stem(files[0]))
+        inputs.append(InputSource("", "image", list(files), label, stem=stem, key="\n".join(key)))
+
+    unique_dicom = sorted({os.path.abspath(f) for f in dicom_files})
+    if unique_dicom:
+        scan = scan_dicom_files(unique_dicom)
+        skipped += [Skipped(p, "skipped", reason) for p, reason in scan.skipped]
+        skipped += [Skipped(p, "failed", reason) for p, reason in scan.failed]
+        for series in scan.series:
+            inputs.append(InputSource("", "dicom", list(series.files), series.label, series=series,
+                                      stem=series_stem(series), key=series.series_uid))
+    for source, name in zip(inputs, unique_stems([s.stem for s in inputs], [s.key for s in inputs])):
+        source.name = name
+    return inputs, skipped
