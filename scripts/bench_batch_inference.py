@@ -72,14 +72,14 @@ def _per_kind(result) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in seconds.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--size", type=int, default=48)
     parser.add_argument("--sam_model_type", default="lite_medsam")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default=None, help="working folder (default: a temporary one)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,7 +121,8 @@ def main() -> None:
         print(f"uncached_volumes_per_min={rates['uncached']:.3f} cached_volumes_per_min={rates['cached']:.3f} "
               f"speedup={rates['cached'] / rates['uncached']:.2f} slices={slices} "
               f"dicom_over_nifti_cached={dicom_ratio:.2f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
