@@ -519,7 +519,10 @@ def read_dicom_volume(series: DicomSeries) -> tuple[np.ndarray, np.ndarray]:
         for k in slots:
             frame = frames[k]
             if "ModalityLUTSequence" in ds and not series.multiframe:
-                from pydicom.pixels import apply_modality_lut
+                try:
+                    from pydicom.pixels import apply_modality_lut
+                except ImportError:  # pydicom 2 (the MONAI Label app's environment: pydicom-seg needs pydicom < 3)
+                    from pydicom.pixel_data_handlers.util import apply_modality_lut
 
                 values[:, :, k] = np.asarray(apply_modality_lut(stored[frame.index], ds), np.float32).T
             else:
