@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-from monai.transforms import Compose, SaveImaged
+from monai.transforms import Compose, LoadImaged, SaveImaged
 
 from bundle.data.labels import get_dataset_spec
 from bundle.data.writers import to_file_grid
@@ -85,7 +85,14 @@ def _parser(files: Sequence[str], overrides: Mapping[str, Any]) -> ConfigParser:
 
 
 def _without_loader(compose: Compose) -> Compose:
-    """The config's preprocessing after its file loader: batch inference loads and checks inputs itself."""
+    """The config's preprocessing after its file loader: batch inference loads and checks inputs itself.
+
+    Raises:
+        TypeError: the config's first transform is not a loader (the config changed; this must follow it).
+    """
+    first = compose.transforms[0] if compose.transforms else None
+    if not isinstance(first, LoadImaged):
+        raise TypeError(f"the inference config's transforms should start with a LoadImaged loader, not {first!r}")
     return Compose(compose.transforms[1:])
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from bundle.atomic import atomic_path, write_text_atomic
 from bundle.inference.dicom_seg import segment_specs, write_dicom_seg
 from bundle.inference.sources import InputSource
+from bundle.workflows.classification.report import predicted_names
 
 __all__ = ["expected_outputs", "write_classes", "write_label_dicom_seg", "write_label_nifti"]
 
@@ -57,12 +58,8 @@ def write_label_dicom_seg(label: np.ndarray, source: InputSource, segments: Mapp
 def write_classes(rows: Sequence[Mapping], class_names: Sequence[str], multi_label: bool, json_path: Path,
                   csv_path: Path) -> list[Path]:
     """Write the class probabilities of one input as JSON and CSV (``slice_index`` empty for a volume)."""
-    table = []
-    for row in rows:
-        probs = [float(row[name]) for name in class_names]
-        predicted = ([n for n, p in zip(class_names, probs) if p >= 0.5] if multi_label
-                     else [class_names[int(np.argmax(probs))]])
-        table.append({**row, "predicted": predicted})
+    table = [{**row, "predicted": predicted_names([float(row[n]) for n in class_names], class_names, multi_label)}
+             for row in rows]
     write_text_atomic(json_path, json.dumps({"class_names": list(class_names), "multi_label": bool(multi_label),
                                              "rows": table}, indent=1) + "\n")
     buffer = io.StringIO()

@@ -13,7 +13,8 @@ Every argument of ``--input`` is one of:
 - a DICOM file: its series, with the other DICOM files given or found next to it.
 
 Nothing is read beyond DICOM headers here: volumes are loaded one at a time by the runner, so a bad file fails its
-own input only. Each input gets a safe output stem (:mod:`bundle.inference.names`): the file name for images, the
+own input only. Each input gets a safe output stem (:mod:`bundle.inference.names`): the datalist's ``case_id``, or the
+case id of its files (:func:`bundle.data.case_ids.case_id_from_files`: the file name without suffix), the
 series description and number for DICOM series (:func:`series_stem`); stems shared by several inputs get a suffix
 from their path or ``SeriesInstanceUID``, stable across reruns.
 """
@@ -27,13 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bundle.data.case_ids import case_id_from_files
 from bundle.data.datalist_io import read_datalist
 from bundle.data.dicom_input import DicomSeries, is_dicom_file, scan_dicom_files
 from bundle.inference.names import safe_stem, unique_stems
 
-__all__ = ["IMAGE_SUFFIXES", "InputSource", "Skipped", "collect_inputs", "image_stem", "series_stem"]
+__all__ = ["VOLUME_SUFFIXES", "InputSource", "Skipped", "collect_inputs", "series_stem"]
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+#: files read as one volume each (by MONAI's readers); DICOM files are found by content, not by suffix
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 _GLOB_CHARS = set("*?[")
 
 
@@ -68,15 +71,6 @@ class Skipped:
     reason: str
 
 
-def image_stem(path: str | os.PathLike) -> str:
-    """The file name without its image suffix (``case_001.nii.gz`` -> ``case_001``)."""
-    name = Path(path).name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
 def series_stem(series: DicomSeries) -> str:
     """The stem of a DICOM series' outputs: its description and number (``CT_abdomen_3``), sanitised; the
     ``SeriesInstanceUID`` when it has neither."""
@@ -86,7 +80,7 @@ def series_stem(series: DicomSeries) -> str:
 
 
 def _is_image_file(path: str) -> bool:
-    return path.lower().endswith(IMAGE_SUFFIXES)
+    return path.lower().endswith(VOLUME_SUFFIXES)
 
 
 def _datalist_entries(path: str, section: str) -> list[tuple[list[str], str | None]]:
@@ -182,7 +176,7 @@ def collect_inputs(paths: Sequence[str | os.PathLike], section: str = "testing",
             continue
         seen.add(key)
         label = files[0] if len(files) == 1 else ", ".join(files)
-        stem = safe_stem(case_id or image_stem(files[0]))
+        stem = safe_stem(case_id or case_id_from_files(files))
         inputs.append(InputSource("", "image", list(files), label, stem=stem, key="\n".join(key)))
 
     unique_dicom = sorted({os.path.abspath(f) for f in dicom_files})
