@@ -79,6 +79,11 @@ def series_stem(series: DicomSeries) -> str:
     return safe_stem(text, fallback=safe_stem(series.series_uid, "series"))
 
 
+def _kind_of(path: str) -> str:
+    suffix = "".join(Path(path).suffixes[-2:]).lower()
+    return f"'{suffix}' file" if suffix else "no suffix, no DICOM preamble"
+
+
 def _is_image_file(path: str) -> bool:
     return path.lower().endswith(VOLUME_SUFFIXES)
 
@@ -139,9 +144,10 @@ def collect_inputs(paths: Sequence[str | os.PathLike], section: str = "testing",
         elif path.lower().endswith(".dcm"):
             dicom_files.append(path)  # no preamble: the scan reports it as a failed DICOM file
         elif listed:
-            skipped.append(Skipped(path, "failed", "not a NIfTI, ITK image, DICOM file or datalist"))
+            skipped.append(Skipped(path, "failed", f"not a NIfTI, MHA, NRRD or DICOM file, nor a datalist ({_kind_of(path)})"))
         else:
-            skipped.append(Skipped(path, "skipped", "not an image file"))
+            skipped.append(Skipped(path, "skipped", f"not a file batch inference reads ({_kind_of(path)}): NIfTI, MHA, "
+                                                    "NRRD and DICOM are"))
 
     for raw in paths:
         text = os.fspath(raw)
