@@ -18,6 +18,16 @@ An entry records the input files (size, mtime, sha256). A case is current when i
 signature and its input files; anything else is recomputed. Every file is written under a temporary name and
 renamed, and the entry comes after the NIfTIs, so a run killed at any point leaves either a complete, valid case or
 one that is recomputed on the next run.
+
+Several writers may share one cache folder at once (two precompute jobs, the ranks of a ``torchrun`` job, training
+runs filling misses): entries need no coordination, since each file is renamed into place whole and two writers of
+one case write the same bytes. The manifest is never merged from its previous text: every writer rebuilds it from
+the entries on disk. A rebuild alone could still lose a case (writer A lists the entries, B adds one and writes its
+manifest, A then writes its older list over it), so the list-and-write step runs under an exclusive ``fcntl.flock``
+on ``<partition>/.manifest.lock``. Each writer writes its manifest after its own entries, so the last one to take
+the lock lists every finished entry. The lock is taken only when the manifest must change (an up-to-date cache on a
+read-only disk needs no write at all); where ``fcntl`` does not exist (Windows) the rebuild runs unlocked, which is
+safe for one writer at a time.
 """
 
 from __future__ import annotations
@@ -26,8 +36,9 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Hashable, Mapping, Sequence
+from typing import Hashable, Iterator, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -35,6 +46,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
+from monai.utils import optional_import
 
 import bundle
 from bundle.atomic import atomic_path, write_text_atomic
@@ -43,12 +55,14 @@ from bundle.hashing import canonical_json, json_sha256, path_sha256
 from bundle.priors.transforms import SamPrior
 
 __all__ = ["PriorCache", "CachedSamPriord", "file_fingerprint", "partition_name", "PARTITION_NAME",
-           "MANIFEST_NAME", "ENTRY_NAME"]
+           "MANIFEST_NAME", "ENTRY_NAME", "MANIFEST_LOCK_NAME"]
 
+fcntl, has_fcntl = optional_import("fcntl")  # POSIX only
 logger = logging.getLogger(__name__)
 
 ENTRY_NAME = "entry.json"
 MANIFEST_NAME = "manifest.json"
+MANIFEST_LOCK_NAME = ".manifest.lock"
 PARTITION_NAME = "partition.json"
 # binary priors are stored as uint8 (8x smaller than float32 before compression); the others as float32
 _UINT8_KINDS = {"sam_boundary_prior"}
@@ -239,18 +253,37 @@ class PriorCache:
         Returns:
             the manifest's path, or ``None`` when the partition holds no case yet.
         """
-        manifest = self.manifest()
         path = self.cache_dir / MANIFEST_NAME
+        manifest = self.manifest()
         if not manifest["cases"] and not path.exists():
             return None
-        try:
-            unchanged = json.loads(path.read_text()) == json.loads(canonical_json(manifest))
-        except (OSError, ValueError):
-            unchanged = False
-        if not unchanged:  # an up-to-date cache on a read-only disk must not fail for a rewrite of the same text
-            self._write_partition()
-            write_text_atomic(path, json.dumps(manifest, indent=1))
+        # an up-to-date cache on a read-only disk must not fail for a rewrite of the same text (nor for the lock)
+        if self._manifest_says(path, manifest):
+            return path
+        with self._manifest_lock():
+            manifest = self.manifest()  # again: another writer may have added entries while this one waited
+            if not self._manifest_says(path, manifest):
+                self._write_partition()
+                write_text_atomic(path, json.dumps(manifest, indent=1))
         return path
+
+    @staticmethod
+    def _manifest_says(path: Path, manifest: Mapping) -> bool:
+        try:
+            return json.loads(path.read_text()) == json.loads(canonical_json(manifest))
+        except (OSError, ValueError):
+            return False
+
+    @contextmanager
+    def _manifest_lock(self) -> Iterator[None]:
+        """Hold the partition's manifest lock (see the module docstring); released when the file closes."""
+        if not has_fcntl:
+            yield
+            return
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.cache_dir / MANIFEST_LOCK_NAME, "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            yield
 
 
 class CachedSamPriord(MapTransform):

@@ -7,6 +7,15 @@ any point resumes where it stopped on the next call. Progress is one bar over al
 A bad case stops the run (default) or, with ``continue_on_error``, is reported and skipped; either way the
 partition's manifest is written for what the cache holds (and left alone when it already says that, so an
 up-to-date cache on a read-only disk needs no write at all).
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) the run is sharded: the process group is joined (gloo on CPU, NCCL with
+CUDA, each process on ``cuda:$LOCAL_RANK``), the datalist's case ids are sorted and global rank ``r`` of ``W`` takes
+cases ``r, r + W, r + 2W, ...``, so every rank of every node gets a deterministic share. Each rank checks, computes
+and writes only its own cases and shows its own progress bar. The ranks then meet (gathering their counts, which is
+also the barrier), rank 0 alone writes the manifest (rebuilt from every rank's entries on disk) and
+``last_run.json`` with every rank's share, and a last barrier makes the manifest exist when ``run`` returns on any
+rank. A case that stops one rank stops the run on every rank after the meeting, never leaving another rank waiting.
+Two jobs on one cache folder at once are safe too (see :mod:`bundle.priors.cache`).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from typing import Sequence
 from monai.transforms import Compose, Orientationd
 from tqdm import tqdm
 
+from bundle import distributed
 from bundle.atomic import remove_stale_temps, write_text_atomic
 from bundle.data.case_check import check_entry
 from bundle.data.case_ids import case_id_of
@@ -35,10 +45,10 @@ from bundle.data.datalist_io import (
 )
 from bundle.errors import error_line
 from bundle.folders import check_writable_folder
-from bundle.priors.cache import CachedSamPriord
+from bundle.priors.cache import MANIFEST_NAME, CachedSamPriord
 from bundle.priors.transforms import SamPrior
 
-__all__ = ["PriorPrecompute", "default_loader"]
+__all__ = ["PriorPrecompute", "default_loader", "shard_case_ids"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +61,14 @@ def default_loader(image_key: str = "image") -> Compose:
             Orientationd(keys=image_key, axcodes="RAS", labels=None),
         ]
     )
+
+
+def shard_case_ids(case_ids: Sequence[str], rank: int, world_size: int) -> set[str]:
+    """The case ids global rank ``rank`` of ``world_size`` computes: every ``world_size``-th of the sorted ids, from
+    the ``rank``-th. Every process derives the same split from the same datalist, with no communication."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not within a job of {world_size} process(es)")
+    return set(sorted(case_ids)[rank::world_size])
 
 
 class PriorPrecompute:
@@ -117,32 +135,48 @@ class PriorPrecompute:
 
         Up-to-date cases are recognised from their files' fingerprints without loading them. Before any SAM work a
         case is checked (:func:`bundle.data.case_check.check_entry`: readable, one grid, label values), and the
-        cache folder is checked for space and writability once something needs computing.
+        cache folder is checked for space and writability once something needs computing. Under ``torchrun`` each
+        rank does its share (module docstring) and every rank returns the totals of the job.
 
         Raises:
             the first bad case's error (default), or, with ``continue_on_error``, a ``RuntimeError`` naming every
-            bad case after all the others were done.
+            bad case after all the others were done. Under ``torchrun`` the other ranks raise a ``RuntimeError``
+            naming the rank that stopped and its error.
         """
+        with distributed.process_group():
+            return self._run()
+
+    def _run(self) -> dict:
         data = read_datalist(self.datalist)
         label_values, channels = datalist_label_values(data), datalist_image_channels(data)
         entries = self.entries()
+        rank, world = distributed.rank(), distributed.world_size()
+        ids = shard_case_ids([case_id_of(e, self.image_key) for e in entries], rank, world)
+        # datalist order within the share: a single process runs exactly as it always did
+        mine = [e for e in entries if case_id_of(e, self.image_key) in ids]
         cache = self.cached.cache
         remove_stale_temps(cache.cache_dir, recursive=True)  # left by runs killed while writing
         todo = []
-        for entry in entries:
+        for entry in mine:
             files = join_paths(entry, self.data_root, (self.image_key,))[self.image_key]
             if not cache.is_current(case_id_of(entry, self.image_key), [files] if isinstance(files, str) else files):
                 todo.append(entry)
         if todo:
             check_writable_folder(self.cache_dir, what="prior_cache_dir")
-        total = sum(int(e.get("num_slices") or 0) for e in entries) or None
-        done = 0
+        if world > 1:
+            logger.info("SAM priors, rank %d of %d: %d of %d cases, %d to compute", rank, world, len(mine),
+                        len(entries), len(todo))
+        total = sum(int(e.get("num_slices") or 0) for e in mine) or None
+        computed: list[str] = []
         failed: dict[str, str] = {}
+        stopped: Exception | None = None
         start = time.perf_counter()
-        bar = tqdm(total=total, unit="slice", desc="SAM priors", disable=not self.progress, dynamic_ncols=True)
+        desc = "SAM priors" if world == 1 else f"SAM priors rank {rank}/{world}"
+        bar = tqdm(total=total, unit="slice", desc=desc, disable=not self.progress, dynamic_ncols=True)
+        manifest = None
         try:
             pending = {id(e) for e in todo}
-            bar.update(sum(int(e.get("num_slices") or 0) for e in entries if id(e) not in pending))
+            bar.update(sum(int(e.get("num_slices") or 0) for e in mine if id(e) not in pending))
             for entry in todo:
                 case_id = case_id_of(entry, self.image_key)
                 bar.set_postfix_str(case_id)
@@ -151,25 +185,49 @@ class PriorPrecompute:
                                 image_key=self.image_key)
                     loaded = self.loader(join_paths(entry, self.data_root, (self.image_key, "label")))
                     self.cached.prior_for(loaded, self.image_key, progress=bar.update)
-                    done += 1
+                    computed.append(case_id)
                 except (ValueError, OSError, RuntimeError) as err:
                     if not self.continue_on_error:
                         raise
                     failed[case_id] = error_line(err).removeprefix("ERROR: ")
                     logger.error("case %s skipped: %s", case_id, failed[case_id])
+        except Exception as err:
+            if world == 1:
+                raise
+            stopped = err  # raised after the meeting below, so the other ranks are not left waiting
         finally:
             bar.close()
-            # whatever happened, the manifest describes what the partition holds
-            manifest = cache.write_manifest()
-        summary = {"computed": done, "up_to_date": len(entries) - len(todo), "failed": len(failed),
+            if world == 1:  # whatever happened, the manifest describes what the partition holds
+                manifest = cache.write_manifest()
+        share = {"rank": rank, "cases": len(mine), "computed": len(computed), "up_to_date": len(mine) - len(todo),
+                 "failed": len(failed), "computed_cases": computed,
+                 "stopped": None if stopped is None else error_line(stopped).removeprefix("ERROR: ")}
+        shares = distributed.gather_objects({**share, "errors": failed})  # also the barrier before the manifest
+        if world > 1:
+            if rank == 0:
+                manifest = cache.write_manifest()
+            distributed.barrier()
+            if manifest is None and (cache.cache_dir / MANIFEST_NAME).is_file():
+                manifest = cache.cache_dir / MANIFEST_NAME
+        errors = {k: v for s in shares for k, v in s.pop("errors").items()}
+        summary = {"computed": sum(s["computed"] for s in shares),
+                   "up_to_date": sum(s["up_to_date"] for s in shares), "failed": len(errors),
                    "cases": len(entries), "partition": cache.cache_dir.name,
                    "manifest": None if manifest is None else str(manifest),
                    "seconds": round(time.perf_counter() - start, 2),
                    "generator": self.cached.prior.generator.signature().get("generator")}
+        if world > 1:
+            summary["ranks"] = shares
         logger.info("SAM priors: %s", summary)
-        if done or failed or not (self.cache_dir / "last_run.json").is_file():
-            write_text_atomic(self.cache_dir / "last_run.json", json.dumps({**summary, "errors": failed}, indent=1))
-        if failed:
-            listing = "; ".join(f"{k}: {v}" for k, v in failed.items())
-            raise RuntimeError(f"SAM priors: {len(failed)} of {len(entries)} case(s) could not be used: {listing}")
+        if distributed.is_main_process() and (summary["computed"] or errors
+                                               or not (self.cache_dir / "last_run.json").is_file()):
+            write_text_atomic(self.cache_dir / "last_run.json", json.dumps({**summary, "errors": errors}, indent=1))
+        if stopped is not None:
+            raise stopped
+        halted = [s for s in shares if s["stopped"]]
+        if halted:
+            raise RuntimeError(f"SAM priors: rank {halted[0]['rank']} stopped: {halted[0]['stopped']}")
+        if errors:
+            listing = "; ".join(f"{k}: {v}" for k, v in errors.items())
+            raise RuntimeError(f"SAM priors: {len(errors)} of {len(entries)} case(s) could not be used: {listing}")
         return summary

@@ -29,10 +29,9 @@ def init_distributed() -> int:
 
 
 def distributed_device() -> torch.device:
-    """``cuda:$LOCAL_RANK`` with CUDA (``LOCAL_RANK`` is set by ``torchrun``), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-    return torch.device("cpu")
+    """``cuda:$LOCAL_RANK`` with CUDA (``LOCAL_RANK`` is set by ``torchrun``), else the CPU
+    (:func:`bundle.distributed.local_device`)."""
+    return distributed.local_device()
 
 
 def distributed_network(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
