@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from test_precompute import _with_broken_case  # the same truncated-FLAIR copy of the dataset
 
 from bundle.data.datalist import build_datalist, write_datalist
 from bundle.data.phantom_writers import make_phantoms
@@ -117,15 +117,12 @@ def test_torchrun_two_ranks_match_one_process(brats, tmp_path):
 
 def test_torchrun_bad_case_stops_every_rank(brats, tmp_path):
     """A case that stops one rank stops the job (no rank left waiting); rank 0 still writes what the cache holds."""
-    root = tmp_path / "data"
-    shutil.copytree(brats["root"], root)
-    datalist = json.loads((root / "datalist.json").read_text())
+    root, datalist_path, _, flair = _with_broken_case(brats, tmp_path)
+    datalist = json.loads(datalist_path.read_text())
     bad = datalist["training"][0]
-    flair = root / bad["image"][0]
-    flair.write_bytes(flair.read_bytes()[: flair.stat().st_size // 3])
     cache_dir = tmp_path / "cache"
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
-    job = _precompute({"root": root, "datalist": root / "datalist.json"}, cache_dir, launcher=torchrun)
+    job = _precompute({"root": root, "datalist": datalist_path}, cache_dir, launcher=torchrun)
     _, err = job.communicate(timeout=120)
     assert job.returncode != 0
     cases = {e["case_id"] for s in ("training", "validation", "testing") for e in datalist[s]}
