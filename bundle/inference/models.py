@@ -41,7 +41,7 @@ from bundle.workflows.common.model_card import card_kind, card_path, read_card
 from bundle.workflows.segmentation.workflow import network_config
 from bundle.workflows.semisup.predictor import SamMixPredictor
 
-__all__ = ["BatchModel", "load_model", "prior_cache_for", "prior_overrides", "segment_names"]
+__all__ = ["BatchModel", "load_model", "prior_cache_for", "prior_overrides", "segment_names", "segmentation_overrides"]
 
 #: the card's SAM prior fields that are config ids of configs/sam_priors.json
 _PRIOR_IDS = ("use_priors", "prior_kinds", "sam_model_type", "sam_checkpoint", "sam_adapter", "sam_prompt_mode",
@@ -52,6 +52,15 @@ _PRIOR_IDS = ("use_priors", "prior_kinds", "sam_model_type", "sam_checkpoint", "
 def prior_overrides(prior: Mapping[str, Any]) -> dict:
     """``configs/sam_priors.json`` overrides that rebuild the SAM prior of a card (same signature, same cache)."""
     return {k: prior[k] for k in _PRIOR_IDS if k in prior}
+
+
+def segmentation_overrides(card: Mapping[str, Any]) -> dict:
+    """The config overrides that rebuild a segmentation card's model with ``configs/sam_priors.json`` + the
+    segmentation configs (``inference.json`` to infer, ``train_samaug_seg.json`` to train it again): the card's
+    ``config`` ids, its SAM prior settings, the network and the intensity transform."""
+    intensity = card["intensity"]
+    return {**card["config"], **prior_overrides(card["prior"]), "network_def": network_config(card["network"]),
+            "intensity": {"_target_": intensity["name"], "keys": intensity["keys"], **intensity["args"]}}
 
 
 def segment_names(regions: Mapping[str, Sequence[int]], dataset_name: str | None = None) -> dict[int, str]:
@@ -133,11 +142,7 @@ class SegmentationModel(BatchModel):
                  prior_cache_dir: str) -> None:
         super().__init__(model_dir, card, device)
         config = dict(card["config"])
-        overrides = {**config, **prior_overrides(card["prior"]),
-                     "network_def": network_config(card["network"]),
-                     "intensity": {"_target_": card["intensity"]["name"], "keys": card["intensity"]["keys"],
-                                   **card["intensity"]["args"]},
-                     "device": device, "amp": device.type == "cuda",
+        overrides = {**segmentation_overrides(card), "device": device, "amp": device.type == "cuda",
                      "prior_cache_dir": prior_cache_dir}
         parser = _parser(["sam_priors.json", "inference.json"], overrides)
         self.uses_priors = bool(parser.get_parsed_content("use_priors"))

@@ -17,16 +17,10 @@ from typing import Any
 
 from bundle.data.case_ids import case_id_from_files
 from bundle.folders import CONFIGS_DIR
-from bundle.inference.models import prior_overrides, segment_names
+from bundle.inference.models import segment_names, segmentation_overrides
 from bundle.inference.names import safe_stem
-from bundle.workflows.segmentation.workflow import network_config
 
-__all__ = ["CARD_CONFIG_IDS", "case_id_for", "datastore_datalist", "label_table", "preset_file", "training_overrides"]
-
-#: the card's ``config`` fields that are config ids of configs/train_samaug_seg.json
-CARD_CONFIG_IDS = ("image_channel_names", "regions", "prior_mode", "infer_mode", "entropy", "prior_scale",
-                   "spatial_dims", "pixdim", "patch_size", "sw_batch_size", "sw_overlap", "prior_key")
-
+__all__ = ["case_id_for", "datastore_datalist", "label_table", "preset_file", "training_overrides"]
 
 def case_id_for(image: str | os.PathLike) -> str:
     """The case id of a datastore image (its file name without suffix, or a DICOM series folder's name).
@@ -121,12 +115,7 @@ def training_overrides(card: Mapping[str, Any] | None, *, datalist: str, model_d
         "amp": getattr(device, "type", str(device)) == "cuda",
     }
     if card:
-        config = card["config"]
-        overrides.update({k: config[k] for k in CARD_CONFIG_IDS if k in config})
-        overrides.update(prior_overrides(card["prior"]))
+        overrides.update(segmentation_overrides(card))
         if card.get("dataset_name"):
             overrides["dataset_name"] = card["dataset_name"]
-        overrides["network_def"] = network_config(card["network"])
-        intensity = card["intensity"]
-        overrides["intensity"] = {"_target_": intensity["name"], "keys": intensity["keys"], **intensity["args"]}
     return overrides
