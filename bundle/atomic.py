@@ -6,12 +6,17 @@ flushed to disk (``fsync``) and renamed into place with ``os.replace``, which is
 systems. A failure leaves the previous file, or none, and no temporary file once the writer's ``finally`` runs; the
 fsync makes the same true after a power cut, where a rename can otherwise reach the disk before the data.
 
+A write that fails in the file system (disk full, file-size limit, read-only or failing disk) raises
+:class:`bundle.errors.OutputWriteError` naming the final path, whatever the writer (nibabel, ``torch.save`` to a file
+object, ``json``) wrapped the ``OSError`` in.
+
 A ``kill -9`` skips the ``finally``: its temporary file (``.<stem>.tmp-<pid>-<8 hex><suffix>``) stays behind.
 :func:`remove_stale_temps` removes such leftovers on the next run.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -19,6 +24,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from bundle.errors import FileError, OutputWriteError, exception_chain
 
 __all__ = [
     "atomic_path",
@@ -73,6 +80,9 @@ def temp_path_for(path: str | os.PathLike) -> Path:
 def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``, on any error it is removed.
 
+    A file-system failure while writing (see :data:`_WRITE_ERRNOS`) is raised as an
+    :class:`~bundle.errors.OutputWriteError` naming ``path``.
+
     The temporary name keeps the target's extension (``.nii.gz`` included) so that writers choosing a format by
     extension, like nibabel, write the right one. The old ``path`` stays untouched until the new file is complete.
 
@@ -91,8 +101,23 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
         os.replace(tmp, path)
         if fsync:
             _fsync_dir(path.parent)
+    except Exception as err:
+        cause = _write_failure(err)
+        if cause is None or isinstance(err, FileError):
+            raise
+        raise OutputWriteError(os.fspath(path), f"cannot be written: {cause.strerror or cause}") from err
     finally:
         tmp.unlink(missing_ok=True)
+
+
+#: errors of the file system itself while writing (not of the data): full disk or quota, file-size limit, read-only
+#: or failing device
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
+def _write_failure(error: BaseException) -> OSError | None:
+    """The file-system write failure in ``error``'s chain (writers such as torch wrap it in their own error)."""
+    return next((e for e in exception_chain(error) if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS), None)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:

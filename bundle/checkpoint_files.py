@@ -25,7 +25,7 @@ import torch
 
 from bundle.errors import InputError, MissingInputError
 
-__all__ = ["CheckpointError", "checkpoint_problem", "load_checkpoint"]
+__all__ = ["CheckpointError", "checkpoint_problem", "load_checkpoint", "load_problem"]
 
 # the legacy (pre-1.6) torch.save format starts with the pickled magic number 0x1950a86a20f9469cfc6c
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
@@ -80,13 +80,13 @@ def checkpoint_problem(path: str | os.PathLike, verify_crc: bool = True) -> str 
     return f"is not a PyTorch checkpoint: it starts with {head[:8]!r}, neither a zip archive nor a legacy torch file"
 
 
-def _load_problem(err: BaseException) -> str:
+def load_problem(err: BaseException) -> str:
+    """What an exception of ``torch.load`` says about the file, as ``is ...`` / ``cannot ...`` (after its name)."""
     text = str(err)
     if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(
-            r"(Unsupported operand \d+|Unsupported class [\w.]+)", text
-        )
-        what = f" ({found.group(0)})" if found else ""
+        called = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
+        other = re.search(r"Unsupported operand \d+|Unsupported class [\w.]+", text)
+        what = f" (it asks for the Python global {called.group(1)})" if called else f" ({other.group(0)})" if other else ""
         return (
             f"is refused by safe loading (weights_only=True): it holds Python objects, not only tensors{what}. "
             "Re-save it as a state_dict (torch.save(model.state_dict(), path)) from code you trust"
@@ -127,4 +127,4 @@ def load_checkpoint(
     # torch.load raises UnpicklingError, EOFError, RuntimeError, KeyError, UnicodeDecodeError, ... for damaged or
     # foreign files: each is re-raised once, naming the file, with the original chained
     except Exception as err:  # noqa: BLE001
-        raise CheckpointError(path, f"{what} {_load_problem(err)}") from err
+        raise CheckpointError(path, f"{what} {load_problem(err)}") from err

@@ -13,12 +13,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import torch
 
-__all__ = ["rank", "world_size", "is_main_process", "launched_by_torchrun", "local_device", "process_group",
-           "barrier", "gather_objects"]
+__all__ = ["rank", "world_size", "is_main_process", "launched_by_torchrun", "local_device", "join_group",
+           "process_group", "barrier", "gather_objects", "GROUP_TIMEOUT"]
+
+GROUP_TIMEOUT = timedelta(hours=4)
+"""How long a rank waits for the others at a collective call. Ranks meet after uneven shares of work (one rank's cases
+cached, another's computed; rank 0 alone writing reports), so the 10 or 30 minutes of torch's defaults are too short."""
 
 
 def _initialized() -> bool:
@@ -52,6 +57,18 @@ def local_device() -> torch.device:
     return torch.device("cpu")
 
 
+def join_group() -> bool:
+    """Make the process group ``torchrun`` describes unless one exists: NCCL under CUDA (this process on
+    ``cuda:$LOCAL_RANK``), gloo on the CPU, :data:`GROUP_TIMEOUT`. Returns whether this call made it."""
+    if _initialized():
+        return False
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_device())
+    torch.distributed.init_process_group(backend="nccl" if cuda else "gloo", timeout=GROUP_TIMEOUT)
+    return True
+
+
 @contextmanager
 def process_group() -> Iterator[int]:
     """Join the process group torchrun describes for the duration of a block; yields this process's global rank.
@@ -60,18 +77,12 @@ def process_group() -> Iterator[int]:
     as it is). Otherwise the group is made with NCCL under CUDA (each process on ``cuda:$LOCAL_RANK``) or gloo on
     the CPU, and destroyed when the block ends.
     """
-    dist = torch.distributed
-    made = launched_by_torchrun() and dist.is_available() and not dist.is_initialized()
-    if made:
-        cuda = torch.cuda.is_available()
-        if cuda:
-            torch.cuda.set_device(local_device())
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    made = launched_by_torchrun() and torch.distributed.is_available() and join_group()
     try:
         yield rank()
     finally:
         if made:
-            dist.destroy_process_group()
+            torch.distributed.destroy_process_group()
 
 
 def barrier() -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "FileError",
     "InputError",
     "MissingInputError",
+    "OutputWriteError",
     "exception_chain",
     "error_line",
     "install_excepthook",
@@ -75,6 +76,14 @@ class MissingInputError(InputError, FileNotFoundError):
 
     def __str__(self) -> str:  # OSError would print "[Errno None] ..." otherwise
         return f"{self.path}: {self.problem}" if self.problem else str(self.path)
+
+
+class OutputWriteError(FileError, OSError):
+    """An output file could not be written (disk full, file-size limit, read-only or failing disk): ``<file>: cannot
+    be written: <reason>``. Raised by :func:`bundle.atomic.atomic_path`, which leaves nothing under the file's name."""
+
+    def __str__(self) -> str:  # OSError would print "[Errno ...]" otherwise
+        return f"{self.path}: {self.problem}"
 
 
 def exception_chain(error: BaseException) -> Iterator[BaseException]:

@@ -1,3 +1,4 @@
+import errno
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from bundle.atomic import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from bundle.errors import OutputWriteError, error_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,6 +39,22 @@ def test_failure_keeps_previous_file_and_cleans_up(tmp_path):
             raise RuntimeError("killed")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["prior.nii.gz"]
+
+
+def test_file_system_failure_names_the_target(tmp_path):
+    """A full disk (ENOSPC), even wrapped in a writer's own error, is an OutputWriteError naming the final path."""
+    target = tmp_path / "model.pt"
+    write_bytes_atomic(target, b"old")
+    with pytest.raises(OutputWriteError) as info:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            try:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError as err:
+                raise RuntimeError("unexpected pos 704 vs 598") from err
+    assert error_line(info.value) == f"ERROR: {target}: cannot be written: {os.strerror(errno.ENOSPC)}"
+    assert isinstance(info.value, OSError) and target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["model.pt"]
 
 
 @pytest.mark.parametrize("name, suffix", [("x.nii.gz", ".nii.gz"), ("model.pt", ".pt"), ("noext", "")])

@@ -16,7 +16,7 @@ import os
 from typing import Mapping, Sequence
 
 __all__ = ["IMAGE_SUFFIXES", "SOURCE_FILES_KEY", "strip_image_suffix", "case_id_from_files", "source_files_of",
-           "case_id_of"]
+           "case_id_of", "case_id_problem"]
 
 #: longest first: ``.nii.gz`` must win over ``.gz``
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".npy", ".npz", ".dcm", ".gz")
@@ -66,6 +66,21 @@ def source_files_of(image) -> list[str]:
     if isinstance(name, (list, tuple)):
         return [str(n) for n in name if n]
     return [str(name)] if name else []
+
+
+def case_id_problem(value: object) -> str | None:
+    """Why a datalist's ``case_id`` cannot name a case (a prior-cache folder, output files), or None when it can.
+
+    A case id is a plain name: no path separator or ``..`` (it would name a folder outside the cache partition),
+    no white space or control characters (it would not survive shell commands and reports unchanged).
+    """
+    if not isinstance(value, str) or not value.strip():
+        return f"case id {value!r} is not a name (a non-empty string is needed)"
+    if value in (".", "..") or "/" in value or "\\" in value:
+        return f"case id {value!r} is not a plain name: it holds a path separator or '..'"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return f"case id {value!r} holds white space or control characters; use letters, digits, '_', '-' and '.'"
+    return None
 
 
 def case_id_of(data: Mapping, image_key: str = "image", case_id_key: str = "case_id") -> str:

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from bundle.atomic import remove_stale_temps, write_text_atomic
 from bundle.data.case_check import RECORD_KEY, check_case_files
+from bundle.data.case_ids import case_id_problem
 from bundle.data.checks import InputError, check_image_file, check_label
 from bundle.data.layouts import DatasetLayoutError, natural_key, scan_dataset
 
@@ -137,7 +138,10 @@ def label_summary(
 
 
 def _problem_text(root: str, what: str, problems: Sequence[str]) -> str:
-    return f"{root}: {len(problems)} {what}:\n" + "\n".join(f"  - {p}" for p in problems)
+    """``<root>: N <what>, the first: <problem>`` on the first line (the ``ERROR:`` line shows only that one, so it
+    names a file at fault and its problem), then every problem, one per line."""
+    first = f"{root}: {len(problems)} {what}" + (f", the first: {problems[0]}" if problems else "")
+    return f"{first}\n" + "\n".join(f"  - {p}" for p in problems)
 
 
 def build_datalist(
@@ -187,6 +191,10 @@ def build_datalist(
     entries, case_problems = [], []
     for case in tqdm(scan.cases, desc=f"case checks ({scan.layout})", unit="case", disable=not progress):
         paths = _paths(case, root, relative)
+        problem = case_id_problem(case["case_id"])
+        if problem:  # named after its files: a datalist the other stages would refuse
+            case_problems.append(f"case {case['case_id']}: {_first_file(case)}: {problem}")
+            continue
         try:
             checked = check_case_files(paths["image"], paths["label"], label_values=spec.label_values,
                                        image_channels=len(spec.modalities), data_root=root)
@@ -223,6 +231,12 @@ def _brats2019_grade(label_path: str, root: str) -> dict:
     """``{"grade": "HGG" | "LGG"}`` from the grade folder above a BraTS 2019 case, or ``{}`` outside one."""
     folders = [p for p in os.path.relpath(label_path, root).split(os.sep)[:-1] if p in ("HGG", "LGG")]
     return {"grade": folders[-1]} if folders else {}
+
+
+def _first_file(case: dict) -> str:
+    """The case's (first) image file, absolute: what a message about the case points at."""
+    image = case["image"][0] if isinstance(case["image"], list) else case["image"]
+    return os.path.abspath(image)
 
 
 def _paths(case: dict, root: str, relative: bool) -> dict:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bundle.data.case_check import RECORD_KEY, check_entry
-from bundle.data.case_ids import case_id_of
+from bundle.data.case_ids import case_id_of, case_id_problem
 from bundle.errors import InputError, MissingInputError
 
 __all__ = [
@@ -156,7 +156,8 @@ def _files_of(entry: Mapping, image_key: str) -> tuple[str, ...]:
 def check_case_ids(
     sections: Mapping[str, Iterable[Mapping]], path: str | os.PathLike, image_key: str = "image"
 ) -> dict[str, tuple[str, ...]]:
-    """Raise when two entries with different image files share a case id (derived from the files without one).
+    """Raise when an entry's ``case_id`` is not a plain name (:func:`case_id_problem`: ``../x``, ``a b``) or two entries
+    with different image files share a case id (derived from the files without one).
 
     The same case listed twice (same files) is allowed: repeating a case is a way to oversample it.
 
@@ -169,12 +170,16 @@ def check_case_ids(
         ``{case id: image files}``.
 
     Raises:
-        InputError: listing every colliding id with the places that use it.
+        InputError: naming the entry whose case id is not a plain name, or listing every colliding id with the
+            places that use it.
     """
     seen: dict[str, tuple[tuple[str, ...], str]] = {}
     clashes: dict[str, list[str]] = {}
     for name, entries in sections.items():
         for index, entry in enumerate(entries):
+            problem = case_id_problem(entry["case_id"]) if entry.get("case_id") not in (None, "") else None
+            if problem:
+                raise InputError(os.fspath(path), f"{name}[{index}]: {problem}")
             case_id = case_id_of(entry, image_key)
             files = _files_of(entry, image_key)
             where = f"{name}[{index}]"

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bundle.data.case_ids import case_id_from_files
+from bundle.data.case_ids import case_id_from_files, case_id_problem
 from bundle.data.datalist_io import read_datalist
 from bundle.data.dicom_input import DicomSeries, is_dicom_file, scan_dicom_files
 from bundle.inference.names import safe_stem, unique_stems
@@ -100,6 +100,9 @@ def _datalist_entries(path: str, section: str) -> list[tuple[list[str], str | No
         if not files or not all(isinstance(f, str) and f for f in files):
             raise ValueError(f"entry {i} of {section!r} has no image path")
         case_id = entry.get("case_id") if isinstance(entry, dict) else None
+        problem = None if case_id is None else case_id_problem(case_id)
+        if problem:
+            raise ValueError(f"entry {i} of {section!r}: {problem}")
         entries.append(([str(root / f) for f in files], case_id))
     return entries
 

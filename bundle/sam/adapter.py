@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from bundle.atomic import atomic_path
+from bundle.checkpoint_files import CheckpointError, load_problem
 from bundle.sam.lora import (
     LORA_PARAMETERS,
     TRAINED_PREFIXES,
@@ -164,8 +165,7 @@ def _read(path: str | os.PathLike) -> tuple[dict, str]:
     try:
         data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for truncated or non-torch files
-        raise ValueError(f"{path}: cannot be read as a SAM adapter, the file is truncated or not a torch file "
-                         f"({type(err).__name__}: {err})") from err
+        raise CheckpointError(path, f"cannot be read as a SAM adapter: the file {load_problem(err)}") from err
     if not isinstance(data, Mapping) or data.get("format") != ADAPTER_FORMAT:
         raise ValueError(f"{path}: {_describe(data)}")
     data = dict(data)

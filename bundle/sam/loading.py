@@ -36,6 +36,7 @@ from typing import Mapping
 
 import torch
 
+from bundle.checkpoint_files import CheckpointError, load_problem
 from bundle.hashing import file_sha256
 from bundle.sam.torchvision_compat import import_segment_anything
 
@@ -467,7 +468,7 @@ def _read_state(path: Path, name: str, model: torch.nn.Module) -> dict:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for corrupt or non-torch files
-        raise ValueError(f"{path}: cannot be read as a torch checkpoint ({type(err).__name__}: {err})") from err
+        raise CheckpointError(path, f"cannot be read as a torch checkpoint: the file {load_problem(err)}") from err
     state = _unwrap_state_dict(raw, path)
     try:
         found = infer_config(state)

@@ -99,6 +99,17 @@ def test_colliding_case_ids(tmp_path):
     assert check_case_ids(repeated, "dl.json") == {"c1": ("a/c1.nii.gz",)}
 
 
+@pytest.mark.parametrize("case_id, fragment", [("../escaped", "not a plain name"), ("..", "not a plain name"),
+                                               ("a/b", "not a plain name"), ("case 1", "white space"),
+                                               (7, "not a name")])
+def test_case_id_that_is_not_a_plain_name(tmp_path, case_id, fragment):
+    sections = {"training": [{"case_id": "c1", "image": "c1.nii.gz"}, {"case_id": case_id, "image": "c2.nii.gz"}]}
+    with pytest.raises(InputError) as info:
+        check_case_ids(sections, tmp_path / "dl.json")
+    assert str(info.value).startswith(f"{tmp_path / 'dl.json'}: training[1]: case id {case_id!r} ")
+    assert fragment in str(info.value)
+
+
 def test_load_checked_section_trusts_the_record(lits, monkeypatch):
     root, path = lits
     monkeypatch.setattr(case_check, "read_header", lambda p: pytest.fail(f"{p} was read although unchanged"))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,3 +188,18 @@ def check_summary(summary: dict, class_names: list[str], prior_mode: str, genera
     assert summary["n_cases"] == 1 and summary["class_names"] == class_names
     assert set(summary["metrics"][class_names[0]]) == METRICS
     assert summary["tags"]["prior_mode"] == prior_mode and summary["tags"]["prior_generator"] == generator
+
+
+MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
+
+
+def torchrun(files, run_id: str = "training", nproc: int = 2, timeout: int = 600, **overrides):
+    """``torchrun --standalone --nproc_per_node NPROC -m monai.bundle run RUN_ID`` of ``files`` with ``overrides``, in
+    a subprocess (one thread per process, gloo on the CPU); returns the finished ``CompletedProcess``."""
+    args = []
+    for key, value in overrides.items():
+        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "monai.bundle", "run", run_id, "--config_file", repr([str(f) for f in files]), *args]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)

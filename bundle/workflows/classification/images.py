@@ -15,7 +15,9 @@ from monai.data import decollate_batch
 from monai.handlers import TensorBoardHandler
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from bundle.distributed import is_main_process
 from bundle.networks.grad_cam import branch_grad_cam
+from bundle.workflows.common.ddp import unwrap
 from bundle.workflows.common.handlers import to_unit_range
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -85,7 +87,9 @@ class ClassifierImageLogger(TensorBoardHandler):
         return self.chosen[key]
 
     def __call__(self, engine) -> None:
-        """Write the panels of this batch's chosen samples."""
+        """Write the panels of this batch's chosen samples (rank 0's share under ``torchrun``: rank 0 alone logs)."""
+        if not is_main_process():
+            return
         batch = engine.state.batch
         if isinstance(batch, Mapping):  # an evaluator built with decollate=False
             batch = decollate_batch(batch)
@@ -108,11 +112,12 @@ class ClassifierImageLogger(TensorBoardHandler):
             panels += [(f"prior_{n}", c) for n, c in zip(names, prior)]
         if self.aug_key in data:
             panels.append(("augmented", data[self.aug_key][0]))
-        device = next(self.network.parameters()).device
+        network = unwrap(self.network)  # Grad-CAM of this rank's copy, outside DDP's gradient exchange
+        device = next(network.parameters()).device
         x = torch.as_tensor(data[self.input_key])[None].float().to(device)
         with torch.enable_grad():
-            cams = branch_grad_cam(self.network, x)
-        for branch, cam in zip(self.network.branch_names, cams):
+            cams = branch_grad_cam(network, x)
+        for branch, cam in zip(network.branch_names, cams):
             panels.append((f"gradcam_{branch}", cam[0, 0]))
         for tag, image in panels:
             plane = _plane(torch.as_tensor(image).detach().float().cpu())

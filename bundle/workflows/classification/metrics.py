@@ -23,6 +23,7 @@ import torch
 from ignite.metrics import Metric
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
+from bundle import distributed
 from bundle.networks.fusion import choose_fusion_weight, fuse_probabilities
 from bundle.networks.losses import class_targets
 
@@ -143,8 +144,16 @@ class FusedClassificationMetric(Metric):
         self._logits.append(torch.as_tensor(logits).detach().float().cpu())
         self._targets.append(torch.as_tensor(targets).detach().cpu())
 
+    def _gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every sample's logits and targets; under ``torchrun`` those of every rank (each validates its share)."""
+        local = (torch.cat(self._logits), torch.cat(self._targets)) if self._logits else None
+        shares = [share for share in distributed.gather_objects(local) if share is not None]
+        if not shares:
+            raise ValueError("the validation run saw no sample: the validation split is empty")
+        return torch.cat([s[0] for s in shares]), torch.cat([s[1] for s in shares])
+
     def compute(self) -> float:
-        logits, targets = torch.cat(self._logits), torch.cat(self._targets)
+        logits, targets = self._gathered()
         if self.setting == "auto" and logits.shape[1] == 2:
             try:
                 self.fusion_weight = choose_fusion_weight(logits, targets, self.multi_label)

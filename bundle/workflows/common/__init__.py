@@ -20,7 +20,13 @@ from bundle.workflows.common.checkpoints import (
     save_atomic,
 )
 from bundle.workflows.common.compare import compare_table, load_runs
-from bundle.workflows.common.ddp import distributed_device, distributed_network, init_distributed, rank_log_dir
+from bundle.workflows.common.ddp import (
+    close_distributed,
+    distributed_device,
+    init_distributed,
+    rank_zero_summary_writer,
+    wrap_network,
+)
 from bundle.workflows.common.guards import (
     NonFiniteLossError,
     NonFiniteStateError,
@@ -57,6 +63,7 @@ __all__ = [
     "load_runs",
     "init_distributed",
     "distributed_device",
-    "distributed_network",
-    "rank_log_dir",
+    "close_distributed",
+    "wrap_network",
+    "rank_zero_summary_writer",
 ]

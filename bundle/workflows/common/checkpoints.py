@@ -128,9 +128,13 @@ class EpochCheckpointSaver:
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then ``os.replace`` it; no temporary file remains."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` to a temporary file next to ``path``, then ``os.replace`` it; no temporary file remains.
+
+    The data goes through a Python file object, so a full disk surfaces as the ``OSError`` it is (torch's own file
+    writer reports only ``unexpected pos``) and :func:`bundle.atomic.atomic_path` names ``path`` in its error.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def finished_with_card(path: str | os.PathLike, card: Mapping, ignore: Sequence[str] = (),

@@ -7,6 +7,10 @@
 What is checked before any SAM work: the datalist is of the organ's dataset and has its label values, every
 training / validation / testing case passes the case check and carries slice labels, and the training section has at
 least ``num_labelled`` slices holding the organ.
+
+Under ``torchrun`` (``configs/multi_gpu_train.json`` merged last) every rank trains on its share of the slices
+(:func:`~bundle.workflows.semisup.training.train_model`); rank 0 alone writes the shared files (the training summary
+``sam_mix_training.json``, TensorBoard panels, the evaluation reports) while the other ranks wait.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 import torch
 from monai.utils import look_up_option
 
+from bundle import distributed
 from bundle.atomic import atomic_path, write_text_atomic
 from bundle.data.case_ids import case_id_of
 from bundle.data.datalist_io import load_checked_section, read_datalist
@@ -163,7 +168,8 @@ class SamMixWorkflow:
 
     # ---- stages --------------------------------------------------------------------------------------------------
     def train(self) -> dict:
-        """Train (resume, or reuse) the model of this configuration; returns what was done."""
+        """Train (resume, or reuse) the model of this configuration; returns what was done (with several processes,
+        what each rank did: its slices per epoch, iterations and the digest of the weights it ended with)."""
         start = time.perf_counter()
         entries, items = self.check()
         labelled = draw_labelled_slices(items, self.num_labelled, self.seed, self.datalist)
@@ -174,16 +180,20 @@ class SamMixWorkflow:
                                       self.train_item_transform, **loading)
         callback = self._panel_callback()
         network = self._network(card)
-        card = train_model(self.method, network, train, labelled_data, self.output_dir, self.model_dir, card,
-                           device=self.device, seed=self.seed, num_workers=self.num_workers,
-                           summary_writer=self.summary_writer, epoch_callback=callback, **self.training)
+        outcome = train_model(self.method, network, train, labelled_data, self.output_dir, self.model_dir, card,
+                              device=self.device, seed=self.seed, num_workers=self.num_workers,
+                              summary_writer=self.summary_writer, epoch_callback=callback, **self.training)
         result = {"method": self.method, "model_dir": str(self.model_dir), "labelled_slices": len(labelled),
                   "training_slices": len(items), "seconds": round(time.perf_counter() - start, 2)}
-        write_text_atomic(self.output_dir / "sam_mix_training.json", json.dumps(json_safe(result), indent=1))
+        if outcome["ranks"] is not None and len(outcome["ranks"]) > 1:
+            result["ranks"] = outcome["ranks"]
+        if distributed.is_main_process():
+            write_text_atomic(self.output_dir / "sam_mix_training.json", json.dumps(json_safe(result), indent=1))
+        distributed.barrier()
         return result
 
     def _panel_callback(self):
-        if self.summary_writer is None or not self.panels:
+        if self.summary_writer is None or not self.panels or not distributed.is_main_process():
             return None
         val_entries = self.entries("validation")
         if not val_entries:
@@ -203,7 +213,14 @@ class SamMixWorkflow:
         return callback
 
     def evaluate(self, section: str = "testing") -> dict:
-        """Both protocols on a section's cases with the trained model; reports under ``eval_dir``."""
+        """Both protocols on a section's cases with the trained model; reports under ``eval_dir``.
+
+        Under ``torchrun`` rank 0 evaluates and writes the reports while the others wait; every rank returns its result.
+        """
+        result = self._evaluate(section) if distributed.is_main_process() else None
+        return distributed.gather_objects(result)[0]
+
+    def _evaluate(self, section: str) -> dict:
         entries = self.entries(section)
         if not entries:
             raise InputError(self.datalist, f"the {section} section has no case to evaluate")

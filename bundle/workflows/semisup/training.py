@@ -20,11 +20,20 @@ card resumes from. After the last epoch the classifier's batch-norm statistics a
 slices (:mod:`bundle.workflows.common.batch_norm`); the finished model is ``model.pt`` (classifier or U-Net + card)
 and, for SAM-Mix, the adapter file ``adapter.pt`` (:mod:`bundle.sam.adapter`), which records the base checkpoint's
 sha256.
+
+Under ``torchrun`` (``configs/multi_gpu_train.json``) every rank trains on its share of the training slices
+(:func:`bundle.workflows.common.ddp.train_sampler`) and draws its own labelled batches. The steps call the network's
+``prompts`` / ``segment`` methods, which ``DistributedDataParallel``'s hooks do not see, so the steps average the
+gradients themselves (:func:`bundle.workflows.common.ddp.average_gradients`) and, as DDP does, give every rank rank
+0's buffers (batch-norm statistics) before each step: every rank holds the same weights throughout, which
+:func:`train_model` checks at the end (:func:`trained_digest`). Rank 0 alone writes checkpoints and the finished
+files; the other ranks wait for them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -32,14 +41,17 @@ from collections.abc import Callable, Mapping
 import torch
 from ignite.engine import Events
 from monai.data import DataLoader
-from monai.engines import SupervisedTrainer
+from monai.engines import IterationEvents, SupervisedTrainer
 from monai.handlers import StatsHandler, TensorBoardStatsHandler
 from monai.losses import DiceLoss
+from monai.utils import CommonKeys
 
+from bundle import distributed
 from bundle.data.slice_dataset import CLASS_LABEL_KEY
 from bundle.sam.adapter import adapter_state_dict, save_adapter
 from bundle.sam.cam_prompts import mask_boxes
 from bundle.sam.engine import resolve_autocast
+from bundle.workflows.common import ddp
 from bundle.workflows.common.batch_norm import recompute_batch_norm
 from bundle.workflows.common.checkpoints import (
     EpochCheckpointSaver,
@@ -51,7 +63,8 @@ from bundle.workflows.common.checkpoints import (
 from bundle.workflows.common.guards import StopOnNonFiniteLoss
 from bundle.workflows.common.model_card import CARD_NAME, write_card
 
-__all__ = ["GAIN_KEY", "METHODS", "JointStep", "LabelledBatches", "SamTrainableState", "UNetStep", "train_model"]
+__all__ = ["GAIN_KEY", "METHODS", "JointStep", "LabelledBatches", "SamTrainableState", "UNetStep", "train_model",
+           "trained_digest"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +75,17 @@ GAIN_KEY = "guidance_gain"
 
 
 class LabelledBatches:
-    """Batches of the labelled slices, reshuffled (seeded per epoch) whenever they run out."""
+    """Batches of the labelled slices, reshuffled (seeded per epoch) whenever they run out.
 
-    def __init__(self, dataset, batch_size: int, seed: int = 0, num_workers: int = 0) -> None:
+    ``rank`` (the process's rank under ``torchrun``; 0 in one process) shifts the seed, so every rank draws its own
+    batches, and a resumed run of any rank draws the same batches as an uninterrupted one.
+    """
+
+    _RANK_STRIDE = 1_000_003  # seed distance between ranks (rank 0: the single-process draws)
+
+    def __init__(self, dataset, batch_size: int, seed: int = 0, num_workers: int = 0, rank: int = 0) -> None:
         self.dataset, self.batch_size = dataset, max(1, min(int(batch_size), len(dataset)))
-        self.seed, self.num_workers = int(seed), int(num_workers)
+        self.seed, self.num_workers, self.rank = int(seed), int(num_workers), int(rank)
         self._epoch, self._draws, self._iter = 0, 0, None
 
     def start_epoch(self, epoch: int) -> None:
@@ -76,7 +95,8 @@ class LabelledBatches:
     def __next__(self) -> dict:
         while True:
             if self._iter is None:
-                generator = torch.Generator().manual_seed(self.seed * 100_003 + self._epoch * 1_009 + self._draws)
+                generator = torch.Generator().manual_seed(self.seed * 100_003 + self._epoch * 1_009 + self._draws
+                                                          + self.rank * self._RANK_STRIDE)
                 self._draws += 1
                 self._iter = iter(DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True,
                                              generator=generator, num_workers=self.num_workers))
@@ -95,9 +115,23 @@ def _to(batch: Mapping, key: str, device) -> torch.Tensor:
     return batch[key].to(device=device).float()
 
 
+def _broadcast_from_rank_zero(tensors) -> None:
+    """Rank 0's values of ``tensors`` on every rank (a no-op in one process); every rank passes the same tensors in
+    the same order. What ``DistributedDataParallel`` does with a network's state when it wraps it (parameters and
+    buffers) and before each forward pass (buffers: the steps' eval-mode Grad-CAM then sees the same batch-norm
+    statistics on every rank)."""
+    if not ddp.is_distributed():
+        return
+    with torch.no_grad():
+        for tensor in tensors:
+            torch.distributed.broadcast(tensor.detach(), src=0)
+
+
 class _Step:
     """Mixed precision shared by the steps: ``autocast`` as :func:`bundle.sam.engine.resolve_autocast` reads it
-    (float32 on the CPU; bf16, or fp16 with a gradient scaler, on CUDA)."""
+    (float32 on the CPU; bf16, or fp16 with a gradient scaler, on CUDA), and the ranks kept in step under
+    ``torchrun``: :meth:`begin` shares rank 0's buffers, :meth:`update` averages the gradients before the optimizer
+    step (scaled gradients with fp16: a rank's overflow reaches every rank, so all skip the same steps)."""
 
     def __init__(self, autocast: str = "none", device="cpu") -> None:
         self.dtype = resolve_autocast(autocast, torch.device(device))
@@ -108,8 +142,21 @@ class _Step:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.dtype)
 
+    @staticmethod
+    def begin(engine) -> None:
+        """Start a step: train mode, rank 0's buffers (under ``torchrun``), no gradients."""
+        engine.network.train()
+        _broadcast_from_rank_zero(engine.network.buffers())
+        engine.optimizer.zero_grad(set_to_none=True)
+
     def update(self, engine, loss: torch.Tensor) -> None:
+        """Backward, gradients averaged over the ranks, optimizer step. ``LOSS_COMPLETED`` fires first, with the loss
+        in ``engine.state.output``, as ``SupervisedTrainer`` does: :class:`StopOnNonFiniteLoss` stops a NaN or
+        infinite loss before it reaches the weights."""
+        engine.state.output = {CommonKeys.LOSS: loss}
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
         self.scaler.scale(loss).backward()
+        ddp.average_gradients(p for group in engine.optimizer.param_groups for p in group["params"])
         self.scaler.step(engine.optimizer)
         self.scaler.update()
 
@@ -126,8 +173,7 @@ class JointStep(_Step):
 
     def __call__(self, engine, batch: Mapping) -> dict:
         net, device = engine.network, engine.state.device
-        net.train()
-        engine.optimizer.zero_grad(set_to_none=True)
+        self.begin(engine)
         x = _to(batch, "image", device)
         with self.autocast(device):
             logits = net(x)
@@ -156,8 +202,7 @@ class UNetStep(_Step):
 
     def __call__(self, engine, batch: Mapping) -> dict:
         net, device = engine.network, engine.state.device
-        net.train()
-        engine.optimizer.zero_grad(set_to_none=True)
+        self.begin(engine)
         sample = next(self.labelled)
         with self.autocast(device):
             logits = net(_to(sample, "image", device))
@@ -189,6 +234,75 @@ class SamTrainableState:
         self.trainable.sam.load_state_dict(state, strict=False)
 
 
+BATCH_NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+"""State-dict suffixes of batch-norm statistics: recomputed by rank 0 after training, so not part of
+:func:`trained_digest`."""
+
+
+def trained_digest(model: Mapping, adapter_state: Mapping | None = None) -> str:
+    """sha256 of the trained weights of a finished model, read from what its files hold.
+
+    Args:
+        model: the content of ``model.pt`` (``network`` state dict, ``guidance_gain`` for the SAM methods).
+        adapter_state: the ``state`` of ``adapter.pt`` (SAM-Mix), else None.
+
+    Every rank of a ``torchrun`` job reports the digest of the weights it ends with (:func:`train_model`); the ranks
+    agree with each other and with the digest of the files rank 0 writes. Batch-norm statistics are left out
+    (:data:`BATCH_NORM_STATISTICS`).
+    """
+    tensors = {f"network.{k}": v for k, v in model["network"].items() if not k.endswith(BATCH_NORM_STATISTICS)}
+    if GAIN_KEY in model:
+        tensors[GAIN_KEY] = model[GAIN_KEY]
+    tensors.update({f"adapter.{k}": v for k, v in (adapter_state or {}).items()})
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensors[name].shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _finished_model(method: str, network: torch.nn.Module, card: Mapping) -> dict:
+    """What ``model.pt`` holds: the U-Net, or the classifier and SAM's guidance gain; with the card."""
+    if method == "unet":
+        return {"network": network.state_dict(), "card": card}
+    return {"network": network.classifier.state_dict(), GAIN_KEY: network.sam.guidance_gain.detach().cpu(),
+            "card": card}
+
+
+def _train_loader(train_data, batch_size: int, seed: int, num_workers: int, sampler=None) -> DataLoader:
+    """The loader of the training slices: shuffled with a seeded generator, or ``sampler``'s share of them (one rank
+    under ``torchrun``); the last batch is dropped when it would hold a single slice (batch norm needs 2)."""
+    size = len(sampler) if sampler is not None else len(train_data)
+    drop_last = size > batch_size and size % batch_size == 1
+    generator = torch.Generator().manual_seed(int(seed))
+    return DataLoader(train_data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
+                      drop_last=drop_last, num_workers=num_workers)
+
+
+def _save_finished(method: str, network: torch.nn.Module, card: Mapping, model_dir, loader, device) -> None:
+    """Recompute the classifier's batch-norm statistics over ``loader``, then write ``adapter.pt`` (SAM-Mix),
+    ``model.pt`` and the model card (rank 0 alone)."""
+    if method != "unet":  # the classifier's eval-mode statistics, from its final weights (common/batch_norm.py)
+        recompute_batch_norm(network.classifier, loader, device)
+    os.makedirs(model_dir, exist_ok=True)
+    if method == "sam_mix":
+        save_adapter(network.sam.sam, os.path.join(os.fspath(model_dir), "adapter.pt"), extra={"card": card})
+    model_path = os.path.join(os.fspath(model_dir), "model.pt")
+    save_atomic(_finished_model(method, network, card), model_path)
+    # the card batch inference reads (bundle/workflows/common/model_card.py); model.pt keeps its own copy
+    write_card(os.path.join(os.fspath(model_dir), CARD_NAME), {"kind": "sam_mix", **card})
+    logger.info("sam-mix: saved %s", model_path)
+
+
+def _rank_record(method: str, network: torch.nn.Module, card: Mapping, trainer, loader) -> dict:
+    """What this rank did (its slices per epoch, the iterations run) and the digest of the weights it holds."""
+    adapter = adapter_state_dict(network.sam.sam) if method == "sam_mix" else None
+    return {"rank": distributed.rank(), "slices_per_epoch": len(loader.sampler),
+            "iterations": int(trainer.state.iteration), "epoch_length": int(trainer.state.epoch_length),
+            "sha256": trained_digest(_finished_model(method, network, card), adapter)}
+
+
 def train_model(
     method: str,
     network: torch.nn.Module,
@@ -210,7 +324,15 @@ def train_model(
     summary_writer=None,
     epoch_callback: Callable | None = None,
 ) -> dict:
-    """Train (or resume, or reuse) one model of :data:`METHODS`; returns its card.
+    """Train (or resume, or reuse) one model of :data:`METHODS`.
+
+    Under ``torchrun`` every rank calls it: each trains on its share of ``train_data`` with rank 0's initial weights
+    and averaged gradients; rank 0 alone writes the checkpoints and the finished files (batch-norm statistics
+    recomputed over all of ``train_data``), which the other ranks wait for.
+
+    Returns:
+        ``{"card": the model's card, "ranks": [per rank: rank, slices_per_epoch, iterations, epoch_length, sha256
+        (:func:`trained_digest` of the weights it ends with)]}``; ``ranks`` is None when a finished model was reused.
 
     Args:
         method: ``sam_mix``, ``zero_shot`` or ``unet``.
@@ -224,23 +346,31 @@ def train_model(
         autocast: mixed precision (``auto``: bf16 or fp16 on CUDA, float32 on the CPU; ``none``, ``bf16``,
             ``fp16``); recorded in the card.
         epoch_callback: called with the trainer after every epoch (TensorBoard panels).
+        seed: seeds the initial weights, the shuffling and the labelled batches. With several processes the
+            number of processes is recorded in the card too (it changes the effective batch size).
     """
     training = {"max_epochs": int(max_epochs), "batch_size": int(batch_size), "seg_batch_size": int(seg_batch_size),
                 "learning_rate": float(learning_rate), "seg_weight": float(seg_weight), "gt_boxes": bool(gt_boxes),
                 "optimizer": "Adam", "seed": int(seed),
                 "autocast": str(resolve_autocast(autocast, torch.device(device)) or "float32").replace("torch.", "")}
+    if ddp.is_distributed():
+        training["processes"] = distributed.world_size()
     card = {**dict(card), "method": method, "training": training}
     model_path = os.path.join(os.fspath(model_dir), "model.pt")
     adapter_path = os.path.join(os.fspath(model_dir), "adapter.pt")
     if finished_with_card(model_path, card, stage="sam-mix") and (method != "sam_mix" or os.path.isfile(adapter_path)):
         logger.info("sam-mix: %s is finished for this configuration; reusing it", model_path)
-        if not os.path.isfile(os.path.join(os.fspath(model_dir), CARD_NAME)):  # finished before cards were written
-            write_card(os.path.join(os.fspath(model_dir), CARD_NAME), {"kind": "sam_mix", **card})
-        return dict(card)
+        card_path = os.path.join(os.fspath(model_dir), CARD_NAME)
+        if distributed.is_main_process() and not os.path.isfile(card_path):  # finished before cards were written
+            write_card(card_path, {"kind": "sam_mix", **card})
+        distributed.barrier()
+        return {"card": dict(card), "ranks": None}
     torch.manual_seed(int(seed))
     device = torch.device(device)
     network = network.to(device)
-    labelled = LabelledBatches(labelled_data, seg_batch_size, seed, num_workers) if method != "zero_shot" else None
+    _broadcast_from_rank_zero([*(p for p in network.parameters() if p.requires_grad), *network.buffers()])
+    labelled = (LabelledBatches(labelled_data, seg_batch_size, seed, num_workers, rank=distributed.rank())
+                if method != "zero_shot" else None)
     if method == "unet":
         step, save_dict = UNetStep(labelled, autocast, device), {"network": network}
     else:
@@ -249,10 +379,8 @@ def train_model(
     trainable = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=learning_rate)
     save_dict["optimizer"] = optimizer
-    generator = torch.Generator().manual_seed(int(seed))
-    drop_last = len(train_data) > batch_size and len(train_data) % batch_size == 1  # batch norm needs 2 samples
-    loader = DataLoader(train_data, batch_size=batch_size, shuffle=True, generator=generator, drop_last=drop_last,
-                        num_workers=num_workers)
+    # one process: every slice, shuffled; several: this rank's share (the trainer sets the sampler's epoch)
+    loader = _train_loader(train_data, batch_size, seed, num_workers, ddp.train_sampler(train_data, seed=seed))
     last = os.path.join(os.fspath(output_dir), "sam_mix_last.pt")
     handlers = [
         StopOnNonFiniteLoss(),
@@ -274,17 +402,12 @@ def train_model(
     if epoch_callback is not None:
         trainer.add_event_handler(Events.EPOCH_COMPLETED, epoch_callback)
     trainer.run()
-    if method != "unet":  # the classifier's eval-mode statistics, from its final weights (common/batch_norm.py)
-        recompute_batch_norm(network.classifier, loader, device)
-    os.makedirs(model_dir, exist_ok=True)
-    if method == "sam_mix":
-        save_adapter(network.sam.sam, adapter_path, extra={"card": card})
-    stored = {"network": network.state_dict(), "card": card}
-    if method != "unet":
-        stored = {"network": network.classifier.state_dict(), GAIN_KEY: network.sam.guidance_gain.detach().cpu(),
-                  "card": card}
-    save_atomic(stored, model_path)
-    # the card batch inference reads (bundle/workflows/common/model_card.py); model.pt keeps its own copy
-    write_card(os.path.join(os.fspath(model_dir), CARD_NAME), {"kind": "sam_mix", **card})
-    logger.info("sam-mix: saved %s", model_path)
-    return card
+    ranks = distributed.gather_objects(_rank_record(method, network, card, trainer, loader))
+    if len({r["sha256"] for r in ranks}) > 1:
+        logger.warning("sam-mix: the ranks ended with different weights (%s); rank 0's are saved",
+                       ", ".join(f"rank {r['rank']}: {r['sha256'][:12]}" for r in ranks))
+    if distributed.is_main_process():  # batch-norm statistics over every slice, as in one process
+        full = _train_loader(train_data, batch_size, seed, num_workers) if ddp.is_distributed() else loader
+        _save_finished(method, network, card, model_dir, full, device)
+    distributed.barrier()  # the finished files exist for every rank from here on
+    return {"card": card, "ranks": ranks}

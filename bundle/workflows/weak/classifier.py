@@ -8,6 +8,11 @@ weight decay 0.01) with a OneCycle schedule stepped every iteration, ``BCE(paren
 Every epoch ends with an atomic checkpoint (network, optimizer, scheduler, trainer state) that a rerun resumes from;
 the finished model is written to ``model_path`` with the model card the pseudo-label stage rebuilds it from. A
 finished model whose card matches the configuration is reused without training.
+
+Under ``torchrun`` each rank trains ``DistributedDataParallel`` on its share of every epoch's slices
+(:func:`bundle.workflows.common.ddp.train_sampler`); rank 0 alone writes the checkpoints and the model (the plain
+network's weights, which load without DDP) and computes the validation AUC on the whole validation split, which it
+hands to the other ranks, so every rank logs and returns the same card. Every rank returns once the model is written.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from monai.data import DataLoader
 from monai.engines import SupervisedTrainer
 from monai.handlers import LrScheduleHandler, StatsHandler, TensorBoardStatsHandler, from_engine
 
+from bundle.checkpoint_files import load_checkpoint
 from bundle.data.slice_dataset import AxialSliceDataset, cached_slices
 from bundle.networks.fusion import mean_roc_auc
 from bundle.networks.parent_child import ParentChildClassifier, ParentChildLoss
+from bundle.workflows.common import ddp
 from bundle.workflows.common.checkpoints import (
     EpochCheckpointSaver,
     ResumeFromCheckpoint,
@@ -35,6 +42,7 @@ from bundle.workflows.common.checkpoints import (
 )
 from bundle.workflows.common.guards import StopOnNonFiniteLoss
 from bundle.workflows.common.handlers import LearningRateLogger
+from bundle.workflows.weak.ranks import on_main
 from bundle.workflows.weak.slices import TARGET_KEY
 
 __all__ = ["TargetBatch", "load_classifier", "parent_probabilities", "slice_dataset", "train_classifier"]
@@ -75,7 +83,7 @@ def parent_probabilities(network: torch.nn.Module, loader, device) -> tuple[np.n
 
 def load_classifier(path: str | os.PathLike, device="cpu") -> tuple[ParentChildClassifier, dict]:
     """The trained classifier and its card from ``model_path`` (eval mode)."""
-    stored = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    stored = load_checkpoint(path, what="WeakMedSAM classifier")
     card = dict(stored["card"])
     network = ParentChildClassifier(**card["network"])
     network.load_state_dict(stored["network"])
@@ -117,14 +125,17 @@ def train_classifier(
     model_path = os.fspath(model_path)
     if finished_with_card(model_path, card, ignore=("validation",), stage="classifier"):
         logger.info("classifier: %s is finished for this configuration; reusing it", model_path)
-        return dict(torch.load(model_path, map_location="cpu", weights_only=True)["card"])
+        return dict(load_checkpoint(model_path, what="WeakMedSAM classifier")["card"])
     torch.manual_seed(int(seed))
     device = torch.device(device)
-    network = ParentChildClassifier(**network_args).to(device)
+    network = ddp.wrap_network(ParentChildClassifier(**network_args), device)  # DDP on several processes
+    plain = ddp.unwrap(network)
     generator = torch.Generator().manual_seed(int(seed))
-    drop_last = len(train_data) > batch_size and len(train_data) % batch_size == 1  # batch norm needs 2 samples
-    loader = DataLoader(train_data, batch_size=batch_size, shuffle=True, generator=generator, drop_last=drop_last,
-                        num_workers=num_workers)
+    sampler = ddp.train_sampler(train_data, seed=int(seed))  # None in one process: the loader shuffles
+    samples = len(train_data) if sampler is None else len(sampler)  # this rank's samples per epoch
+    drop_last = samples > batch_size and samples % batch_size == 1  # batch norm needs 2 samples
+    loader = DataLoader(train_data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                        generator=generator, drop_last=drop_last, num_workers=num_workers)
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate,
                                                     total_steps=max(1, max_epochs * len(loader)))
@@ -151,13 +162,16 @@ def train_classifier(
     if val_data is not None and len(val_data):
         val_loader = DataLoader(val_data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
+        def validation_auc() -> float:
+            probs, targets = parent_probabilities(plain, val_loader, device)  # the plain network: no collective call
+            try:
+                return mean_roc_auc(torch.as_tensor(probs), torch.as_tensor(targets), multi_label=True)
+            except ValueError:  # a validation split with one class only: the AUC is undefined
+                return float("nan")
+
         @trainer.on(Events.EPOCH_COMPLETED)
         def _validate(engine):
-            probs, targets = parent_probabilities(network, val_loader, device)
-            try:
-                auc = mean_roc_auc(torch.as_tensor(probs), torch.as_tensor(targets), multi_label=True)
-            except ValueError:  # a validation split with one class only: the AUC is undefined
-                auc = float("nan")
+            auc = on_main("classifier validation", validation_auc)  # rank 0's network, on every rank's log
             scores.update(val_parent_auc=auc, epoch=engine.state.epoch)
             engine.logger.info(f"classifier epoch {engine.state.epoch}: validation parent AUC {auc:.4f}")
             if summary_writer is not None and np.isfinite(auc):
@@ -165,6 +179,6 @@ def train_classifier(
 
     trainer.run()
     card = {**card, "validation": scores}
-    save_atomic({"network": network.state_dict(), "card": card}, model_path)
+    on_main("classifier", lambda: save_atomic({"network": plain.state_dict(), "card": card}, model_path))
     logger.info("classifier: saved %s", model_path)
     return card

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bundle.checkpoint_files import load_checkpoint
 from bundle.errors import InputError
 from bundle.hashing import path_sha256
 
@@ -43,7 +44,7 @@ class NetworkFeatures:
         if self.weights is not None:
             if not os.path.isfile(self.weights):
                 raise InputError(self.weights, "feature extractor weights not found")
-            state = torch.load(self.weights, map_location="cpu", weights_only=True)
+            state = load_checkpoint(self.weights, what="feature extractor weights")
             for key in ("state_dict", "network", "model"):
                 if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
                     state = state[key]

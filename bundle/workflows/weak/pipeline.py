@@ -15,6 +15,14 @@ the classifier's card, the segmentation checkpoint) and does only what is missin
 resumed by running the same command again. The first four stages never read a label voxel: their entries are loaded
 without the ``label`` key (only the datalist's slice-label summaries are used); the ground truth is read by
 ``pseudo_quality`` (a report only: nothing trains on it) and by the evaluation.
+
+Under ``torchrun`` (``configs/multi_gpu_train.json`` merged last) every rank runs the same stages
+(:mod:`bundle.workflows.weak.ranks`): ``sam_features`` and ``pseudo_labels`` deal the cases out (sorted case ids,
+rank ``r`` of ``W`` takes every ``W``-th from the ``r``-th), each rank writing its own cache entries, and rank 0 writes
+the manifests, datalists and TensorBoard panels once every rank is done; rank 0 alone writes the sub-class file and
+the quality report while the others wait; the classifier trains with ``DistributedDataParallel`` on each rank's share
+of the slices; the segmentation and its evaluation run the segmentation workflow on every rank (each its share of the
+cases, reports written by rank 0). ``weak_summary.json`` is written by rank 0. One process runs as before.
 """
 
 from __future__ import annotations
@@ -31,16 +39,20 @@ import torch
 from monai.bundle import ConfigWorkflow
 from monai.utils import look_up_option
 
+from bundle import distributed
 from bundle.atomic import write_text_atomic
 from bundle.data.case_ids import case_id_of
 from bundle.data.datalist_io import load_checked_section, read_datalist
 from bundle.data.tasks import get_task
 from bundle.errors import InputError
+from bundle.folders import CONFIGS_DIR
+from bundle.workflows.common import ddp
 from bundle.workflows.common.case_report import json_safe
 from bundle.workflows.weak.classifier import slice_dataset, train_classifier
 from bundle.workflows.weak.features import SamSliceFeatures
 from bundle.workflows.weak.panels import write_panels
 from bundle.workflows.weak.pseudo_stage import CAM_KIND, PSEUDO_KIND, PseudoLabels, pseudo_label_quality
+from bundle.workflows.weak.ranks import each_case, on_main
 from bundle.workflows.weak.slices import class_groups, parent_labels, weak_slice_items, with_targets
 from bundle.workflows.weak.subclass_stage import SubclassTargets
 
@@ -125,6 +137,8 @@ class WeakPipeline:
         summary_writer: TensorBoard writer (loss, AUC, the image / CAM / M / refined / pseudo-label panels).
         panels: cases shown in TensorBoard.
         device: the classifier's device.
+        multi_gpu_config_file: merged last onto the segmentation's configs when the pipeline runs on several
+            processes (default: ``configs/multi_gpu_train.json`` of the bundle).
     """
 
     def __init__(self, datalist, dataset_dir, task: str, output_dir, model_dir, features: SamSliceFeatures,
@@ -134,7 +148,7 @@ class WeakPipeline:
                  seg_overrides: Mapping | None = None, eval_config_file: str | None = None,
                  meta_file: str | None = None, summary_writer=None, panels: int = 2, device="cpu",
                  num_workers: int = 0, cache_rate: float = 1.0, seg_labels: str = PSEUDO_KIND,
-                 feature_extractor=None) -> None:
+                 feature_extractor=None, multi_gpu_config_file: str | None = None) -> None:
         self.task = get_task(task)
         if self.task.level != "slice":
             raise ValueError(f"task {self.task.name!r} has volume labels; WeakMedSAM needs slice labels")
@@ -150,6 +164,7 @@ class WeakPipeline:
         self.seed, self.device = int(seed), device
         self.seg_config_files, self.seg_overrides = list(seg_config_files), dict(seg_overrides or {})
         self.eval_config_file, self.meta_file = eval_config_file, meta_file
+        self.multi_gpu_config_file = os.fspath(multi_gpu_config_file or CONFIGS_DIR / "multi_gpu_train.json")
         self.summary_writer, self.panels = summary_writer, int(panels)
         self.num_workers, self.cache_rate = int(num_workers), float(cache_rate)
         self.seg_labels = look_up_option(seg_labels, SEG_LABELS)
@@ -192,19 +207,26 @@ class WeakPipeline:
     # ---- stages --------------------------------------------------------------------------------------------------
     def sam_features(self) -> dict:
         entries = self.entries("training") + self.entries("validation")
-        done = 0
-        for i, entry in enumerate(entries, 1):
+        counter = iter(range(1, len(entries) + 1))
+
+        def case(entry) -> bool:
             computed = self.features.ensure(entry, self.sam_loader)
-            done += computed
-            logger.info("sam_features: case %d/%d %s %s", i, len(entries), entry["case_id"],
+            logger.info("sam_features: case %d/%d %s %s", next(counter), len(entries), entry["case_id"],
                         "computed" if computed else "cached")
-        self.features.cache.write_manifest()
+            return computed
+
+        done = sum(sum(share) for share in each_case("sam_features", entries, case))
+        on_main("sam_features manifest", self.features.cache.write_manifest)
         return {"cases": len(entries), "computed": done, "cache": str(self.features.cache.cache_dir)}
 
     def _subclass_record(self) -> tuple[dict, list, list, list, list]:
         train_entries, train_items = self._items("training")
         val_entries, val_items = self._items("validation")
-        record = self.subclasses.ensure(train_items, val_items)
+        if distributed.world_size() == 1:
+            record = self.subclasses.ensure(train_items, val_items)
+        else:  # rank 0 writes the file, the other ranks read it once it is there
+            on_main("subclasses", lambda: self.subclasses.ensure(train_items, val_items)["num_outputs"])
+            record = self.subclasses.read(train_items, val_items)
         return record, train_entries, train_items, val_entries, val_items
 
     def subclasses_stage(self) -> dict:
@@ -240,20 +262,28 @@ class WeakPipeline:
     def pseudo_labels(self) -> dict:
         pseudo = self.pseudo()
         entries = self.entries("training") + self.entries("validation")
-        computed, shown = 0, {}
-        for i, entry in enumerate(entries, 1):
+        panel_ids = {e["case_id"] for e in entries[: self.panels]}
+        counter, shown = iter(range(1, len(entries) + 1)), {}
+
+        def case(entry) -> bool:
             done = pseudo.ensure(entry, self.volume_transform, sam_loader=self.sam_loader)
-            computed += done is not None
-            if done is not None and i <= self.panels:
+            if done is not None and entry["case_id"] in panel_ids:
                 shown[entry["case_id"]] = done  # drawn below without computing them again
-            logger.info("pseudo_labels: case %d/%d %s %s", i, len(entries), entry["case_id"],
+            logger.info("pseudo_labels: case %d/%d %s %s", next(counter), len(entries), entry["case_id"],
                         "written" if done is not None else "cached")
-        pseudo.cache.write_manifest()
-        if self.summary_writer is not None and self.panels:
-            write_panels(self.summary_writer, pseudo, entries[: self.panels], self.volume_transform, shown)
-        for kind in (PSEUDO_KIND, CAM_KIND):
-            labels = {e["case_id"]: pseudo.label_file(e["case_id"], kind) for e in entries}
-            pseudo_datalist(self.datalist, self.dataset_dir, labels, self._datalist_path(kind))
+            return done is not None
+
+        computed = sum(sum(share) for share in each_case("pseudo_labels", entries, case))
+
+        def shared_files() -> None:  # rank 0, once every rank's labels are in the cache
+            pseudo.cache.write_manifest()
+            if self.summary_writer is not None and self.panels:
+                write_panels(self.summary_writer, pseudo, entries[: self.panels], self.volume_transform, shown)
+            for kind in (PSEUDO_KIND, CAM_KIND):
+                labels = {e["case_id"]: pseudo.label_file(e["case_id"], kind) for e in entries}
+                pseudo_datalist(self.datalist, self.dataset_dir, labels, self._datalist_path(kind))
+
+        on_main("pseudo_labels datalists", shared_files)
         return {"cases": len(entries), "computed": computed, "datalist": str(self._datalist_path(PSEUDO_KIND)),
                 "cache": str(pseudo.cache.cache_dir)}
 
@@ -263,6 +293,9 @@ class WeakPipeline:
         Written to ``<output_dir>/pseudo_label_quality.json`` (the run's latest) and to ``quality.json`` in the
         pseudo labels' cache partition, which keeps the report of every configuration next to its labels.
         """
+        return on_main("pseudo_quality", self._pseudo_quality)  # the other ranks wait for rank 0
+
+    def _pseudo_quality(self) -> dict:
         pseudo = self.pseudo()
         quality = pseudo_label_quality(pseudo, self.entries("training", True) + self.entries("validation", True))
         path = self.output_dir / "pseudo_label_quality.json"
@@ -298,10 +331,14 @@ class WeakPipeline:
             raise FileNotFoundError(f"{self.pseudo_datalist_path}: no pseudo-label datalist; run 'pseudo_labels'")
         overrides = {**self._seg_overrides(), "datalist": str(self.pseudo_datalist_path),
                      "model_card#method": f"weakmedsam ({self.seg_labels} labels)"}
-        self._run_bundle(self.seg_config_files, "training", "train", overrides)
+        files = [*self.seg_config_files, *([self.multi_gpu_config_file] if ddp.is_distributed() else [])]
+        self._run_bundle(files, "training", "train", overrides)
         return {"labels": self.seg_labels, "model": str(Path(overrides["ckpt_dir"]) / "model.pt")}
 
     def evaluation(self) -> dict:
+        """The segmentation network on the real labels of the test split. Under ``torchrun`` every rank evaluates its
+        share of the cases in the job's process group (the metrics and the report gather them; rank 0 writes it): the
+        metrics' gathering is a collective call that a rank evaluating alone would wait in for ever."""
         if self.eval_config_file is None:
             raise ValueError("no evaluation config given (eval_config_file)")
         overrides = {**self._seg_overrides(), "datalist": self.datalist, "eval_section": "testing"}
@@ -339,7 +376,8 @@ class WeakPipeline:
             result = method()
             seconds = time.perf_counter() - start
             summary[name] = {**result, "seconds": round(seconds, 2)}
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(summary_path, json.dumps(json_safe(summary), indent=1))
+            if distributed.is_main_process():
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(summary_path, json.dumps(json_safe(summary), indent=1))
             logger.info("WeakMedSAM stage %r done in %.1f s", name, seconds)
         return summary

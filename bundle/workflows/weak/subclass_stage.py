@@ -77,15 +77,33 @@ class SubclassTargets:
             return None
         return stored if isinstance(stored, dict) and stored.get("signature") == dict(signature) else None
 
+    def _current(self, train_items: Sequence[Mapping], other_items: Sequence[Mapping]) -> dict | None:
+        """The stored record when it was made from these training items and covers the other items too."""
+        stored = self._stored(self.signature(train_items))
+        if stored is None or any(_key(i) not in stored["targets"] for i in other_items):
+            return None
+        return stored
+
+    def read(self, train_items: Sequence[Mapping], other_items: Sequence[Mapping] = ()) -> dict:
+        """The record :meth:`ensure` wrote for these items, never computing it (the ranks of a ``torchrun`` job other
+        than 0, once rank 0 has written it).
+
+        Raises:
+            FileNotFoundError: ``path`` holds no record for these items.
+        """
+        stored = self._current(train_items, other_items)
+        if stored is None:
+            raise FileNotFoundError(f"{self.path}: no sub-class record for these training and validation slices; run "
+                                    "the 'subclasses' stage")
+        return stored
+
     def ensure(self, train_items: Sequence[Mapping], other_items: Sequence[Mapping] = ()) -> dict:
         """Child targets keyed ``"<case_id>/<slice_index>"`` -> list of active child indices; computed if needed."""
-        signature = self.signature(train_items)
-        stored = self._stored(signature)
+        stored = self._current(train_items, other_items)
         if stored is not None:
-            missing = [i for i in other_items if _key(i) not in stored["targets"]]
-            if not missing:
-                logger.info("sub-classes: reusing %s", self.path)
-                return stored
+            logger.info("sub-classes: reusing %s", self.path)
+            return stored
+        signature = self.signature(train_items)
         train_parents = parent_labels(train_items, self.task)
         if not train_parents.size or not train_parents.any():
             raise ValueError(f"task {self.task!r}: the training split has no positive slice; sub-class exploration "

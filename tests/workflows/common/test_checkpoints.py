@@ -71,8 +71,7 @@ def test_failing_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     real_save = torch.save
 
     def broken_save(obj, f, *args, **kwargs):
-        with open(f, "wb") as handle:
-            handle.write(b"half a checkpoint")
+        f.write(b"half a checkpoint")  # save_atomic hands torch.save the open temporary file
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)

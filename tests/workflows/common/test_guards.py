@@ -151,10 +151,10 @@ KILLED_TRAINING = textwrap.dedent(
     def save_then_die(obj, f, *args, **kwargs):
         if trainer.state.epoch < 2:
             return real_save(obj, f, *args, **kwargs)
-        with open(f, "wb") as out:  # epoch 2: half of the new model.pt is on disk when the process is killed
-            out.write(b"PK\\x03\\x04" + bytes(2000))
-            out.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+        # epoch 2: half of the new model.pt is on disk when the process is killed (f: the open temporary file)
+        f.write(b"PK\\x03\\x04" + bytes(2000))
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
     torch.save = save_then_die
     trainer.run()
