@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _TESTS = Path(__file__).resolve().parents[1]
-if str(_TESTS / "workflows") not in sys.path:
-    sys.path.insert(0, str(_TESTS / "workflows"))
+for _folder in ("workflows", "workflows/classification"):
+    if str(_TESTS / _folder) not in sys.path:
+        sys.path.insert(0, str(_TESTS / _folder))
 
+from cls_utils import META_CLS, TINY_CLS, cls_files
 from workflow_utils import METADATA, REPO, TINY, config_files
 
 HERE = Path(__file__).resolve().parent
@@ -39,11 +41,16 @@ def precompute_argv(data_root: Path, datalist: Path, cache: Path, **overrides) -
     return bundle_argv("precompute", PRECOMPUTE_FILES, keys, meta=False)
 
 
-def training_argv(data_root: Path, datalist: Path, work: Path, **overrides) -> list[str]:
-    keys = {**TINY, "bundle_root": str(REPO), "dataset_dir": str(data_root), "datalist": str(datalist),
-            "prior_cache_dir": str(work / "priors"), "output_dir": str(work / "run"), "ckpt_dir": str(work / "models"),
-            **overrides}
-    return bundle_argv("training", config_files("brats"), keys)
+def training_argv(data_root: Path, datalist: Path, work: Path, workflow: str = "samaug", **overrides) -> list[str]:
+    """The ``run training`` command of ``workflow``: ``samaug`` (segmentation) or ``samaug_c`` (classification,
+    BraTS whole-tumour slices), tiny settings, outputs under ``work``."""
+    keys = {"bundle_root": str(REPO), "dataset_dir": str(data_root), "datalist": str(datalist),
+            "prior_cache_dir": str(work / "priors"), "output_dir": str(work / "run"), "ckpt_dir": str(work / "models")}
+    if workflow == "samaug_c":  # 2 training cases x 16 slices in batches of 16: 2 iterations per epoch, as samaug
+        return bundle_argv("training", cls_files("brats"),
+                           {**TINY_CLS, **keys, "task": "brats_wt", "batch_size": 16, "meta_file": META_CLS, **overrides},
+                           meta=False)
+    return bundle_argv("training", config_files("brats"), {**TINY, **keys, **overrides})
 
 
 @dataclass

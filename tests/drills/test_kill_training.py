@@ -1,4 +1,6 @@
-"""``kill -9`` during SAMAug segmentation training (``run training``) at three moments, then a run to the end.
+"""``kill -9`` during training (``run training``) at three moments, then a run to the end: SAMAug segmentation and
+SAMAug-C classification (WeakMedSAM's classifier and SAM-Mix resume through the same checkpoint handlers; their
+resumes are tested with their pipelines).
 
 The same training command (12 tiny epochs of 2 iterations, fallback priors) is killed right after its first epoch
 checkpoint appears, then (resumed) while a checkpoint or ``model.pt`` is being written (its temporary file exists),
@@ -13,6 +15,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+
+import pytest
 import time
 from pathlib import Path
 
@@ -21,8 +25,7 @@ from drill_utils import copy_set, training_argv
 from bundle.atomic import temp_owner_pid
 from bundle.checkpoint_files import load_checkpoint
 
-EPOCHS = 12
-EPOCH_LENGTH = 2  # 2 training cases x 4 slices, batch 4
+EPOCHS = 12  # of 2 (samaug: 2 training cases x 4 slices, batch 4) or 3 (samaug_c: their axial slices) iterations
 
 
 def _kill_when(pid: int, ready, timeout: float = 120) -> bool:
@@ -43,7 +46,7 @@ def _kill_when(pid: int, ready, timeout: float = 120) -> bool:
 def _check_state(checkpoint: dict) -> tuple[int, int]:
     """``(epoch, iteration)`` of a resume checkpoint whose optimizer and scheduler agree with its trainer."""
     trainer = checkpoint["trainer"]
-    epoch, iteration = trainer["iteration"] // EPOCH_LENGTH, trainer["iteration"]
+    epoch, iteration = trainer["iteration"] // trainer["epoch_length"], trainer["iteration"]
     steps = {int(s["step"]) for s in checkpoint["optimizer"]["state"].values()}
     assert steps == {iteration}, (steps, trainer)
     assert checkpoint["lr_scheduler"]["last_epoch"] == epoch, (checkpoint["lr_scheduler"], trainer)
@@ -68,10 +71,11 @@ def _writing(*folders: Path):
     return ready
 
 
-def test_kill_9_during_training_resumes_each_time(pristine, commands, counts, tmp_path):
+@pytest.mark.parametrize("workflow", ["samaug", "samaug_c"])
+def test_kill_9_during_training_resumes_each_time(workflow, pristine, commands, counts, tmp_path):
     data = copy_set(pristine, tmp_path / "data")
     work = tmp_path / "work"
-    argv = training_argv(data.root, data.datalist, work, max_epochs=EPOCHS)
+    argv = training_argv(data.root, data.datalist, work, workflow, max_epochs=EPOCHS)
     last = work / "run" / "checkpoint_last.pt"
     log = tmp_path / "log"
 
@@ -81,12 +85,12 @@ def test_kill_9_during_training_resumes_each_time(pristine, commands, counts, tm
     moments = {
         "after the first epoch checkpoint": lambda pid: last.exists(),
         "while a checkpoint is written": _writing(work / "run", work / "models"),
-        "in the middle of an epoch": logged(rf"Epoch: (\d+)/{EPOCHS}, Iter: 1/{EPOCH_LENGTH}"),
+        "in the middle of an epoch": logged(rf"Epoch: (\d+)/{EPOCHS}, Iter: 1/\d+"),
     }
     held = None  # (epoch, iteration) of checkpoint_last.pt when the previous run was killed
     for moment, ready in moments.items():
         if moment == "in the middle of an epoch" and held is not None:
-            ready = logged(rf"Epoch: {held[0] + 2}/{EPOCHS}, Iter: 1/{EPOCH_LENGTH}")
+            ready = logged(rf"Epoch: {held[0] + 2}/{EPOCHS}, Iter: 1/\d+ ")
         pid = commands.start(argv, log)
         killed = _kill_when(pid, ready)
         result = commands.wait(log)
@@ -103,7 +107,8 @@ def test_kill_9_during_training_resumes_each_time(pristine, commands, counts, tm
     result = commands.run(argv, log)
     assert result.rc == 0, result.stderr[-3000:]
     assert f"resuming from {last} at epoch {held[0]} (iteration {held[1]})" in result.stdout
-    assert _check_state(load_checkpoint(last, what="resume checkpoint")) == (EPOCHS, EPOCHS * EPOCH_LENGTH)
+    final = load_checkpoint(last, what="resume checkpoint")
+    assert _check_state(final) == (EPOCHS, EPOCHS * final["trainer"]["epoch_length"])
     _model_loads(work, counts)
     assert (work / "models" / "model.pt").exists()
     assert not [p for p in work.rglob(".*.tmp-*")]  # the kills' temporary files are gone

@@ -56,6 +56,7 @@ def test_samaug_classification_two_processes(tmp_path):
 
     last = _check_rank_zero_outputs(work, work / "run")
     assert last["trainer"]["iteration"] == last["trainer"]["epoch_length"]  # one epoch
-    slices = len(data.cases["training"]) * 16  # axial slices of the 32 x 32 x 16 training phantoms
+    # the volumes are resized to roi_size before they are cut into axial slices
+    slices = len(data.cases["training"]) * TINY_CLS["roi_size"][2]
     # each rank draws ceil(slices / 2) class-balanced samples: half the batches of one process
     assert last["trainer"]["epoch_length"] == math.ceil(math.ceil(slices / 2) / TINY_CLS["batch_size"])

@@ -7,7 +7,8 @@ merges onto SAMAug, SAMAug-C, WeakMedSAM and SAM-Mix alike. The training code ca
 nothing in a single process (or before the group exists), so one code path serves one process and many:
 
 - :func:`wrap_network`: ``DistributedDataParallel`` around a network trained through its ``forward``;
-- :func:`average_gradients`: the same gradient averaging for steps that call other methods of a network (SAM-Mix);
+- :func:`average_gradients` and :func:`broadcast_from_rank_zero`: the same gradient averaging and shared state for
+  steps that call other methods of a network (SAM-Mix);
 - :func:`rank_partition`: each rank caches and trains on its part of a split (datasets that cache what they load);
 - :func:`train_sampler` / :func:`eval_sampler`: each rank its share of the samples of a dataset every rank holds;
 - :func:`unwrap`: the plain network inside a DDP wrapper (what checkpoints store).
@@ -29,7 +30,8 @@ from torch.utils.tensorboard import SummaryWriter
 from bundle import distributed
 
 __all__ = ["init_distributed", "close_distributed", "distributed_device", "is_distributed", "wrap_network", "unwrap",
-           "average_gradients", "rank_partition", "train_sampler", "eval_sampler", "rank_zero_summary_writer", "DiscardingWriter"]
+           "average_gradients", "broadcast_from_rank_zero", "rank_partition", "train_sampler", "eval_sampler",
+           "rank_zero_summary_writer", "DiscardingWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +103,18 @@ def average_gradients(parameters) -> None:
             p.grad = torch.zeros_like(p)
         torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
         p.grad.div_(world)
+
+
+def broadcast_from_rank_zero(tensors) -> None:
+    """Rank 0's values of ``tensors`` on every rank (a no-op in one process); every rank passes the same tensors in
+    the same order. What ``DistributedDataParallel`` does with a network's parameters and buffers when it wraps it,
+    and with its buffers before each forward pass, for training steps that do without DDP (:func:`average_gradients`).
+    """
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for tensor in tensors:
+            torch.distributed.broadcast(tensor.detach(), src=0)
 
 
 def rank_partition(data: Sequence, seed: int = 0, shuffle: bool = True, even: bool = True) -> list:

@@ -115,18 +115,6 @@ def _to(batch: Mapping, key: str, device) -> torch.Tensor:
     return batch[key].to(device=device).float()
 
 
-def _broadcast_from_rank_zero(tensors) -> None:
-    """Rank 0's values of ``tensors`` on every rank (a no-op in one process); every rank passes the same tensors in
-    the same order. What ``DistributedDataParallel`` does with a network's state when it wraps it (parameters and
-    buffers) and before each forward pass (buffers: the steps' eval-mode Grad-CAM then sees the same batch-norm
-    statistics on every rank)."""
-    if not ddp.is_distributed():
-        return
-    with torch.no_grad():
-        for tensor in tensors:
-            torch.distributed.broadcast(tensor.detach(), src=0)
-
-
 class _Step:
     """Mixed precision shared by the steps: ``autocast`` as :func:`bundle.sam.engine.resolve_autocast` reads it
     (float32 on the CPU; bf16, or fp16 with a gradient scaler, on CUDA), and the ranks kept in step under
@@ -146,7 +134,7 @@ class _Step:
     def begin(engine) -> None:
         """Start a step: train mode, rank 0's buffers (under ``torchrun``), no gradients."""
         engine.network.train()
-        _broadcast_from_rank_zero(engine.network.buffers())
+        ddp.broadcast_from_rank_zero(engine.network.buffers())
         engine.optimizer.zero_grad(set_to_none=True)
 
     def update(self, engine, loss: torch.Tensor) -> None:
@@ -368,7 +356,7 @@ def train_model(
     torch.manual_seed(int(seed))
     device = torch.device(device)
     network = network.to(device)
-    _broadcast_from_rank_zero([*(p for p in network.parameters() if p.requires_grad), *network.buffers()])
+    ddp.broadcast_from_rank_zero([*(p for p in network.parameters() if p.requires_grad), *network.buffers()])
     labelled = (LabelledBatches(labelled_data, seg_batch_size, seed, num_workers, rank=distributed.rank())
                 if method != "zero_shot" else None)
     if method == "unet":

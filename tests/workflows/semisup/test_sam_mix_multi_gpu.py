@@ -22,7 +22,8 @@ from workflow_utils import CONFIGS, REPO
 from bundle.data.slice_dataset import slice_items
 from bundle.sam.adapter import read_adapter
 from bundle.workflows.semisup.data import organ_task
-from bundle.workflows.semisup.training import LabelledBatches, _broadcast_from_rank_zero, _Step, trained_digest
+from bundle.workflows.common.ddp import broadcast_from_rank_zero
+from bundle.workflows.semisup.training import LabelledBatches, _Step, trained_digest
 
 MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
 
@@ -129,7 +130,7 @@ def _step_worker(rank: int, world: int, folder: str) -> None:
         torch.manual_seed(rank)  # different initial weights on each rank ...
         net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
         trainable = [p for p in net.parameters() if p.requires_grad]
-        _broadcast_from_rank_zero([*trainable, *net.buffers()])  # ... until rank 0's are shared
+        broadcast_from_rank_zero([*trainable, *net.buffers()])  # ... until rank 0's are shared
         start = [p.detach().clone() for p in trainable]
         net[1].running_mean.fill_(float(rank + 1))  # statistics drift apart between steps ...
         engine = Engine(lambda e, b: None)
