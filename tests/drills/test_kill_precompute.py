@@ -168,3 +168,57 @@ def test_kill_9_during_precompute(brats, tiny_sam_checkpoint, commands, counts, 
     assert check_cache(cache) == CASES
     assert not [p for p in cache.rglob(".*.tmp-*")]  # the kills' temporary files are gone
     assert _priors(cache) == expected
+
+
+def _worker_of_rank(agent: int, rank: int, timeout: float = 60) -> int:
+    """The pid of the ``torchrun`` worker (a child of the agent ``agent``) whose environment says ``RANK=rank``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in Path(f"/proc/{agent}/task/{agent}/children").read_text().split():
+            try:
+                environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"RANK={rank}".encode() in environ:
+                return int(child)
+        time.sleep(0.05)
+    raise TimeoutError(f"no worker of rank {rank} under {agent}")
+
+
+def _torchrun(brats, cache: Path, sam: Path) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            *_argv(brats, cache, sam)]
+
+
+def test_kill_9_of_one_torchrun_rank(brats, tiny_sam_checkpoint, counts, tmp_path):
+    """``kill -9`` of rank 1 in a two-process ``torchrun`` precompute: the job ends (torchrun stops rank 0) instead
+    of waiting at the ranks' meeting, the shared cache stays consistent, and the job started again finishes it with
+    priors byte-identical to one uninterrupted process."""
+    reference = tmp_path / "reference"
+    run = subprocess.run([sys.executable, *_argv(brats, reference, tiny_sam_checkpoint)], env=ENV,
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    cache, err = tmp_path / "cache", tmp_path / "stderr.txt"
+    with open(err, "w") as stderr:
+        job = subprocess.Popen(_torchrun(brats, cache, tiny_sam_checkpoint), env=ENV, stdout=subprocess.DEVNULL,
+                               stderr=stderr, start_new_session=True)
+        try:
+            assert _wait_for(err, f"{BAR} rank 1/2", lambda: job.poll() is None), err.read_text()[-3000:]
+            time.sleep(random.Random(SEED).uniform(0.0, 0.5))
+            os.kill(_worker_of_rank(job.pid, 1), signal.SIGKILL)
+            rc = job.wait(timeout=120)  # the agent ends the job: no rank is left waiting for the killed one
+        finally:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+    assert rc != 0, err.read_text()[-3000:]
+    counts["kills"] += 1
+    before = check_cache(cache)
+
+    again = subprocess.run(_torchrun(brats, cache, tiny_sam_checkpoint), env=ENV, capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    last = json.loads((cache / "last_run.json").read_text())
+    assert (last["up_to_date"], last["computed"], last["failed"]) == (len(before), 4 - len(before), 0), last
+    assert check_cache(cache) == CASES
+    assert _priors(cache) == _priors(reference)
