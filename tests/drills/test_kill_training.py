@@ -15,11 +15,10 @@ from __future__ import annotations
 import os
 import re
 import signal
-
-import pytest
 import time
 from pathlib import Path
 
+import pytest
 from drill_utils import copy_set, training_argv
 
 from bundle.atomic import temp_owner_pid
