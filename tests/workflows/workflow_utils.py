@@ -193,13 +193,15 @@ def check_summary(summary: dict, class_names: list[str], prior_mode: str, genera
 MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
 
 
-def torchrun(files, run_id: str = "training", nproc: int = 2, timeout: int = 600, **overrides):
-    """``torchrun --standalone --nproc_per_node NPROC -m monai.bundle run RUN_ID`` of ``files`` with ``overrides``, in
-    a subprocess (one thread per process, gloo on the CPU); returns the finished ``CompletedProcess``."""
+def torchrun(files, run_id: str = "training", nproc: int = 2, timeout: int = 600, launcher_args=(), **overrides):
+    """``torchrun --standalone --nproc_per_node NPROC [LAUNCHER_ARGS] -m monai.bundle run RUN_ID`` of ``files`` with
+    ``overrides``, in a subprocess (one thread per process, gloo on the CPU); returns the finished ``CompletedProcess``.
+    """
     args = []
     for key, value in overrides.items():
         args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "monai.bundle", "run", run_id, "--config_file", repr([str(f) for f in files]), *args]
+               *launcher_args, "-m", "monai.bundle", "run", run_id, "--config_file", repr([str(f) for f in files]),
+               *args]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)

@@ -45,9 +45,7 @@ def init_distributed() -> int:
     the process uses ``cuda:$LOCAL_RANK``; ranks wait for each other up to
     :data:`bundle.distributed.GROUP_TIMEOUT`. Pair each call with :func:`close_distributed`.
     """
-    _MADE_GROUP.append(distributed.join_group())
-    if torch.cuda.is_available():
-        torch.cuda.set_device(distributed_device())
+    _MADE_GROUP.append(distributed.join_group())  # which also puts a CUDA process on its device
     return distributed.rank()
 
 

@@ -7,8 +7,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,27 +15,18 @@ import torch.multiprocessing as mp
 from ignite.engine import Engine
 from monai.engines import IterationEvents
 from semisup_utils import TINY_MIX, mix_files, mix_overrides
-from workflow_utils import CONFIGS, REPO
+from workflow_utils import MULTI_GPU, torchrun
 
 from bundle.data.slice_dataset import slice_items
 from bundle.sam.adapter import read_adapter
-from bundle.workflows.semisup.data import organ_task
 from bundle.workflows.common.ddp import broadcast_from_rank_zero
+from bundle.workflows.semisup.data import organ_task
 from bundle.workflows.semisup.training import LabelledBatches, _Step, trained_digest
-
-MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
 
 
 def _torchrun(lits, work: Path, checkpoint) -> str:
     """``torchrun --nproc_per_node 2`` of SAM-Mix training with the tiny settings, as a user runs it; its output."""
-    overrides = []
-    for key, value in mix_overrides(lits, work, checkpoint).items():
-        overrides += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "monai.bundle", "run", "training", "--config_file", repr(mix_files("lits", MULTI_GPU)),
-               *overrides]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    result = torchrun(mix_files("lits", MULTI_GPU), **mix_overrides(lits, work, checkpoint))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 

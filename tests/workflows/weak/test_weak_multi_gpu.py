@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import subprocess
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from weak_utils import run_weak, weak_files, weak_overrides
-from workflow_utils import CONFIGS, REPO, make_phantom_set, tensorboard_tags
+from workflow_utils import MULTI_GPU, make_phantom_set, tensorboard_tags, torchrun
 
 from bundle.workflows.weak.classifier import load_classifier
 from bundle.workflows.weak.pipeline import STAGES
@@ -79,15 +77,9 @@ def _entry(path: Path) -> dict:
 def _torchrun(data, work: Path, logs: Path, run_id: str, **overrides) -> tuple[subprocess.CompletedProcess, dict]:
     """``run_id`` of the weak config + ``configs/multi_gpu_train.json`` on :data:`WORLD` processes, as a user types
     it; returns the finished process and ``{rank: its output}``."""
-    arguments = []
-    for key, value in weak_overrides(data, work, **overrides).items():
-        arguments += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    files = [*weak_files(data.preset), str(CONFIGS / "multi_gpu_train.json")]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
-               "--log-dir", str(logs), "--redirects", "3", "--tee", "3",
-               "-m", "monai.bundle", "run", run_id, "--config_file", repr(files), *arguments]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    per_rank_logs = ("--log-dir", str(logs), "--redirects", "3", "--tee", "3")
+    result = torchrun([*weak_files(data.preset), MULTI_GPU], run_id, nproc=WORLD, launcher_args=per_rank_logs,
+                      **weak_overrides(data, work, **overrides))
     rank_logs = {int(p.name): (p / "stdout.log").read_text() + (p / "stderr.log").read_text()
                  for p in logs.glob("*/attempt_0/*")}
     assert set(rank_logs) == set(range(WORLD)), result.stdout[-4000:] + result.stderr[-4000:]
