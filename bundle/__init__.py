@@ -2,6 +2,7 @@
 
 from bundle.errors import install_excepthook
 from bundle.log_noise import quiet_known_repeats
+from bundle.overrides import check_command_line
 
 __version__ = "0.1.0"
 

@@ -19,13 +19,13 @@ from drill_utils import Commands
 from workflow_utils import make_phantom_set, train
 
 #: what the drills did, filled in by the tests and printed by :func:`pytest_terminal_summary`
-COUNTS = {"kills": 0, "refused": 0, "lost": 0, "ran": False}
+COUNTS = {"kills": 0, "refused": 0, "quiet": 0, "lost": 0, "ran": False}
 
 
 def pytest_terminal_summary(terminalreporter):
     if COUNTS["ran"]:
         terminalreporter.write_line(f"drills: {COUNTS['kills']} kills survived, {COUNTS['refused']} bad inputs "
-                                    f"refused, files lost: {COUNTS['lost']}")
+                                    f"refused, {COUNTS['quiet']} quiet failures caught, files lost: {COUNTS['lost']}")
 
 
 @pytest.fixture
