@@ -38,6 +38,7 @@ from bundle import __version__
 from bundle.atomic import write_text_atomic
 from bundle.errors import BundleError, error_line
 from bundle.folders import check_writable_folder
+from bundle.inference.modality import check_input_modality
 from bundle.inference.models import BatchModel, load_model
 from bundle.inference.outputs import expected_outputs, write_classes, write_label_dicom_seg, write_label_nifti
 from bundle.inference.sources import InputSource, collect_inputs
@@ -63,6 +64,7 @@ class InputRecord:
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
     reason: str | None = None
+    modality_mismatch: str | None = None
 
 
 @dataclass
@@ -111,8 +113,22 @@ def _progress_bar(total: int, desc: str, unit: str, leave: bool = True):
     return tqdm(total=total, desc=desc, unit=unit, leave=leave, file=sys.stderr, dynamic_ncols=True, disable=None)
 
 
-def _run_one(model: BatchModel, source: InputSource, output_dir: Path, dicom_seg: bool) -> list[str]:
+def _check_modality(model: BatchModel, source: InputSource, record: InputRecord, image=None) -> None:
+    """Refuse an input whose DICOM Modality or intensities contradict the model's (:mod:`bundle.inference.modality`),
+    or record why it runs anyway (``allow_modality_mismatch``)."""
+    reason = check_input_modality(model.modality, source.label, image,
+                                  source.series.modality if source.series is not None else None,
+                                  allow=model.allow_modality_mismatch)
+    if reason:
+        record.modality_mismatch = reason
+        logger.warning("%s: %s (allowed by allow_modality_mismatch)", source.label, reason.split("; pass")[0])
+
+
+def _run_one(model: BatchModel, source: InputSource, output_dir: Path, dicom_seg: bool,
+             record: InputRecord | None = None) -> list[str]:
     loaded = load_input(source, model.channel_names)
+    if record is not None:
+        _check_modality(model, source, record, loaded.image)
     depth = int(loaded.image.shape[-1])
     with _progress_bar(depth, f"{source.name} SAM priors", "slice", leave=False) as bar:
         prediction = model.predict(loaded.image, source.name, progress=bar.update if model.uses_priors else None)
@@ -131,8 +147,8 @@ def _run_one(model: BatchModel, source: InputSource, output_dir: Path, dicom_seg
 
 def run_batch(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
               section: str = "testing", overwrite: bool = False, device: Any = None,
-              prior_cache_dir: str | None = None, sam_checkpoint: str | None = None, dicom_seg: bool = True
-              ) -> BatchResult:
+              prior_cache_dir: str | None = None, sam_checkpoint: str | None = None, dicom_seg: bool = True,
+              allow_modality_mismatch: bool = False) -> BatchResult:
     """Run the model in ``model_dir`` over ``inputs`` and write the outputs and the summary to ``output_dir``.
 
     Args:
@@ -146,6 +162,9 @@ def run_batch(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike
             else ``<output_dir>/prior_cache``.
         sam_checkpoint: the base SAM checkpoint of a SAM-Mix model whose recorded path has moved.
         dicom_seg: also write a DICOM-SEG for DICOM inputs.
+        allow_modality_mismatch: run inputs whose DICOM Modality or intensity range contradicts the model card's
+            modality (:mod:`bundle.inference.modality`); the reason is recorded in their ``modality_mismatch``.
+            Without it such an input fails with that reason.
 
     Raises:
         OutputFolderError: the output folder cannot be created or written (before any work).
@@ -160,6 +179,9 @@ def run_batch(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike
     output = check_writable_folder(output_dir, what="output folder")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(model_dir, device, prior_cache_dir, sam_checkpoint, fallback_cache_dir=output / "prior_cache")
+    if not isinstance(allow_modality_mismatch, bool):
+        raise ValueError(f"allow_modality_mismatch: {allow_modality_mismatch!r} is not true or false")
+    model.allow_modality_mismatch = allow_modality_mismatch
     sources, skipped = collect_inputs(inputs, section=section, exclude=[output])
     logger.info("batch inference: %s from %s on %s; %d input(s), %d other path(s)", model.description, model_dir,
                 device, len(sources), len(skipped))
@@ -176,6 +198,7 @@ def run_batch(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike
         else:
             try:
                 check_input(source, model.channel_names)
+                _check_modality(model, source, record)
                 todo.append((source, record))
             except Exception as error:  # noqa: BLE001 - reported like a failure while running
                 _fail(record, error, source)
@@ -189,7 +212,7 @@ def run_batch(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike
         for i, (source, record) in enumerate(todo, 1):
             t0 = time.perf_counter()
             try:
-                record.outputs = _run_one(model, source, output, dicom_seg)
+                record.outputs = _run_one(model, source, output, dicom_seg, record)
             except Exception as error:  # noqa: BLE001 - one input's failure must not stop the others
                 _fail(record, error, source)
             record.seconds = round(time.perf_counter() - t0, 2)

@@ -34,6 +34,9 @@ def parser() -> argparse.ArgumentParser:
                    help="SAM prior cache (default: the model's training cache if writable, else OUTPUT/prior_cache)")
     p.add_argument("--sam_checkpoint", default=None, help="base SAM checkpoint of a SAM-Mix model, if it has moved")
     p.add_argument("--no_dicom_seg", action="store_true", help="write NIfTI only, also for DICOM inputs")
+    p.add_argument("--allow_modality_mismatch", action="store_true",
+                   help="run inputs whose DICOM Modality or intensity range contradicts the model card's modality "
+                        "(an MR scan for a CT model); recorded in each such input's summary record")
     return p
 
 
@@ -45,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run_batch(args.input, args.output, args.model, section=args.section, overwrite=args.overwrite,
                            device=args.device, prior_cache_dir=args.prior_cache, sam_checkpoint=args.sam_checkpoint,
-                           dicom_seg=not args.no_dicom_seg)
+                           dicom_seg=not args.no_dicom_seg, allow_modality_mismatch=args.allow_modality_mismatch)
     except Exception as error:
         logging.getLogger(__name__).debug("batch inference could not start", exc_info=True)
         print(error_line(error), file=sys.stderr, flush=True)

@@ -57,7 +57,12 @@ def prior_overrides(prior: Mapping[str, Any]) -> dict:
 def segmentation_overrides(card: Mapping[str, Any]) -> dict:
     """The config overrides that rebuild a segmentation card's model with ``configs/sam_priors.json`` + the
     segmentation configs (``inference.json`` to infer, ``train_samaug_seg.json`` to train it again): the card's
-    ``config`` ids, its SAM prior settings, the network and the intensity transform."""
+    ``config`` ids, its SAM prior settings, the network and the intensity transform.
+
+    ``card`` must have been read with :func:`~bundle.workflows.common.model_card.read_card`, which checks it against
+    :mod:`bundle.workflows.common.card_schema`: every value here is then a plain number, list or allow-listed name
+    (no ``$`` expression, ``@`` reference or ``_target_`` reaches the parser from the card); the only classes built
+    are the allow-listed ``UNet`` and intensity transform."""
     intensity = card["intensity"]
     return {**card["config"], **prior_overrides(card["prior"]), "network_def": network_config(card["network"]),
             "intensity": {"_target_": intensity["name"], "keys": intensity["keys"], **intensity["args"]}}
@@ -115,10 +120,13 @@ class BatchModel:
         segments: label value -> name of the label map it writes (segmentation kinds), empty otherwise.
         class_names: class names (classification), empty otherwise.
         description: one line for logs and the summary.
+        modality: the card's modality (``CT``, ``MR``, ``other``), checked against each input
+            (:mod:`bundle.inference.modality`) unless ``allow_modality_mismatch``.
     """
 
     kind: str = ""
     uses_priors: bool = False
+    allow_modality_mismatch: bool = False
 
     def __init__(self, model_dir: Path, card: Mapping[str, Any], device: torch.device) -> None:
         self.model_dir, self.card, self.device = model_dir, dict(card), device
@@ -126,6 +134,7 @@ class BatchModel:
         self.segments: dict[int, str] = {}
         self.class_names: list[str] = []
         self.description = ""
+        self.modality: str | None = card.get("modality")
 
     def predict(self, image: MetaTensor, case_id: str, progress=None) -> Any:
         """The prediction for one loaded volume (``[C, I, J, K]``, its file's grid); ``progress`` is called with the

@@ -494,35 +494,46 @@ def _read_state(path: Path, name: str, model: torch.nn.Module) -> dict:
 
 
 def load_sam(
-    model_type: str | SamConfig | Mapping = "vit_b",
+    model_type: str | SamConfig | Mapping = "lite_medsam",
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     adapter: str | os.PathLike | None = None,
     merge_adapter: bool = True,
+    random_weights: bool = False,
 ) -> torch.nn.Module:
     """Build a SAM model and load its weights, then its adapter if one is given.
 
     Args:
         model_type: a key of :data:`SAM_MODELS` (``vit_b``, ``vit_l``, ``vit_h``, ``medsam_vit_b``, ``lite_medsam``,
-            ``tiny``, ``small``), or a :class:`SamConfig` / mapping of its fields.
+            ``tiny``, ``small``), or a :class:`SamConfig` / mapping of its fields. The default is LiteMedSAM, the
+            bundle's default everywhere (its weights ship with the ``litemedsam`` package).
         checkpoint: a state-dict file in segment-anything's format (wrapped or ``module.``-prefixed is fine);
-            ``None``: the packaged weights for ``lite_medsam``, random weights for the other types.
+            ``None``: the packaged weights for ``lite_medsam``; the other types have none and are refused unless
+            ``random_weights``.
         device: where the model lives.
         adapter: an adapter file trained on this checkpoint (:func:`bundle.sam.adapter.save_adapter`), or ``None``.
         merge_adapter: fold the adapter's LoRA updates into the encoder's weights (inference: a plain SAM, no extra
             cost); ``False`` keeps them as separate modules (to continue training them).
+        random_weights: accept a model type without weights and return it randomly initialised (to train it from
+            scratch, as :mod:`bundle.sam.shapes_training` does, or in tests); never the default: random weights
+            make no priors and must not be returned silently.
 
     Returns:
         the ``segment_anything.modeling.Sam`` module in eval mode, with ``sam_info`` (:class:`SamInfo`) attached.
 
     Raises:
         FileNotFoundError: the checkpoint or the adapter does not exist (the message says where it was looked for and
-            how to get it).
+            how to get it), or no checkpoint was given for a type without packaged weights (and not
+            ``random_weights``).
         ValueError: the file is not a SAM state dict, or it belongs to another architecture; the adapter is not an
             adapter file or was trained on another base (the messages name the file).
     """
     # described (and a missing file reported) before building: a ViT-H takes tens of seconds to initialise
     info = sam_info(model_type, checkpoint, adapter)
+    if info.checkpoint is None and not random_weights:
+        raise FileNotFoundError(f"SAM {info.model_type} has no weights unless a checkpoint is given: "
+                                f"{_missing_checkpoint_hint(info.model_type)}; pass checkpoint=PATH (or "
+                                "random_weights=True for an untrained model)")
     model = build_sam(model_type)
     if info.checkpoint is not None:
         path = Path(info.checkpoint)

@@ -104,7 +104,7 @@ def make_shapes_checkpoint(
 ) -> Path:
     """Train a ``model_type`` SAM on shapes and save its state dict to ``path`` (atomically; the tests' fixture)."""
     torch.manual_seed(seed)
-    model = load_sam(model_type)
+    model = load_sam(model_type, random_weights=True)  # trained from scratch here
     train_on_shapes(model, steps=steps, batch=batch, seed=seed)
     with atomic_path(path) as tmp:
         torch.save(model.state_dict(), tmp)

@@ -172,7 +172,9 @@ def test_2d_inputs_run_as_one_slice_and_keep_their_loaded_shape(seg_work, tmp_pa
     shutil.copy(ct_small, folder / "slice.dcm")
     plane = np.asarray(nib.load(NIBABEL_DATA / "anatomical.nii").dataobj)[:, :, 12].astype(np.float32)
     nib.save(nib.Nifti1Image(plane, np.diag([2.0, 2.0, 1.0, 1.0])), folder / "plane.nii.gz")
-    result = run_batch([folder], tmp_path / "out", seg_work / "models", prior_cache_dir=str(tmp_path / "cache"))
+    # the plane is an MR slice and the model a CT one: allowed, as the point here is the 2D shape
+    result = run_batch([folder], tmp_path / "out", seg_work / "models", prior_cache_dir=str(tmp_path / "cache"),
+                       allow_modality_mismatch=True)
     assert result.exit_code == 0 and result.counts["done"] == 2
     plane_out = nib.load(tmp_path / "out" / "plane_seg.nii.gz")
     assert plane_out.shape == plane.shape and np.allclose(plane_out.affine, np.diag([2.0, 2.0, 1.0, 1.0]))

@@ -51,7 +51,7 @@ def _same_state(model, state):
 @pytest.mark.parametrize("name, official", [("vit_b", "vit_b"), ("vit_l", "vit_l"), ("vit_h", "vit_h"),
                                             ("medsam_vit_b", "vit_b")])
 def test_official_types_use_segment_anything_registry(registry_spy, name, official):
-    model = load_sam(name)
+    model = load_sam(name, random_weights=True)
     assert isinstance(model, _Built)
     (kwargs,) = registry_spy
     cfg = SAM_CONFIGS[name]
@@ -66,7 +66,7 @@ def test_official_types_use_segment_anything_registry(registry_spy, name, offici
 
 
 def test_vit_b_builds_for_real():
-    model = load_sam("vit_b")
+    model = load_sam("vit_b", random_weights=True)
     enc = model.image_encoder
     assert enc.img_size == 1024 and enc.patch_embed.proj.out_channels == 768 and len(enc.blocks) == 12
     assert infer_config(model.state_dict()) == {"encoder_embed_dim": 768, "encoder_depth": 12, "img_size": 1024,

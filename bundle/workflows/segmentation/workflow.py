@@ -222,9 +222,19 @@ def describe_network(network: Any) -> dict:
     for name in _UNET_FIELDS:
         value = getattr(network, name)
         args[name] = list(value) if isinstance(value, tuple) else value
-    return {"_target_": "UNet", **args}
+    return {"name": "UNet", **args}
 
 
 def network_config(entry: dict) -> dict:
-    """The ``network_def`` config of a card entry written by :func:`describe_network` (lists back to tuples)."""
-    return {k: tuple(v) if isinstance(v, list) and k in ("act", "norm") else v for k, v in entry.items()}
+    """The ``network_def`` config of a card entry written by :func:`describe_network` (lists back to tuples).
+
+    The card names the network (``name``, checked against the card schema's allow-list); only here does it become a
+    ``_target_``, so no card value is ever instantiated as an arbitrary class.
+
+    Raises:
+        ValueError: a network the card cannot describe.
+    """
+    if entry.get("name") != "UNet":
+        raise ValueError(f"the model card can describe MONAI UNet networks, not {entry.get('name')!r}.")
+    args = {k: tuple(v) if isinstance(v, list) and k in ("act", "norm") else v for k, v in entry.items() if k != "name"}
+    return {"_target_": "monai.networks.nets.UNet", **args}

@@ -27,10 +27,12 @@ from monai.networks.nets import UNet
 from monai.utils import look_up_option
 
 from bundle.checkpoint_files import load_checkpoint
+from bundle.errors import InputError
 from bundle.networks.sam_mix import SamMixNet
 from bundle.sam.cam_prompts import mask_boxes
 from bundle.sam.loading import load_sam, sam_info
 from bundle.sam.trainable import TrainableSam
+from bundle.workflows.common.card_schema import validate_card
 from bundle.workflows.semisup.training import GAIN_KEY
 
 __all__ = ["PROTOCOL_NAMES", "SamMixPredictor", "build_unet", "read_card"]
@@ -48,11 +50,17 @@ def build_unet(args: dict) -> UNet:
 
 
 def read_card(model_dir: str | os.PathLike) -> dict:
-    """The card of a trained model folder (``model.pt``)."""
+    """What ``model.pt`` of a trained model folder holds: the weights and the card (``card``), checked against the
+    card schema (:mod:`bundle.workflows.common.card_schema`) before any of its values is used.
+
+    Raises:
+        InputError: not a SAM-Mix model file, or a card field that does not fit (names the file and the field).
+    """
     path = Path(model_dir) / "model.pt"
     stored = load_checkpoint(path, what="SAM-Mix model")
     if not isinstance(stored, dict) or not isinstance(stored.get("card"), dict):
-        raise ValueError(f"{path}: not a SAM-Mix model file (no card); train one with configs/train_sam_mix.json")
+        raise InputError(path, "not a SAM-Mix model file (no card); train one with configs/train_sam_mix.json")
+    validate_card(stored["card"], "sam_mix_stored", path)
     return stored
 
 

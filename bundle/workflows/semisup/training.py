@@ -279,7 +279,8 @@ def _save_finished(method: str, network: torch.nn.Module, card: Mapping, model_d
     model_path = os.path.join(os.fspath(model_dir), "model.pt")
     save_atomic(_finished_model(method, network, card), model_path)
     # the card batch inference reads (bundle/workflows/common/model_card.py); model.pt keeps its own copy
-    write_card(os.path.join(os.fspath(model_dir), CARD_NAME), {"kind": "sam_mix", **card})
+    # (after model.pt: the card records its sha256, so a kill between the two writes is refused, not run)
+    write_card(os.path.join(os.fspath(model_dir), CARD_NAME), {"kind": "sam_mix", **card}, model_path)
     logger.info("sam-mix: saved %s", model_path)
 
 
@@ -349,8 +350,8 @@ def train_model(
     if finished_with_card(model_path, card, stage="sam-mix") and (method != "sam_mix" or os.path.isfile(adapter_path)):
         logger.info("sam-mix: %s is finished for this configuration; reusing it", model_path)
         card_path = os.path.join(os.fspath(model_dir), CARD_NAME)
-        if distributed.is_main_process() and not os.path.isfile(card_path):  # finished before cards were written
-            write_card(card_path, {"kind": "sam_mix", **card})
+        if distributed.is_main_process():  # rewritten from model.pt's own card: a card missing, unbound or stale
+            write_card(card_path, {"kind": "sam_mix", **card}, model_path)
         distributed.barrier()
         return {"card": dict(card), "ranks": None}
     torch.manual_seed(int(seed))

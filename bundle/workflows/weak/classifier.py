@@ -29,6 +29,7 @@ from monai.engines import SupervisedTrainer
 from monai.handlers import LrScheduleHandler, StatsHandler, TensorBoardStatsHandler, from_engine
 
 from bundle.checkpoint_files import load_checkpoint
+from bundle.errors import InputError
 from bundle.data.slice_dataset import AxialSliceDataset, cached_slices
 from bundle.networks.fusion import mean_roc_auc
 from bundle.networks.parent_child import ParentChildClassifier, ParentChildLoss
@@ -40,6 +41,7 @@ from bundle.workflows.common.checkpoints import (
     resumable_with_card,
     save_atomic,
 )
+from bundle.workflows.common.card_schema import validate_card
 from bundle.workflows.common.guards import StopOnNonFiniteLoss
 from bundle.workflows.common.handlers import LearningRateLogger
 from bundle.workflows.weak.ranks import on_main
@@ -82,9 +84,16 @@ def parent_probabilities(network: torch.nn.Module, loader, device) -> tuple[np.n
 
 
 def load_classifier(path: str | os.PathLike, device="cpu") -> tuple[ParentChildClassifier, dict]:
-    """The trained classifier and its card from ``model_path`` (eval mode)."""
+    """The trained classifier and its card from ``model_path`` (eval mode); the card is checked against its schema
+    (:mod:`bundle.workflows.common.card_schema`) before the network is built from it.
+
+    Raises:
+        InputError: no card, or a card field that does not fit (names the file and the field).
+    """
     stored = load_checkpoint(path, what="WeakMedSAM classifier")
-    card = dict(stored["card"])
+    if not isinstance(stored, dict) or not isinstance(stored.get("card"), dict):
+        raise InputError(path, "not a WeakMedSAM classifier file (no card); run the classifier stage again")
+    card = validate_card(stored["card"], "weak_classifier", path)
     network = ParentChildClassifier(**card["network"])
     network.load_state_dict(stored["network"])
     return network.to(device).eval(), card
