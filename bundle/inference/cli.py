@@ -2,8 +2,9 @@
 
 The same run as ``python -m monai.bundle run batch_inferring --config_file configs/batch_inference.json``; see
 :mod:`bundle.inference.batch` for what it reads, writes and reports. Exit status: 0 when every input is done (or
-already was), 1 when any input failed, 2 when the run could not start (bad arguments, an unwritable output folder,
-a model folder without weights or card).
+already was), 1 when any input failed (or its outputs may not be written), 2 when the run could not start (bad
+arguments, an unwritable output folder, a model folder without weights or card) or found no input, 130 after Ctrl-C
+(the summary of what was done is written).
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ from bundle.errors import error_line
 __all__ = ["main", "parser"]
 
 
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value in ("true", "1", "yes")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sam-priors-infer",
@@ -28,13 +36,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--model", required=True, metavar="DIR", help="trained model folder (model.pt + model_card.json)")
     p.add_argument("--section", default="testing", help="datalist section to run (default: testing)")
-    p.add_argument("--overwrite", action="store_true", help="run inputs whose outputs already exist again")
+    p.add_argument("--overwrite", nargs="?", const=True, default=False, type=_flag, metavar="true|false",
+                   help="run inputs whose outputs exist again, also those of another model or input version (never "
+                        "writes over a file it did not write); '--overwrite' alone means true, as for the bundle "
+                        "command's '--overwrite true'")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--prior_cache", default=None, metavar="DIR",
                    help="SAM prior cache (default: the model's training cache if writable, else OUTPUT/prior_cache)")
     p.add_argument("--sam_checkpoint", default=None, help="base SAM checkpoint of a SAM-Mix model, if it has moved")
     p.add_argument("--no_dicom_seg", action="store_true", help="write NIfTI only, also for DICOM inputs")
-    p.add_argument("--allow_modality_mismatch", action="store_true",
+    p.add_argument("--allow_modality_mismatch", nargs="?", const=True, default=False, type=_flag,
+                   metavar="true|false",
                    help="run inputs whose DICOM Modality or intensity range contradicts the model card's modality "
                         "(an MR scan for a CT model); recorded in each such input's summary record")
     return p
@@ -49,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_batch(args.input, args.output, args.model, section=args.section, overwrite=args.overwrite,
                            device=args.device, prior_cache_dir=args.prior_cache, sam_checkpoint=args.sam_checkpoint,
                            dicom_seg=not args.no_dicom_seg, allow_modality_mismatch=args.allow_modality_mismatch)
+    except KeyboardInterrupt:  # before any input ran (loading the model): nothing to summarise
+        print("INTERRUPTED: batch inference stopped (Ctrl-C) before any input ran", file=sys.stderr, flush=True)
+        return 130
     except Exception as error:
         logging.getLogger(__name__).debug("batch inference could not start", exc_info=True)
         print(error_line(error), file=sys.stderr, flush=True)

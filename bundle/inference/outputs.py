@@ -1,11 +1,16 @@
 """The files batch inference writes for one input, each written to a temporary name and renamed into place.
 
-- ``<name>_seg.nii.gz``: the label map in the input's own grid (its shape, including a 2D input's two axes, and its
+- ``<name>_pred.nii.gz``: the label map in the input's own grid (its shape, including a 2D input's two axes, and its
   affine), uint8;
-- ``<name>_seg.dcm``: for a DICOM input, a DICOM Segmentation referencing the source series
+- ``<name>_pred.dcm``: for a DICOM input, a DICOM Segmentation referencing the source series
   (:mod:`bundle.inference.dicom_seg`), one segment per label value;
 - ``<name>_classes.json`` and ``<name>_classes.csv``: for a classifier, the fused class probabilities per slice (or
   for the volume) and the predicted class names.
+
+``_pred`` (:data:`PREDICTION_SUFFIX`) is not a label name of any dataset the bundle reads (BraTS ``<case>_seg``, LiTS
+``segmentation-N``, AbdomenCT-1K ``Mask/<case>``, MSD ``labelsTr/<case>``) and holds no ``seg``, which the BraTS layout
+scan takes for a misnamed label: predictions written next to a case's files never replace or pose as its ground
+truth. Which model wrote them is recorded in ``<name>_record.json`` (:mod:`bundle.inference.records`).
 """
 
 from __future__ import annotations
@@ -24,16 +29,20 @@ from bundle.inference.dicom_seg import segment_specs, write_dicom_seg
 from bundle.inference.sources import InputSource
 from bundle.workflows.classification.report import predicted_names
 
-__all__ = ["expected_outputs", "write_classes", "write_label_dicom_seg", "write_label_nifti"]
+__all__ = ["PREDICTION_SUFFIX", "expected_outputs", "write_classes", "write_label_dicom_seg", "write_label_nifti"]
+
+
+#: the suffix of a prediction's file name (see the module docstring)
+PREDICTION_SUFFIX = "_pred"
 
 
 def expected_outputs(output_dir: Path, source: InputSource, kind: str, dicom_seg: bool = True) -> list[Path]:
     """The files a complete run writes for ``source`` with a model of ``kind``."""
     if kind == "classification":
         return [output_dir / f"{source.name}_classes.json", output_dir / f"{source.name}_classes.csv"]
-    files = [output_dir / f"{source.name}_seg.nii.gz"]
+    files = [output_dir / f"{source.name}{PREDICTION_SUFFIX}.nii.gz"]
     if dicom_seg and source.kind == "dicom":
-        files.append(output_dir / f"{source.name}_seg.dcm")
+        files.append(output_dir / f"{source.name}{PREDICTION_SUFFIX}.dcm")
     return files
 
 

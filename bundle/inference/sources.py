@@ -5,9 +5,11 @@ Every argument of ``--input`` is one of:
 
 - an image file (``.nii``, ``.nii.gz``, ``.mha``, ``.mhd``, ``.nrrd``): one input;
 - a glob pattern (``scans/*.nii.gz``, ``**`` allowed): every match, as if listed;
-- a folder: walked recursively; image files are inputs, DICOM files (found by their ``DICM`` preamble, whatever their
-  name) are grouped into series by ``SeriesInstanceUID`` (:mod:`bundle.data.dicom_input`), anything else is
-  reported as skipped;
+- a folder: walked recursively; DICOM files (found by their ``DICM`` preamble, whatever their name, ``.nii.gz``
+  included) are grouped into series by ``SeriesInstanceUID`` (:mod:`bundle.data.dicom_input`), other image files are
+  inputs, anything else is reported as skipped: hidden files and folders (a name starting with ``.``, not searched),
+  what is not a regular file (a pipe, a socket); a symbolic link that leads nowhere (a loop, a missing target) is a
+  failed input of its own;
 - a datalist (``.json``): the entries of one section (``testing`` by default), paths relative to the datalist's
   folder; an entry with several image files (one per modality) is one multi-channel input;
 - a DICOM file: its series, with the other DICOM files given or found next to it.
@@ -21,9 +23,10 @@ from their path or ``SeriesInstanceUID``, stable across reruns.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ from bundle.data.datalist_io import read_datalist
 from bundle.data.dicom_input import DicomSeries, is_dicom_file, scan_dicom_files
 from bundle.inference.names import safe_stem, unique_stems
 
-__all__ = ["VOLUME_SUFFIXES", "InputSource", "Skipped", "collect_inputs", "series_stem"]
+__all__ = ["VOLUME_SUFFIXES", "InputSource", "Skipped", "collect_inputs", "datalist_files", "series_stem"]
 
 #: files read as one volume each (by MONAI's readers); DICOM files are found by content, not by suffix
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -107,43 +110,98 @@ def _datalist_entries(path: str, section: str) -> list[tuple[list[str], str | No
     return entries
 
 
-def _walk(folder: Path) -> list[str]:
+def datalist_files(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Every image and label file that the datalists among ``paths`` list, in any section (the files a run must never
+    write over); a datalist that cannot be read adds nothing (:func:`collect_inputs` reports it)."""
     found = []
-    for base, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(base, f) for f in sorted(files) if not f.startswith(".")]
+    for raw in paths:
+        text = os.fspath(raw)
+        if not text.lower().endswith(".json") or not os.path.isfile(text):
+            continue
+        try:
+            data = read_datalist(text)
+        except Exception:  # noqa: BLE001 - reported as a failed input by collect_inputs
+            continue
+        root = Path(text).resolve().parent
+        for entries in (v for v in data.values() if isinstance(v, list)):
+            for entry in (e for e in entries if isinstance(e, dict)):
+                for key in ("image", "label"):
+                    values = entry.get(key)
+                    for value in values if isinstance(values, list) else [values]:
+                        if isinstance(value, str) and value:
+                            found.append(str(root / value))
     return found
 
 
+def _walk(folder: Path, skipped: list[Skipped]) -> list[str]:
+    """The files below ``folder``; hidden files and folders are added to ``skipped`` instead (said, not dropped)."""
+    found = []
+    for base, dirs, files in os.walk(folder):
+        hidden = sorted(d for d in dirs if d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        skipped += [Skipped(os.path.join(base, d), "skipped", "hidden folder (its name starts with '.'); not searched")
+                    for d in hidden]
+        for f in sorted(files):
+            path = os.path.join(base, f)
+            if f.startswith("."):
+                skipped.append(Skipped(path, "skipped", "hidden file (its name starts with '.'); not read: rename it "
+                                                        "or list it as --input to run it"))
+            else:
+                found.append(path)
+    return found
+
+
+def _link_problem(path: str) -> str | None:
+    """Why ``path`` cannot be opened when it is a symbolic link that leads nowhere; ``None`` otherwise."""
+    if not os.path.islink(path) or os.path.exists(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symbolic link loop (too many levels of symbolic links); it leads to no file"
+        return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+    return None
+
+
 def collect_inputs(paths: Sequence[str | os.PathLike], section: str = "testing",
-                   exclude: Sequence[str | os.PathLike] = ()) -> tuple[list[InputSource], list[Skipped]]:
+                   exclude: Sequence[str | os.PathLike] = (), exclude_files: Collection[str] = ()
+                   ) -> tuple[list[InputSource], list[Skipped]]:
     """The inputs named by ``paths`` (files, globs, folders, datalists; see the module docstring).
 
     Args:
         paths: what the user passed as ``--input``.
         section: the datalist section to run.
-        exclude: folders never read (the output folder, when it lies inside an input folder).
+        exclude: folders never read (a prior cache inside an input folder).
+        exclude_files: real paths (``os.path.realpath``) of files never read: what batch inference wrote into its
+            output folder when that folder is also searched for inputs.
 
     Returns:
         ``(inputs, skipped)``: inputs in a stable order (images as listed, then DICOM series), and every path that is
         not an input with its status and reason.
     """
-    excluded = [Path(p).resolve() for p in exclude]
+    excluded = [Path(os.path.realpath(p)) for p in exclude]  # realpath: never raises, even on a symlink loop
     images: list[tuple[list[str], str | None]] = []
     dicom_files: list[str] = []
     skipped: list[Skipped] = []
 
     def is_excluded(path: str) -> bool:
-        resolved = Path(path).resolve()
-        return any(resolved == e or e in resolved.parents for e in excluded)
+        resolved = os.path.realpath(path)
+        return resolved in exclude_files or any(e == Path(resolved) or e in Path(resolved).parents for e in excluded)
 
     def add_file(path: str, listed: bool) -> None:
         if is_excluded(path):
             return
-        if _is_image_file(path):
-            images.append(([path], None))
-        elif is_dicom_file(path):
+        link = _link_problem(path)
+        if link:
+            skipped.append(Skipped(path, "failed", link))
+        elif not os.path.isfile(path):  # a pipe would block the first read for good
+            skipped.append(Skipped(path, "failed" if listed else "skipped", "is not a regular file (a pipe, socket or "
+                                                                             "device); not read"))
+        elif is_dicom_file(path):  # by content first: a DICOM file named .nii.gz is DICOM, as the docs promise
             dicom_files.append(path)
+        elif _is_image_file(path):
+            images.append(([path], None))
         elif path.lower().endswith(".dcm"):
             dicom_files.append(path)  # no preamble: the scan reports it as a failed DICOM file
         elif listed:
@@ -160,15 +218,15 @@ def collect_inputs(paths: Sequence[str | os.PathLike], section: str = "testing",
                 skipped.append(Skipped(text, "failed", "the pattern matches no file"))
             for match in matches:
                 if os.path.isdir(match):
-                    for path in _walk(Path(match)):
+                    for path in _walk(Path(match), skipped):
                         add_file(path, listed=False)
                 else:
                     add_file(match, listed=True)
         elif os.path.isdir(text):
-            for path in _walk(Path(text)):
+            for path in _walk(Path(text), skipped):
                 add_file(path, listed=False)
         elif not os.path.exists(text):
-            skipped.append(Skipped(text, "failed", "does not exist"))
+            skipped.append(Skipped(text, "failed", _link_problem(text) or "does not exist"))
         elif text.lower().endswith(".json"):
             try:
                 images += _datalist_entries(text, section)

@@ -23,6 +23,7 @@ from bundle.data.dicom_input import read_dicom_volume, scan_dicom_files
 from bundle.data.dicom_series import write_ct_series
 from bundle.inference.batch import SUMMARY_NAME, run_batch
 from bundle.inference.dicom_seg import read_dicom_seg_label
+from bundle.workflows.common.model_card import CARD_NAME, write_card
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 
@@ -73,7 +74,7 @@ def mixed_run(mixed, seg_work, tmp_path_factory):
 def test_mixed_folder_runs_every_input_and_fails_only_the_corrupt_file(mixed_run, mixed):
     result, out = mixed_run
     assert result.exit_code == 1
-    assert result.counts == {"done": 3, "exists": 0, "skipped": 2, "failed": 1}
+    assert result.counts == {"done": 3, "exists": 0, "skipped": 2, "failed": 1, "interrupted": 0}
     assert _status(result, "broken.nii.gz").status == "failed"
     assert "cannot be read" in _status(result, "broken.nii.gz").reason
     assert _status(result, "report.dcm").status == "skipped"
@@ -90,7 +91,7 @@ def test_mixed_folder_runs_every_input_and_fails_only_the_corrupt_file(mixed_run
 def test_nifti_outputs_keep_the_input_grid_and_dicom_matches_its_nifti(mixed_run, mixed):
     result, out = mixed_run
     source = nib.load(mixed / "nifti" / "volume-0.nii")
-    written = nib.load(out / "volume-0_seg.nii.gz")
+    written = nib.load(out / "volume-0_pred.nii.gz")
     assert written.shape == source.shape and np.allclose(written.affine, source.affine, atol=1e-4)
     assert written.get_data_dtype() == np.uint8
     labels = np.asarray(written.dataobj)
@@ -122,10 +123,11 @@ def test_dicom_seg_references_its_series_with_the_same_geometry(mixed_run, mixed
 
 def test_a_rerun_skips_finished_inputs_unless_overwrite(mixed_run, mixed, seg_work):
     _result, out = mixed_run
-    target = out / "volume-0_seg.nii.gz"
+    target = out / "volume-0_pred.nii.gz"
     before = target.stat().st_mtime_ns
     again = run_batch([mixed], out, seg_work / "models", prior_cache_dir=str(out.parent / "mixed_cache"))
-    assert again.counts == {"done": 0, "exists": 3, "skipped": 2, "failed": 1} and again.exit_code == 1
+    assert again.counts == {"done": 0, "exists": 3, "skipped": 2, "failed": 1, "interrupted": 0}
+    assert again.exit_code == 1
     assert target.stat().st_mtime_ns == before
     forced = run_batch([mixed / "nifti"], out, seg_work / "models", overwrite=True,
                        prior_cache_dir=str(out.parent / "mixed_cache"))
@@ -176,7 +178,7 @@ def test_2d_inputs_run_as_one_slice_and_keep_their_loaded_shape(seg_work, tmp_pa
     result = run_batch([folder], tmp_path / "out", seg_work / "models", prior_cache_dir=str(tmp_path / "cache"),
                        allow_modality_mismatch=True)
     assert result.exit_code == 0 and result.counts["done"] == 2
-    plane_out = nib.load(tmp_path / "out" / "plane_seg.nii.gz")
+    plane_out = nib.load(tmp_path / "out" / "plane_pred.nii.gz")
     assert plane_out.shape == plane.shape and np.allclose(plane_out.affine, np.diag([2.0, 2.0, 1.0, 1.0]))
     dicom = next(r for r in result.records if r.kind == "dicom")
     slice_out = nib.load(next(p for p in dicom.outputs if p.endswith(".nii.gz")))
@@ -199,7 +201,7 @@ def test_flipped_and_oblique_files_keep_their_grid_and_agree_with_the_original(l
     nib.save(oblique, folder / "oblique.nii.gz")
     result = run_batch([folder], tmp_path / "out", seg_work / "models", prior_cache_dir=str(tmp_path / "cache"))
     assert result.exit_code == 0
-    outputs = {name: nib.load(tmp_path / "out" / f"{name}_seg.nii.gz") for name in ("original", "flipped", "oblique")}
+    outputs = {name: nib.load(tmp_path / "out" / f"{name}_pred.nii.gz") for name in ("original", "flipped", "oblique")}
     for name, image in (("original", source), ("flipped", flipped), ("oblique", oblique)):
         assert outputs[name].shape == image.shape and np.allclose(outputs[name].affine, image.affine, atol=1e-4)
     canonical = {name: np.asarray(nib.as_closest_canonical(outputs[name]).dataobj) for name in ("original", "flipped")}
@@ -260,7 +262,7 @@ def test_sam_mix_model_writes_masks_and_a_dicom_seg_named_after_its_organ(lits_d
     series = next(r for r in result.records if r.kind == "dicom")
     seg = pydicom.dcmread(next(p for p in series.outputs if p.endswith(".dcm")))
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver"]
-    nifti = nib.load(tmp_path / "out" / "volume-0_seg.nii.gz")
+    nifti = nib.load(tmp_path / "out" / "volume-0_pred.nii.gz")
     assert nifti.shape == hu.shape and set(np.unique(np.asarray(nifti.dataobj))) <= {0, 1}
 
 
@@ -326,3 +328,171 @@ def test_multi_modal_model_takes_datalist_entries_and_refuses_single_volumes(tmp
     assert single.status == "failed" and "4 channels" in single.reason and "FLAIR" in single.reason
     dicom = next(r for r in result.records if r.kind == "dicom")
     assert dicom.status == "failed" and "one grey-scale volume" in dicom.reason
+
+
+# ------------------------------------------------------------------ who wrote an output; files it did not write
+
+
+def _other_model(seg_work, folder: Path) -> Path:
+    """A copy of the segmentation model with other weights (same card): what a retraining leaves."""
+    import torch
+
+    shutil.copytree(seg_work / "models", folder)
+    weights = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    state = weights.get("network", weights) if isinstance(weights, dict) else weights
+    name = next(k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point())
+    state[name] = state[name] + 0.5
+    torch.save(weights, folder / "model.pt")
+    card = json.loads((folder / CARD_NAME).read_text())
+    write_card(folder / CARD_NAME, card)  # bound to the new weights, as a training writes it
+    return folder
+
+
+def _record_of(output: Path, name: str) -> dict:
+    return json.loads((output / f"{name}_record.json").read_text())
+
+
+def test_another_model_or_a_changed_input_is_refused_then_predicted_again_with_overwrite(lits_data, seg_work,
+                                                                                          tmp_path):
+    from bundle.hashing import file_sha256
+
+    scans, out, cache = tmp_path / "scans", tmp_path / "out", str(tmp_path / "cache")
+    scans.mkdir()
+    shutil.copy(_case_files(lits_data, 0), scans / "volume-0.nii")
+    first = run_batch([scans], out, seg_work / "models", prior_cache_dir=cache)
+    assert first.counts["done"] == 1 and first.exit_code == 0
+    prediction = out / "volume-0_pred.nii.gz"
+    record = _record_of(out, "volume-0")
+    assert record["state"] == "complete"
+    assert record["model"]["model_sha256"] == file_sha256(seg_work / "models" / "model.pt")
+    assert record["outputs"]["volume-0_pred.nii.gz"]["sha256"] == file_sha256(prediction)
+    assert record["input"]["sha256"] and first.records[0].record == str(out / "volume-0_record.json")
+
+    other = _other_model(seg_work, tmp_path / "other")
+    before = prediction.read_bytes()
+    refused = run_batch([scans], out, other, prior_cache_dir=cache)
+    (line,) = [r for r in refused.records if r.input.endswith("volume-0.nii")]
+    assert refused.exit_code == 1 and line.status == "failed" and not line.outputs
+    assert str(prediction) in line.reason and "another model" in line.reason and "--overwrite true" in line.reason
+    assert prediction.read_bytes() == before
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    assert summary["model_sha256"] == file_sha256(other / "model.pt") and summary["counts"]["exists"] == 0
+
+    again = run_batch([scans], out, other, prior_cache_dir=cache, overwrite=True)
+    assert again.counts["done"] == 1 and again.exit_code == 0
+    assert _record_of(out, "volume-0")["model"]["model_sha256"] == file_sha256(other / "model.pt")
+    assert run_batch([scans], out, other, prior_cache_dir=cache).counts["exists"] == 1
+
+    shutil.copy(_case_files(lits_data, 1), scans / "volume-0.nii")  # a replaced scan under the same name
+    changed = run_batch([scans], out, other, prior_cache_dir=cache)
+    assert changed.exit_code == 1 and "another version of this input" in changed.records[0].reason
+    assert run_batch([scans], out, other, prior_cache_dir=cache, overwrite=True).counts["done"] == 1
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_files_the_bundle_did_not_write_are_never_written_over(lits_data, seg_work, tmp_path, overwrite):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(_case_files(lits_data, 0), scans / "a.nii")
+    nib.save(nib.load(_case_files(lits_data, 1)), scans / "a_pred.nii.gz")  # the user's, named like a prediction
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b_pred.nii.gz").write_bytes(b"someone else's file")
+    shutil.copy(_case_files(lits_data, 2), tmp_path / "b.nii")
+    kept = {p: p.read_bytes() for p in (scans / "a_pred.nii.gz", out / "b_pred.nii.gz")}
+    into_scans = run_batch([scans], scans, seg_work / "models", prior_cache_dir=str(tmp_path / "cache"),
+                           overwrite=overwrite)
+    refused = _status(into_scans, "a.nii")
+    assert refused.status == "failed" and "is an input or label file of this run" in refused.reason
+    assert _status(into_scans, "a_pred.nii.gz").status == "done"  # an input like any other: a_pred_pred.nii.gz
+    into_out = run_batch([tmp_path / "b.nii"], out, seg_work / "models", prior_cache_dir=str(tmp_path / "cache"),
+                         overwrite=overwrite)
+    assert into_out.exit_code == 1
+    assert f"{out / 'b_pred.nii.gz'}: exists and was not written by batch inference" in into_out.records[0].reason
+    assert {p: p.read_bytes() for p in kept} == kept
+
+
+def test_prediction_names_never_collide_with_the_datasets_label_names(tmp_path):
+    from bundle.data.layouts import _ACT1K_MASK, _BRATS_2023, _BRATS_LEGACY, _LITS_SEGMENTATION
+    from bundle.inference.outputs import expected_outputs
+    from bundle.inference.sources import InputSource
+
+    for stem in ("BraTS2021_00003", "BraTS2021_00003_flair", "volume-7", "Case_00001_0000", "Case_00001", "la_003"):
+        (nifti,) = expected_outputs(tmp_path, InputSource(stem, "image", [], stem), "segmentation")
+        assert not any(p.match(nifti.name) for p in (_BRATS_LEGACY, _BRATS_2023, _LITS_SEGMENTATION, _ACT1K_MASK))
+        assert "seg" not in nifti.name.lower()  # the BraTS scan adopts a lone '*seg*' file as a case's label
+
+
+def test_a_folder_that_is_input_and_output_finds_its_inputs_and_not_the_outputs(lits_data, seg_work, tmp_path):
+    case = tmp_path / "case"
+    case.mkdir()
+    shutil.copy(_case_files(lits_data, 0), case / "volume-0.nii")
+    first = run_batch([case], case, seg_work / "models", prior_cache_dir=str(tmp_path / "cache"))
+    assert first.counts["done"] == 1 and first.exit_code == 0
+    again = run_batch([case], case, seg_work / "models")  # default cache: case/prior_cache, not an input either
+    assert again.counts == {"done": 0, "exists": 1, "skipped": 0, "failed": 0, "interrupted": 0}, again.records
+    assert again.exit_code == 0
+
+
+def test_an_empty_run_says_so_and_exits_non_zero(seg_work, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "notes.txt").write_text("no scans here\n")
+    for folder in ("empty", "text"):
+        result = run_batch([tmp_path / folder], tmp_path / f"out_{folder}", seg_work / "models")
+        assert result.exit_code == 2 and result.found == 0
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith(f"ERROR: no input found in {tmp_path / folder}"), last
+        assert json.loads((tmp_path / f"out_{folder}" / SUMMARY_NAME).read_text())["exit_code"] == 2
+
+
+def test_links_hidden_files_and_dicom_named_like_nifti(lits_data, seg_work, tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(_case_files(lits_data, 0), scans / "volume-0.nii")
+    os.symlink("loop_b.nii.gz", scans / "loop_a.nii.gz")
+    os.symlink("loop_a.nii.gz", scans / "loop_b.nii.gz")
+    os.symlink("gone.nii.gz", scans / "dangling.nii.gz")
+    shutil.copy(_case_files(lits_data, 1), scans / ".hidden.nii")
+    (scans / ".cache").mkdir()
+    hu, affine = _hu(_case_files(lits_data, 2))
+    for i, f in enumerate(write_ct_series(hu, affine, tmp_path / "series", uid_seed="named")):
+        Path(f).rename(scans / f"slice_{i:03d}.nii.gz")  # DICOM files with a NIfTI name: found by content
+    result = run_batch([scans], tmp_path / "out", seg_work / "models", prior_cache_dir=str(tmp_path / "cache"))
+    assert result.exit_code == 1 and result.counts["done"] == 2, [(r.input, r.reason) for r in result.records]
+    assert _status(result, "volume-0.nii").status == "done"
+    assert next(r for r in result.records if r.kind == "dicom").status == "done"
+    for name in ("loop_a", "loop_b"):
+        record = _status(result, name)
+        assert record.status == "failed" and "symbolic link loop" in record.reason
+    assert "does not exist" in _status(result, "dangling").reason
+    assert _status(result, ".hidden.nii").status == "skipped" and "hidden file" in _status(result, ".hidden.nii").reason
+    assert _status(result, ".cache").status == "skipped"
+    listed = run_batch([scans / "loop_a.nii.gz"], tmp_path / "out2", seg_work / "models")
+    assert listed.exit_code == 1 and "symbolic link loop" in listed.records[0].reason
+
+
+def test_ctrl_c_writes_the_summary_of_what_was_done(lits_data, seg_work, tmp_path, monkeypatch):
+    import bundle.inference.batch as batch
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for case in range(3):
+        shutil.copy(_case_files(lits_data, case), scans / f"volume-{case}.nii")
+    real_load, calls = batch.load_input, []
+
+    def load_then_interrupt(source, channels):
+        calls.append(source.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_load(source, channels)
+
+    monkeypatch.setattr(batch, "load_input", load_then_interrupt)
+    result = run_batch([scans], tmp_path / "out", seg_work / "models", prior_cache_dir=str(tmp_path / "cache"))
+    assert result.exit_code == 130 and result.interrupted
+    summary = json.loads((tmp_path / "out" / SUMMARY_NAME).read_text())
+    assert summary["exit_code"] == 130 and summary["counts"]["done"] == 1 and summary["counts"]["interrupted"] == 2
+    assert all("interrupted" in r["reason"] for r in summary["records"] if r["status"] == "interrupted")
+    monkeypatch.setattr(batch, "load_input", real_load)
+    rest = run_batch([scans], tmp_path / "out", seg_work / "models", prior_cache_dir=str(tmp_path / "cache"))
+    assert rest.counts["exists"] == 1 and rest.counts["done"] == 2 and rest.exit_code == 0

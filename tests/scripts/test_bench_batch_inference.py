@@ -25,4 +25,4 @@ def test_bench_batch_inference_fallback_run(tmp_path, capsys):
     assert list(values) == ["uncached_volumes_per_min", "cached_volumes_per_min", "speedup", "slices",
                             "dicom_over_nifti_cached"]
     assert all(float(v) > 0 for v in values.values())
-    assert len(list((tmp_path / "out").glob("*_seg.dcm"))) == 4  # every DICOM series got its DICOM-SEG
+    assert len(list((tmp_path / "out").glob("*_pred.dcm"))) == 4  # every DICOM series got its DICOM-SEG
