@@ -111,7 +111,7 @@ def test_preset_file(tmp_path):
 def test_training_overrides_rebuild_the_card():
     card = {"dataset_name": "lits", "config": {"image_channel_names": ["CT"], "regions": REGIONS, "prior_mode": "add",
                                                "spatial_dims": 2, "patch_size": [32, 32, 16]},
-            "network": {"_target_": "UNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2,
+            "network": {"name": "UNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2,
                         "channels": [8, 16], "strides": [2], "norm": ["instance", {}]},
             "intensity": {"name": "ScaleIntensityRanged", "keys": ["image"], "args": {"a_min": -160.0}},
             "prior": {"use_priors": True, "sam_model_type": "lite_medsam", "prior_cache_dir": "/elsewhere"}}
