@@ -13,6 +13,9 @@ Start it from the repository root with the app's own environment (``bash scripts
     .venv-monailabel/bin/python -m monailabel.main start_server --app apps/monailabel --studies /data/ct \\
         --conf seg_model models
 
+Only the datastore is served: a request's ``image`` is a datastore id or an upload, never a path on the server, and
+the local datastore reads and writes inside the studies folder only (:mod:`lib.datastore`).
+
 Everything is offline: nothing is downloaded at start or at run time. ``docs/monailabel.md`` has the details.
 """
 
@@ -26,10 +29,14 @@ import logging
 import shutil
 from pathlib import Path
 
+from fastapi import HTTPException
+from lib.datastore import StudiesDatastore, check_tag, resolve_image
 from lib.infers import ClassificationTask, SegmentationTask, ServedModel
-from lib.settings import KNOWN_KEYS, AppSettings
+from lib.settings import KNOWN_KEYS, AppSettings, is_remote, truthy
 from lib.trainers import SegmentationTrainTask
+from monailabel.config import settings as monailabel_settings
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
 import bundle
 
@@ -57,6 +64,45 @@ class SamPriorsApp(MONAILabelApp):
                          description="Segmentation and classification with Segment Anything priors (SAMAug, "
                                      "SAMAug-C, WeakMedSAM, SAM-Mix), served from the bundle's model folders",
                          version=bundle.__version__)
+
+    def init_datastore(self) -> Datastore:
+        """MONAI Label's local datastore confined to the studies folder (:class:`lib.datastore.StudiesDatastore`,
+        same MONAI Label settings); a DICOMweb server's datastore as MONAI Label makes it."""
+        if is_remote(self.studies):
+            return super().init_datastore()
+        s = monailabel_settings
+        return StudiesDatastore(self.studies, extensions=s.MONAI_LABEL_DATASTORE_FILE_EXT,
+                                auto_reload=s.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+                                read_only=s.MONAI_LABEL_DATASTORE_READ_ONLY)
+
+    def infer(self, request: dict, datastore: Datastore | None = None) -> dict:
+        """MONAI Label's infer, with ``image`` resolved by :func:`lib.datastore.resolve_image` (a datastore id or
+        an upload, never a path the client names) before MONAI Label sees it.
+
+        MONAI Label's own resolution takes any existing path first, so it is given the resolved file, and the label
+        of a datastore image (``save_label``, ``label_tag``: batch inference, or a client asking) is saved here,
+        through the confined datastore.
+        """
+        if not isinstance(request.get("image", ""), str):  # an array from MONAI Label's own callers
+            return super().infer(request, datastore)
+        datastore = datastore or self.datastore()
+        sessions = self.sessions()
+        path, image_id = resolve_image(request, datastore, sessions.store_path if sessions else None)
+        try:
+            save = image_id is not None and truthy(request.get("save_label", False), "save_label")
+        except ValueError as err:
+            raise HTTPException(status_code=400, detail=str(err)) from None
+        tag = check_tag(request.get("label_tag") or DefaultLabelTag.ORIGINAL.value) if save else None
+        result = super().infer({**request, "image": path, "image_id": image_id, "save_label": False}, datastore)
+        if save and result.get("file") and Path(result["file"]).exists():
+            result["label"] = datastore.save_label(image_id, result["file"], tag,
+                                                   {"model": request.get("model"), "params": result.get("params")})
+        return result
+
+    def infer_wsi(self, request: dict, datastore: Datastore | None = None) -> dict:
+        """No whole-slide inference: MONAI Label's would read ``image`` as a server path before the app's checks."""
+        raise HTTPException(status_code=404, detail="this app segments 3D volumes: use POST /infer/<model>, not the "
+                                                    "whole-slide (wsi) endpoints")
 
     def init_infers(self) -> dict:
         infers = {SEGMENTATION: SegmentationTask(self.seg_model, self.app_settings.device)}

@@ -21,6 +21,18 @@ APP_VENV = REPO / ".venv-monailabel"
 APP_PYTHON = APP_VENV / "bin" / "python"
 
 
+def require_app_env() -> None:
+    """Skip (fail under CI) when the app's environment is missing."""
+    import pytest
+
+    if APP_PYTHON.is_file():
+        return
+    message = f"{APP_VENV} does not exist: create it with `bash scripts/setup_monailabel.sh`"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + " (.ci/run does; under CI a missing environment is a failure)")
+    pytest.skip(message)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -81,6 +93,14 @@ class Server:
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
         with urllib.request.urlopen(req, timeout=timeout) as response:
             return response.read(), response.headers.get("Content-Type", "")
+
+    def answer(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+               timeout: float = 600) -> tuple[int, bytes]:
+        """``(HTTP status, body)`` of a request, errors included (the query is sent as written: no re-encoding)."""
+        try:
+            return 200, self.request(method, path, body, headers, timeout)[0]
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
 
     def get(self, path: str, timeout: float = 60):
         return json.loads(self.request("GET", path, timeout=timeout)[0])

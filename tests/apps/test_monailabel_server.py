@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -30,19 +29,10 @@ for _folder in ("workflows", "workflows/classification"):
     if str(_TESTS / _folder) not in sys.path:
         sys.path.insert(0, str(_TESTS / _folder))
 
-from monailabel_client import APP_PYTHON, APP_VENV, Server, group_alive, multipart_body, multipart_fields
+from monailabel_client import Server, group_alive, multipart_body, multipart_fields, require_app_env
 from workflow_utils import make_phantom_set, train
 
 LITEMEDSAM_FAST = {"box_grid#box_stride": 1.0, "box_grid#refine_rounds": 0}
-
-
-def _require_app_env() -> None:
-    if APP_PYTHON.is_file():
-        return
-    message = f"{APP_VENV} does not exist: create it with `bash scripts/setup_monailabel.sh`"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + " (.ci/run does; under CI a missing environment is a failure)")
-    pytest.skip(message)
 
 
 def _sha(path: Path) -> str:
@@ -60,7 +50,7 @@ def _infer_segmentation(server: Server, image_id: str, out: Path) -> tuple[dict,
 
 @pytest.mark.timeout(900)
 def test_monailabel_server_infer_cache_save_train(tmp_path, record_property):
-    _require_app_env()
+    require_app_env()
     from cls_utils import train_cls
 
     # (a) models trained with the bundle's environment

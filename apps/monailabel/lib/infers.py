@@ -54,6 +54,18 @@ def _refuse(message: str) -> HTTPException:
     return HTTPException(status_code=422, detail=message)
 
 
+_RESULTS: list[str] = []
+
+
+def _results_dir() -> str:
+    """A folder of this process only (mode 0700) for the label maps being sent: MONAI Label's infer uploads are
+    recognised by their name in the shared temporary folder (:func:`lib.datastore.is_upload`), and a result there
+    would look like one."""
+    if not _RESULTS or not os.path.isdir(_RESULTS[0]):
+        _RESULTS[:] = [tempfile.mkdtemp(prefix="sam_priors_results_")]
+    return _RESULTS[0]
+
+
 class ServedModel:
     """A model folder (``model.pt`` + ``model_card.json``), rebuilt by :func:`bundle.inference.models.load_model`
     whenever one of its files changes.
@@ -112,7 +124,8 @@ class ServedModel:
 
 
 class LoadServedInputd:
-    """Pre-transform: ``data["image"]`` (a path) -> the model's checked ``[C, I, J, K]`` MetaTensor.
+    """Pre-transform: ``data["image"]`` (the file the app resolved: :func:`lib.datastore.resolve_image`) -> the model's
+    checked ``[C, I, J, K]`` MetaTensor.
 
     Also sets ``case_id`` (the cache's name of the case), ``image_path``, ``affine`` (the file's voxel-to-RAS affine,
     the output's) and ``spatial_shape`` (the shape the output is written in; two axes for a 2D image).
@@ -129,16 +142,22 @@ class LoadServedInputd:
         d = dict(data)
         path = d.get("image")
         if not isinstance(path, str) or not path:
-            raise _refuse("this app reads the image from the datastore or an uploaded file; no image path given")
+            raise _refuse("no image given: pass a datastore image id (image=ID), or upload the file (file=...)")
+        # refusals name the image as the client knows it (its datastore id), never by its path on the server
+        name = f"image id {d['image_id']!r}" if d.get("image_id") else "the uploaded image"
+
+        def refuse(text: str) -> HTTPException:
+            return _refuse(text.replace(path, name))
+
         sources, skipped = collect_inputs([path])
         if len(sources) != 1:
             reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped if s.status == "failed")
-            raise _refuse(f"{path}: holds {len(sources)} readable volumes, one is needed" + (f" ({reasons})" if reasons
-                                                                                              else ""))
+            raise refuse(f"{path}: holds {len(sources)} readable volumes, one is needed" + (f" ({reasons})" if reasons
+                                                                                             else ""))
         try:
             loaded = load_input(sources[0], self.channel_names)
         except InputError as err:
-            raise _refuse(str(err)) from err
+            raise refuse(str(err)) from err
         d.update(image=loaded.image, image_path=path, case_id=case_id_for(path), affine=loaded.affine,
                  spatial_shape=loaded.spatial_shape)
         return d
@@ -221,7 +240,7 @@ class SegmentationTask(_ServedTask):
         if ext not in _NIFTI:  # .nrrd, .seg.nrrd ...: MONAI Label's own writer, from a tensor carrying the affine
             data[self.output_label_key] = MetaTensor(torch.from_numpy(label), affine=torch.as_tensor(affine))
             return super().writer(data, extension=ext, dtype=dtype)
-        with tempfile.NamedTemporaryFile(suffix=ext, delete=False) as f:
+        with tempfile.NamedTemporaryFile(suffix=ext, delete=False, dir=_results_dir()) as f:
             path = f.name
         image = nib.Nifti1Image(label, affine)
         image.set_qform(affine, code=1)
