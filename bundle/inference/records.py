@@ -181,8 +181,8 @@ def plan_outputs(paths: Sequence[Path], record_file: Path, protected: Collection
                                    f"{_FOREIGN_HINT}")
         if record.get("state") == "complete" and (entry.get("size") != p.stat().st_size
                                                   or entry.get("sha256") != file_sha256(p)):
-            raise OutputRefused(p, f"changed since batch inference wrote it (its sha256 differs from {record_file.name})"
-                                   f"; {_FOREIGN_HINT}")
+            raise OutputRefused(p, "changed since batch inference wrote it (its sha256 differs from "
+                                   f"{record_file.name}); {_FOREIGN_HINT}")
     current = input_identity(files, record["input"])
     changed = _changed(record, model, current)
     if changed and existing and not overwrite:

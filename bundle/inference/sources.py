@@ -205,7 +205,8 @@ def collect_inputs(paths: Sequence[str | os.PathLike], section: str = "testing",
         elif path.lower().endswith(".dcm"):
             dicom_files.append(path)  # no preamble: the scan reports it as a failed DICOM file
         elif listed:
-            skipped.append(Skipped(path, "failed", f"not a NIfTI, MHA, NRRD or DICOM file, nor a datalist ({_kind_of(path)})"))
+            skipped.append(Skipped(path, "failed", "not a NIfTI, MHA, NRRD or DICOM file, nor a datalist "
+                                                   f"({_kind_of(path)})"))
         else:
             skipped.append(Skipped(path, "skipped", f"not a file batch inference reads ({_kind_of(path)}): NIfTI, MHA, "
                                                     "NRRD and DICOM are"))

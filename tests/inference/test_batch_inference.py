@@ -496,3 +496,20 @@ def test_ctrl_c_writes_the_summary_of_what_was_done(lits_data, seg_work, tmp_pat
     monkeypatch.setattr(batch, "load_input", real_load)
     rest = run_batch([scans], tmp_path / "out", seg_work / "models", prior_cache_dir=str(tmp_path / "cache"))
     assert rest.counts["exists"] == 1 and rest.counts["done"] == 2 and rest.exit_code == 0
+
+
+def test_outputs_of_a_run_killed_while_writing_are_finished_not_refused(lits_data, seg_work, tmp_path):
+    scans, out, cache = tmp_path / "scans", tmp_path / "out", str(tmp_path / "cache")
+    scans.mkdir()
+    shutil.copy(_case_files(lits_data, 0), scans / "volume-0.nii")
+    assert run_batch([scans], out, seg_work / "models", prior_cache_dir=cache).exit_code == 0
+    record_file = out / "volume-0_record.json"
+    record = json.loads(record_file.read_text())
+    # what a kill -9 between the first output and the final record leaves: a 'writing' record claiming the outputs
+    record.update(state="writing", outputs={name: {} for name in record["outputs"]})
+    record_file.write_text(json.dumps(record))
+    (out / "volume-0_pred.nii.gz").write_bytes(b"half of an earlier prediction")
+    resumed = run_batch([scans], out, seg_work / "models", prior_cache_dir=cache)
+    assert resumed.counts["done"] == 1 and resumed.exit_code == 0, resumed.records
+    assert json.loads(record_file.read_text())["state"] == "complete"
+    nib.load(out / "volume-0_pred.nii.gz").get_fdata()  # whole again
