@@ -32,6 +32,7 @@ __all__ = [
     "InputError",
     "MissingInputError",
     "OutputWriteError",
+    "RunSettingsError",
     "exception_chain",
     "error_line",
     "install_excepthook",
@@ -84,6 +85,12 @@ class OutputWriteError(FileError, OSError):
 
     def __str__(self) -> str:  # OSError would print "[Errno ...]" otherwise
         return f"{self.path}: {self.problem}"
+
+
+class RunSettingsError(FileError, ValueError):
+    """A run folder holds a training made with other settings (or by a version that recorded none): resuming it,
+    keeping it as this run's result or silently replacing it would all be wrong. ``<checkpoint>: <the first differing
+    setting, old -> new>; <how to start afresh>``."""
 
 
 def exception_chain(error: BaseException) -> Iterator[BaseException]:

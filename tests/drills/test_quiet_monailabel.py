@@ -83,8 +83,17 @@ def served(tmp_path_factory):
     (studies / f"linked{ext}").symlink_to(outside / f"outside{ext}")
     (studies / "labels" / "final" / f"case2{ext}").symlink_to(outside / f"outside_label{ext}")
 
-    server = Server(studies, {"seg_model": base / "work" / "models", "zoo_source": "local", "sam2": "false"},
-                    base / "server.log")
+    # MONAI Label keeps sessions under ~/.cache unless told otherwise: here, beside the studies folder
+    saved = os.environ.get("MONAI_LABEL_SESSION_PATH")
+    os.environ["MONAI_LABEL_SESSION_PATH"] = str(base / "sessions")
+    try:
+        server = Server(studies, {"seg_model": base / "work" / "models", "zoo_source": "local", "sam2": "false"},
+                        base / "server.log")
+    finally:
+        if saved is None:
+            os.environ.pop("MONAI_LABEL_SESSION_PATH")
+        else:
+            os.environ["MONAI_LABEL_SESSION_PATH"] = saved
     try:
         server.wait_ready(timeout=180)
         yield server, {"base": base, "studies": studies, "outside": outside / f"outside{ext}", "canary": canary,
@@ -94,7 +103,7 @@ def served(tmp_path_factory):
 
 
 def _around(layout) -> dict[str, str]:
-    return _snapshot(layout["base"], {"studies", "server.log"})
+    return _snapshot(layout["base"], {"studies", "server.log", "sessions"})
 
 
 def _file_body(name: str, data: bytes, field: str = "file") -> tuple[bytes, dict]:
@@ -139,6 +148,11 @@ def test_infer_reads_only_the_datastore(served, counts):
         text = _no_echo(body, layout)
         assert status == 400 and "not a datastore image id" in text, f"{what}: {status} {text}"
 
+    # MONAI Label lets the request's params override the query's image
+    body, ctype = multipart_body({"params": (None, json.dumps({"image": outside}).encode(), "application/json")})
+    status, answer = server.answer("POST", "/infer/segmentation?image=case&output=json", body, {"Content-Type": ctype})
+    assert status == 400 and "not a datastore image id" in _no_echo(answer, layout), answer
+
     status, body = server.answer("POST", "/infer/segmentation?image=nosuch&output=json")
     assert status == 404 and "image id 'nosuch' is not in the datastore" in _no_echo(body, layout), body
     double = quote(quote(relative, safe=""), safe="")  # arrives as the literal text ..%2F..: an unknown id
@@ -154,6 +168,13 @@ def test_infer_reads_only_the_datastore(served, counts):
     # an upload is the way to segment a file that is not in the datastore
     body, headers = _file_body("scan" + layout["ext"], layout["outside"].read_bytes())
     status, answer = server.answer("POST", "/infer/segmentation?output=json", body, headers)
+    assert status == 200, answer
+    # ... or a session (3D Slicer's way for a volume of its own): the image lives in MONAI Label's session folder
+    body, headers = _file_body("scan" + layout["ext"], layout["outside"].read_bytes(), field="files")
+    status, answer = server.answer("PUT", "/session/", body, headers)
+    assert status == 200, answer
+    session_id = json.loads(answer)["session_id"]
+    status, answer = server.answer("POST", f"/infer/segmentation?session_id={session_id}&output=json")
     assert status == 200, answer
     assert _around(layout) == before
     counts["quiet"] += 1

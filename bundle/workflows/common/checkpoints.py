@@ -3,7 +3,8 @@
 - :class:`EpochCheckpointSaver` writes everything needed to resume (network, optimizer, scheduler, trainer
   counters) plus an ``info`` dict (prior_mode, input channel names) after every epoch, atomically.
 - :class:`ResumeFromCheckpoint` restores it at ``Events.STARTED`` when the file exists, so re-running the same
-  training command continues an interrupted run.
+  training command continues an interrupted run; given the run's settings it restores only a checkpoint written with
+  the same ones (:mod:`bundle.workflows.common.run_settings`).
 - :func:`load_network_weights` / :class:`CheckedCheckpointLoader` load weights for evaluation and inference and turn
   an input-channel mismatch (a model trained with SAM priors run without them, or vice versa) into an error that
   says so.
@@ -27,6 +28,7 @@ from bundle.atomic import atomic_path
 from bundle.checkpoint_files import CheckpointError, load_checkpoint
 from bundle.distributed import is_main_process
 from bundle.workflows.common.guards import check_finite_state
+from bundle.workflows.common.run_settings import INFO_KEY, SETTINGS_KEY, verify_settings
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
@@ -39,13 +41,10 @@ __all__ = [
     "ResumeFromCheckpoint",
     "load_network_weights",
     "CheckedCheckpointLoader",
-    "finished_with_card",
-    "resumable_with_card",
 ]
 
 logger = logging.getLogger(__name__)
 
-INFO_KEY = "info"
 _NETWORK_KEYS = ("network", "model")
 
 
@@ -137,38 +136,6 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, f)
 
 
-def finished_with_card(path: str | os.PathLike, card: Mapping, ignore: Sequence[str] = (),
-                       stage: str = "model") -> bool:
-    """Whether ``path`` holds a finished model (``{"card": ..., ...}``) whose card equals ``card``.
-
-    Keys in ``ignore`` (results written after training, e.g. ``validation``) are left out of the comparison. A damaged
-    file is reported and counts as not finished (trained again, not trusted).
-    """
-    if not os.path.isfile(path):
-        return False
-    try:
-        stored = load_checkpoint(path, what=stage)
-    except CheckpointError as err:
-        logger.warning("%s: %s; training it again", stage, err)
-        return False
-    if not isinstance(stored, Mapping) or not isinstance(stored.get("card"), Mapping):
-        return False
-    return {k: v for k, v in stored["card"].items() if k not in ignore} == dict(card)
-
-
-def resumable_with_card(path: str | os.PathLike, card: Mapping, stage: str = "training") -> bool:
-    """Whether the epoch checkpoint at ``path`` was written for this ``card`` (an :class:`EpochCheckpointSaver` with
-    ``info={"card": card}``): then a run resumes from it; any other configuration (another schedule length, network or
-    data) starts afresh and replaces it, which is logged."""
-    if not os.path.isfile(path):
-        return False
-    info = load_checkpoint(path, what="resume checkpoint").get(INFO_KEY) or {}
-    if info.get("card") == dict(card):
-        return True
-    logger.warning("%s: %s was written with other settings; training starts from scratch and replaces it", stage, path)
-    return False
-
-
 class ResumeFromCheckpoint:
     """Resume training from an :class:`EpochCheckpointSaver` file at ``Events.STARTED`` if it exists.
 
@@ -179,7 +146,10 @@ class ResumeFromCheckpoint:
     without another iteration. Without the file the handler does nothing (fresh start).
 
     A damaged file (truncated by a kill on an old version of this bundle, copied badly, not a checkpoint) stops the
-    run with a :class:`CheckpointError` naming it: silently starting again would throw away the finished epochs.
+    run with a :class:`CheckpointError` naming it: silently starting again would throw away the finished epochs. With
+    ``settings``, a checkpoint written with other run settings (or none) stops it with a
+    :class:`~bundle.errors.RunSettingsError` (:func:`~bundle.workflows.common.run_settings.verify_settings`); with
+    ``resume=False`` the file is not read and the run starts from scratch (its first epoch checkpoint replaces it).
 
     Args:
         path: checkpoint file.
@@ -188,6 +158,9 @@ class ResumeFromCheckpoint:
         name: logger name; default the engine's logger.
         engine_key: also restore the engine the handler runs on (the trainer) from this entry, as
             :class:`EpochCheckpointSaver` ``engine_key`` saved it.
+        settings: the run settings the checkpoint must have recorded (its ``info["run_settings"]``); None checks
+            nothing (callers that checked them already, tests).
+        resume: False starts from scratch whatever the file holds (``--resume false``).
     """
 
     def __init__(
@@ -197,6 +170,8 @@ class ResumeFromCheckpoint:
         map_location: Any = "cpu",
         name: str | None = None,
         engine_key: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+        resume: bool = True,
     ) -> None:
         if not load_dict:
             raise ValueError("load_dict must name at least one object to restore.")
@@ -208,6 +183,8 @@ class ResumeFromCheckpoint:
         self.map_location = map_location
         self.logger = logging.getLogger(name)
         self._name = name
+        self.settings = dict(settings) if settings is not None else None
+        self.resume = bool(resume)
         self.info: dict = {}
 
     def attach(self, engine: Engine) -> None:
@@ -221,6 +198,9 @@ class ResumeFromCheckpoint:
         if not os.path.isfile(self.path):
             self.logger.info(f"no checkpoint at {self.path}: starting from scratch")
             return
+        if not self.resume:
+            self.logger.info(f"resume=false: starting from scratch; {self.path} is replaced after the first epoch")
+            return
         checkpoint = load_checkpoint(self.path, self.map_location, what="resume checkpoint")
         if not isinstance(checkpoint, Mapping):
             raise CheckpointError(self.path, f"resume checkpoint holds a {type(checkpoint).__name__}, not a dictionary "
@@ -233,6 +213,8 @@ class ResumeFromCheckpoint:
                 "configuration; move it away to start from scratch",
             )
         self.info = dict(checkpoint.get(INFO_KEY) or {})
+        if self.settings is not None:
+            verify_settings(self.path, self.info.get(SETTINGS_KEY), self.settings)
         configured = (engine.state.max_epochs, engine.state.epoch_length)
         for key, obj in self.load_dict.items():
             if isinstance(obj, Engine):

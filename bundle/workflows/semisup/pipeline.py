@@ -43,7 +43,8 @@ from bundle.workflows.semisup.data import draw_labelled_slices, labelled_subset,
 from bundle.workflows.semisup.evaluation import evaluate_case, write_evaluation
 from bundle.workflows.semisup.panels import write_panels
 from bundle.workflows.semisup.predictor import SamMixPredictor, build_unet
-from bundle.workflows.semisup.training import METHODS, train_model
+from bundle.workflows.common.run_settings import datalist_digest
+from bundle.workflows.semisup.training import METHODS, train_model, training_card, training_plan
 
 __all__ = ["SamMixWorkflow", "input_cases", "predict_files", "run_name"]
 
@@ -76,6 +77,9 @@ class SamMixWorkflow:
         card: fields recorded with the model (roi size, channel names, intensity).
         central_fraction: keep the central part of each volume's slices (authors: 0.3; default all).
         protocols: the evaluation protocols (``fair``, ``anchor``).
+        resume: False trains afresh, replacing the model and checkpoint of ``model_dir`` / ``output_dir``; True
+            (default) reuses or resumes them only when they were made with the same run settings and refuses
+            otherwise, before the data and SAM are loaded (:func:`~bundle.workflows.semisup.training.training_plan`).
     """
 
     def __init__(self, datalist, dataset_dir, dataset_name: str, method: str, num_labelled: int,
@@ -83,7 +87,8 @@ class SamMixWorkflow:
                  sam: Mapping, classifier: Mapping, unet: Mapping, training: Mapping, card: Mapping,
                  organ: str | None = None, organ_values: Sequence[int] | None = None, central_fraction: float = 1.0,
                  seed: int = 0, protocols: Sequence[str] = ("fair", "anchor"), summary_writer=None,
-                 panels: int = 2, device="cpu", num_workers: int = 0, cache_rate: float = 1.0) -> None:
+                 panels: int = 2, device="cpu", num_workers: int = 0, cache_rate: float = 1.0,
+                 resume: bool = True) -> None:
         self.datalist, self.dataset_dir = os.fspath(datalist), os.fspath(dataset_dir)
         self.task = organ_task(dataset_name, organ, organ_values)
         self.organ = self.task.class_names[1]
@@ -100,6 +105,7 @@ class SamMixWorkflow:
         self.summary_writer, self.panels = summary_writer, int(panels)
         self.device = torch.device(device)
         self.num_workers, self.cache_rate = int(num_workers), float(cache_rate)
+        self.resume = bool(resume)
 
     # ---- data ----------------------------------------------------------------------------------------------------
     def entries(self, section: str) -> list[dict]:
@@ -174,6 +180,9 @@ class SamMixWorkflow:
         entries, items = self.check()
         labelled = draw_labelled_slices(items, self.num_labelled, self.seed, self.datalist)
         card = self._card(labelled)
+        data = {"datalist": datalist_digest(self.datalist)}
+        training_plan(training_card(card, self.method, device=self.device, seed=self.seed, **self.training),
+                      self.output_dir, self.model_dir, data, self.resume)  # refuses other settings before any loading
         loading = {"keys": ("image", "label"), "cache_rate": self.cache_rate, "num_workers": self.num_workers}
         train = cached_slices(entries, items, self.volume_transform, self.train_item_transform, **loading)
         labelled_data = cached_slices(entries, labelled_subset(items, labelled), self.volume_transform,
@@ -182,7 +191,8 @@ class SamMixWorkflow:
         network = self._network(card)
         outcome = train_model(self.method, network, train, labelled_data, self.output_dir, self.model_dir, card,
                               device=self.device, seed=self.seed, num_workers=self.num_workers,
-                              summary_writer=self.summary_writer, epoch_callback=callback, **self.training)
+                              summary_writer=self.summary_writer, epoch_callback=callback, data_settings=data,
+                              resume=self.resume, **self.training)
         result = {"method": self.method, "model_dir": str(self.model_dir), "labelled_slices": len(labelled),
                   "training_slices": len(items), "seconds": round(time.perf_counter() - start, 2)}
         if outcome["ranks"] is not None and len(outcome["ranks"]) > 1:

@@ -53,22 +53,18 @@ from bundle.sam.cam_prompts import mask_boxes
 from bundle.sam.engine import resolve_autocast
 from bundle.workflows.common import ddp
 from bundle.workflows.common.batch_norm import recompute_batch_norm
-from bundle.workflows.common.checkpoints import (
-    EpochCheckpointSaver,
-    ResumeFromCheckpoint,
-    finished_with_card,
-    resumable_with_card,
-    save_atomic,
-)
+from bundle.workflows.common.checkpoints import EpochCheckpointSaver, ResumeFromCheckpoint, save_atomic
 from bundle.workflows.common.guards import StopOnNonFiniteLoss
 from bundle.workflows.common.model_card import CARD_NAME, write_card
+from bundle.workflows.common.run_settings import SETTINGS_KEY, plan_training, without_max_epochs
 
-__all__ = ["GAIN_KEY", "METHODS", "JointStep", "LabelledBatches", "SamTrainableState", "UNetStep", "train_model",
-           "trained_digest"]
+__all__ = ["CHECKPOINT_NAME", "GAIN_KEY", "METHODS", "JointStep", "LabelledBatches", "SamTrainableState", "UNetStep",
+           "train_model", "trained_digest", "training_card", "training_plan"]
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("sam_mix", "zero_shot", "unet")
+CHECKPOINT_NAME = "sam_mix_last.pt"
 GAIN_KEY = "guidance_gain"
 """Where ``model.pt`` (and the resume checkpoint's SAM entry) keep the dense-guidance gain of the trained SAM."""
 """What a run trains: SAM-Mix, the classifier of the zero-shot baseline, or the U-Net baseline."""
@@ -268,16 +264,17 @@ def _train_loader(train_data, batch_size: int, seed: int, num_workers: int, samp
                       drop_last=drop_last, num_workers=num_workers)
 
 
-def _save_finished(method: str, network: torch.nn.Module, card: Mapping, model_dir, loader, device) -> None:
+def _save_finished(method: str, network: torch.nn.Module, card: Mapping, model_dir, loader, device,
+                   run: Mapping | None = None) -> None:
     """Recompute the classifier's batch-norm statistics over ``loader``, then write ``adapter.pt`` (SAM-Mix),
-    ``model.pt`` and the model card (rank 0 alone)."""
+    ``model.pt`` (with ``run``: its run settings and epochs trained) and the model card (rank 0 alone)."""
     if method != "unet":  # the classifier's eval-mode statistics, from its final weights (common/batch_norm.py)
         recompute_batch_norm(network.classifier, loader, device)
     os.makedirs(model_dir, exist_ok=True)
     if method == "sam_mix":
         save_adapter(network.sam.sam, os.path.join(os.fspath(model_dir), "adapter.pt"), extra={"card": card})
     model_path = os.path.join(os.fspath(model_dir), "model.pt")
-    save_atomic(_finished_model(method, network, card), model_path)
+    save_atomic({**_finished_model(method, network, card), **dict(run or {})}, model_path)
     # the card batch inference reads (bundle/workflows/common/model_card.py); model.pt keeps its own copy
     # (after model.pt: the card records its sha256, so a kill between the two writes is refused, not run)
     write_card(os.path.join(os.fspath(model_dir), CARD_NAME), {"kind": "sam_mix", **card}, model_path)
@@ -290,6 +287,35 @@ def _rank_record(method: str, network: torch.nn.Module, card: Mapping, trainer, 
     return {"rank": distributed.rank(), "slices_per_epoch": len(loader.sampler),
             "iterations": int(trainer.state.iteration), "epoch_length": int(trainer.state.epoch_length),
             "sha256": trained_digest(_finished_model(method, network, card), adapter)}
+
+
+def training_card(card: Mapping, method: str, max_epochs: int = 10, batch_size: int = 16, seg_batch_size: int = 4,
+                  learning_rate: float = 1e-4, seg_weight: float = 0.5, gt_boxes: bool = True, autocast: str = "auto",
+                  device="cpu", seed: int = 0) -> dict:
+    """The model's card: ``card`` with the method and the training settings (and, under ``torchrun``, the number of
+    processes: it changes the effective batch size)."""
+    training = {"max_epochs": int(max_epochs), "batch_size": int(batch_size), "seg_batch_size": int(seg_batch_size),
+                "learning_rate": float(learning_rate), "seg_weight": float(seg_weight), "gt_boxes": bool(gt_boxes),
+                "optimizer": "Adam", "seed": int(seed),
+                "autocast": str(resolve_autocast(autocast, torch.device(device)) or "float32").replace("torch.", "")}
+    if ddp.is_distributed():
+        training["processes"] = distributed.world_size()
+    return {**dict(card), "method": method, "training": training}
+
+
+def training_plan(card: Mapping, output_dir: str | os.PathLike, model_dir: str | os.PathLike,
+                  data_settings: Mapping | None = None, resume: bool = True) -> tuple[str, Mapping | None, dict]:
+    """``(plan, stored model, run settings)`` of the model of ``card`` (:func:`training_card`): ``reuse`` the finished
+    model, ``resume`` its epoch checkpoint or train ``fresh``
+    (:func:`~bundle.workflows.common.run_settings.plan_training`). The run settings are the card without
+    ``max_epochs``, plus ``data_settings`` (the datalist digest). A model or checkpoint made with other settings
+    raises a :class:`~bundle.errors.RunSettingsError` unless ``resume`` is False."""
+    settings = {**dict(data_settings or {}), **without_max_epochs(card)}
+    extra = [os.path.join(os.fspath(model_dir), "adapter.pt")] if card["method"] == "sam_mix" else []
+    plan, stored = plan_training(os.path.join(os.fspath(model_dir), "model.pt"),
+                                 os.path.join(os.fspath(output_dir), CHECKPOINT_NAME), settings, resume,
+                                 card["training"]["max_epochs"], what="sam-mix", model_files=extra)
+    return plan, stored, settings
 
 
 def train_model(
@@ -312,6 +338,8 @@ def train_model(
     num_workers: int = 0,
     summary_writer=None,
     epoch_callback: Callable | None = None,
+    data_settings: Mapping | None = None,
+    resume: bool = True,
 ) -> dict:
     """Train (or resume, or reuse) one model of :data:`METHODS`.
 
@@ -330,30 +358,28 @@ def train_model(
         labelled_data: the ``N`` labelled slices.
         output_dir: folder of the resume checkpoint (``sam_mix_last.pt``).
         model_dir: where ``model.pt`` (and ``adapter.pt``) are written.
-        card: what the model is; training settings are added. A finished model with the same card is reused; an
-            epoch checkpoint with the same card is resumed; anything else trains from scratch.
+        card: what the model is; training settings are added (:func:`training_card`). A finished model with the same
+            run settings is reused (or trained on from its checkpoint when ``max_epochs`` grew); an epoch checkpoint
+            with the same run settings is resumed; other settings are refused (:func:`training_plan`).
+        data_settings: what the model trains on that the card does not say (the datalist digest).
+        resume: False trains afresh, replacing what ``output_dir`` and ``model_dir`` hold.
         autocast: mixed precision (``auto``: bf16 or fp16 on CUDA, float32 on the CPU; ``none``, ``bf16``,
             ``fp16``); recorded in the card.
         epoch_callback: called with the trainer after every epoch (TensorBoard panels).
         seed: seeds the initial weights, the shuffling and the labelled batches. With several processes the
             number of processes is recorded in the card too (it changes the effective batch size).
     """
-    training = {"max_epochs": int(max_epochs), "batch_size": int(batch_size), "seg_batch_size": int(seg_batch_size),
-                "learning_rate": float(learning_rate), "seg_weight": float(seg_weight), "gt_boxes": bool(gt_boxes),
-                "optimizer": "Adam", "seed": int(seed),
-                "autocast": str(resolve_autocast(autocast, torch.device(device)) or "float32").replace("torch.", "")}
-    if ddp.is_distributed():
-        training["processes"] = distributed.world_size()
-    card = {**dict(card), "method": method, "training": training}
+    card = training_card(card, method, max_epochs, batch_size, seg_batch_size, learning_rate, seg_weight, gt_boxes,
+                         autocast, device, seed)
     model_path = os.path.join(os.fspath(model_dir), "model.pt")
-    adapter_path = os.path.join(os.fspath(model_dir), "adapter.pt")
-    if finished_with_card(model_path, card, stage="sam-mix") and (method != "sam_mix" or os.path.isfile(adapter_path)):
-        logger.info("sam-mix: %s is finished for this configuration; reusing it", model_path)
+    plan, stored, settings = training_plan(card, output_dir, model_dir, data_settings, resume)
+    if plan == "reuse":
+        card = dict(stored["card"])
         card_path = os.path.join(os.fspath(model_dir), CARD_NAME)
         if distributed.is_main_process():  # rewritten from model.pt's own card: a card missing, unbound or stale
             write_card(card_path, {"kind": "sam_mix", **card}, model_path)
         distributed.barrier()
-        return {"card": dict(card), "ranks": None}
+        return {"card": card, "ranks": None}
     torch.manual_seed(int(seed))
     device = torch.device(device)
     network = network.to(device)
@@ -370,15 +396,16 @@ def train_model(
     save_dict["optimizer"] = optimizer
     # one process: every slice, shuffled; several: this rank's share (the trainer sets the sampler's epoch)
     loader = _train_loader(train_data, batch_size, seed, num_workers, ddp.train_sampler(train_data, seed=seed))
-    last = os.path.join(os.fspath(output_dir), "sam_mix_last.pt")
+    last = os.path.join(os.fspath(output_dir), CHECKPOINT_NAME)
     handlers = [
         StopOnNonFiniteLoss(),
         StatsHandler(tag_name="loss", output_transform=_scalar("loss"), iteration_log=False),
-        EpochCheckpointSaver(output_dir, save_dict, filename="sam_mix_last.pt",
-                             info={"stage": "sam_mix", "card": card}, engine_key="trainer"),
+        EpochCheckpointSaver(output_dir, save_dict, filename=CHECKPOINT_NAME,
+                             info={"stage": "sam_mix", "card": card, SETTINGS_KEY: settings}, engine_key="trainer"),
     ]
-    if resumable_with_card(last, card, stage="sam-mix"):
-        handlers.insert(0, ResumeFromCheckpoint(last, save_dict, map_location=device, engine_key="trainer"))
+    if plan == "resume":
+        handlers.insert(0, ResumeFromCheckpoint(last, save_dict, map_location=device, engine_key="trainer",
+                                                settings=settings))
     if summary_writer is not None:
         for key in ("loss", "seg_loss") if method == "unet" else ("loss", "cls_loss", "seg_loss"):
             handlers.append(TensorBoardStatsHandler(summary_writer, tag_name=f"train/{key}",
@@ -397,6 +424,7 @@ def train_model(
                        ", ".join(f"rank {r['rank']}: {r['sha256'][:12]}" for r in ranks))
     if distributed.is_main_process():  # batch-norm statistics over every slice, as in one process
         full = _train_loader(train_data, batch_size, seed, num_workers) if ddp.is_distributed() else loader
-        _save_finished(method, network, card, model_dir, full, device)
+        _save_finished(method, network, card, model_dir, full, device,
+                       run={SETTINGS_KEY: settings, "epochs": int(trainer.state.epoch)})
     distributed.barrier()  # the finished files exist for every rank from here on
     return {"card": card, "ranks": ranks}

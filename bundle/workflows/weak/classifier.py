@@ -6,8 +6,11 @@ the items, :func:`bundle.workflows.weak.slices.weak_slice_items`), resized to ``
 weight decay 0.01) with a OneCycle schedule stepped every iteration, ``BCE(parent) + 0.5 * BCE(child)``.
 
 Every epoch ends with an atomic checkpoint (network, optimizer, scheduler, trainer state) that a rerun resumes from;
-the finished model is written to ``model_path`` with the model card the pseudo-label stage rebuilds it from. A
-finished model whose card matches the configuration is reused without training.
+the finished model is written to ``model_path`` with the model card the pseudo-label stage rebuilds it from. Both
+record the run settings (:func:`classifier_settings`, :mod:`bundle.workflows.common.run_settings`): a finished model
+with the same settings is reused without training (or trained on from its checkpoint when ``max_epochs`` grew, the
+OneCycle schedule stretched to the new length), and a model or checkpoint made with other settings is refused before
+any work unless ``resume`` is False.
 
 Under ``torchrun`` each rank trains ``DistributedDataParallel`` on its share of every epoch's slices
 (:func:`bundle.workflows.common.ddp.train_sampler`); rank 0 alone writes the checkpoints and the model (the plain
@@ -34,22 +37,21 @@ from bundle.data.slice_dataset import AxialSliceDataset, cached_slices
 from bundle.networks.fusion import mean_roc_auc
 from bundle.networks.parent_child import ParentChildClassifier, ParentChildLoss
 from bundle.workflows.common import ddp
-from bundle.workflows.common.checkpoints import (
-    EpochCheckpointSaver,
-    ResumeFromCheckpoint,
-    finished_with_card,
-    resumable_with_card,
-    save_atomic,
-)
+from bundle.workflows.common.checkpoints import EpochCheckpointSaver, ResumeFromCheckpoint, save_atomic
 from bundle.workflows.common.card_schema import validate_card
 from bundle.workflows.common.guards import StopOnNonFiniteLoss
 from bundle.workflows.common.handlers import LearningRateLogger
+from bundle.workflows.common.run_settings import SETTINGS_KEY, plan_training, without_max_epochs
 from bundle.workflows.weak.ranks import on_main
 from bundle.workflows.weak.slices import TARGET_KEY
 
-__all__ = ["TargetBatch", "load_classifier", "parent_probabilities", "slice_dataset", "train_classifier"]
+__all__ = ["CHECKPOINT_NAME", "TargetBatch", "classifier_card", "classifier_plan", "classifier_settings",
+           "load_classifier", "parent_probabilities", "slice_dataset", "train_classifier"]
 
 logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "classifier_last.pt"
+_NOT_SETTINGS = ("validation", "subclasses")  # results, and the sub-class record (its inputs are in the settings)
 
 
 def slice_dataset(entries: Sequence[Mapping], items: Sequence[Mapping], volume_transform, item_transform=None,
@@ -99,6 +101,51 @@ def load_classifier(path: str | os.PathLike, device="cpu") -> tuple[ParentChildC
     return network.to(device).eval(), card
 
 
+def classifier_card(card: Mapping, network_args: Mapping, max_epochs: int = 10, batch_size: int = 16,
+                    learning_rate: float = 1e-4, weight_decay: float = 0.01, child_weight: float = 0.5,
+                    seed: int = 0) -> dict:
+    """The classifier's card: ``card`` plus the network arguments and the training settings."""
+    training = {"max_epochs": int(max_epochs), "batch_size": int(batch_size), "learning_rate": float(learning_rate),
+                "weight_decay": float(weight_decay), "child_weight": float(child_weight), "seed": int(seed)}
+    return {**dict(card), "network": dict(network_args), "training": training}
+
+
+def classifier_settings(card: Mapping, data_settings: Mapping | None = None) -> dict:
+    """The run settings of a classifier: its card without results, the sub-class record (whose inputs, the feature
+    source and the datalist, are in ``data_settings``) and ``max_epochs``."""
+    return {**dict(data_settings or {}),
+            **without_max_epochs({k: v for k, v in card.items() if k not in _NOT_SETTINGS})}
+
+
+def classifier_plan(output_dir: str | os.PathLike, model_path: str | os.PathLike, card: Mapping,
+                    data_settings: Mapping | None = None, resume: bool = True) -> tuple[str, Mapping | None]:
+    """``("reuse" | "resume" | "fresh", stored model)``: :func:`~bundle.workflows.common.run_settings.plan_training`
+    of the classifier of ``card`` (:func:`classifier_card`); raises before any work when a model or checkpoint there
+    was made with other settings."""
+    return plan_training(model_path, os.path.join(os.fspath(output_dir), CHECKPOINT_NAME),
+                         classifier_settings(card, data_settings), resume, card["training"]["max_epochs"],
+                         what="classifier")
+
+
+class _KeepScheduleLength:
+    """After a resume, keep this run's OneCycle length: a run resumed with a larger ``max_epochs`` follows the
+    stretched schedule from the iteration it reached (the checkpoint holds the old length, and stepping past it
+    would fail)."""
+
+    _LENGTH_KEYS = ("total_steps", "_schedule_phases")
+
+    def __init__(self, scheduler) -> None:
+        self.scheduler = scheduler
+        self.configured = {k: v for k, v in scheduler.state_dict().items() if k in self._LENGTH_KEYS}
+
+    def __call__(self, engine) -> None:
+        state = self.scheduler.state_dict()
+        if state.get("total_steps") != self.configured.get("total_steps"):
+            logger.info("classifier: the OneCycle schedule goes on over %s iterations (was %s)",
+                        self.configured.get("total_steps"), state.get("total_steps"))
+            self.scheduler.load_state_dict({**state, **self.configured})
+
+
 def train_classifier(
     network_args: Mapping,
     train_data: AxialSliceDataset,
@@ -115,6 +162,8 @@ def train_classifier(
     seed: int = 0,
     num_workers: int = 0,
     summary_writer=None,
+    data_settings: Mapping | None = None,
+    resume: bool = True,
 ) -> dict:
     """Train (or resume, or reuse) the classifier; returns the card with the validation AUC.
 
@@ -124,17 +173,20 @@ def train_classifier(
         output_dir: folder of the resume checkpoint (``classifier_last.pt``).
         model_path: the finished model (``{"network": state_dict, "card": card}``).
         card: what the model is (task, class names, K, channels, roi size, intensity, ...); the network arguments and
-            the training settings are added to it. A finished model is reused only when its card equals this one; any
-            other configuration trains: from the last epoch checkpoint when that was written with the same card (an
-            interrupted run), else from scratch.
+            the training settings are added to it (:func:`classifier_card`).
+        data_settings: what the run trains on that the card does not say (datalist digest, feature source); with the
+            card they are the run settings (:func:`classifier_settings`).
+        resume: False trains afresh, replacing a finished model or checkpoint made with other settings. With True,
+            :func:`classifier_plan` decides: reuse the finished model, resume its checkpoint, or train from scratch
+            when there is neither; other settings raise a :class:`~bundle.errors.RunSettingsError`.
     """
-    training = {"max_epochs": int(max_epochs), "batch_size": int(batch_size), "learning_rate": float(learning_rate),
-                "weight_decay": float(weight_decay), "child_weight": float(child_weight), "seed": int(seed)}
-    card = {**dict(card), "network": dict(network_args), "training": training}
+    card = classifier_card(card, network_args, max_epochs, batch_size, learning_rate, weight_decay, child_weight,
+                           seed)
+    settings = classifier_settings(card, data_settings)
     model_path = os.fspath(model_path)
-    if finished_with_card(model_path, card, ignore=("validation",), stage="classifier"):
-        logger.info("classifier: %s is finished for this configuration; reusing it", model_path)
-        return dict(load_checkpoint(model_path, what="WeakMedSAM classifier")["card"])
+    plan, stored = classifier_plan(output_dir, model_path, card, data_settings, resume)
+    if plan == "reuse":
+        return dict(stored["card"])
     torch.manual_seed(int(seed))
     device = torch.device(device)
     network = ddp.wrap_network(ParentChildClassifier(**network_args), device)  # DDP on several processes
@@ -148,18 +200,20 @@ def train_classifier(
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate,
                                                     total_steps=max(1, max_epochs * len(loader)))
-    last = os.path.join(output_dir, "classifier_last.pt")
+    last = os.path.join(output_dir, CHECKPOINT_NAME)
     save_dict = {"network": network, "optimizer": optimizer, "lr_scheduler": scheduler}
     handlers = [
         LrScheduleHandler(scheduler, epoch_level=False, print_lr=False),
         StopOnNonFiniteLoss(),
         StatsHandler(tag_name="classifier_loss", output_transform=from_engine(["loss"], first=True),
                      iteration_log=False),
-        EpochCheckpointSaver(output_dir, save_dict, filename="classifier_last.pt",
-                             info={"stage": "weak_classifier", "card": card}, engine_key="trainer"),
+        EpochCheckpointSaver(output_dir, save_dict, filename=CHECKPOINT_NAME,
+                             info={"stage": "weak_classifier", "card": card, SETTINGS_KEY: settings},
+                             engine_key="trainer"),
     ]
-    if resumable_with_card(last, card, stage="classifier"):
-        handlers.insert(0, ResumeFromCheckpoint(last, save_dict, map_location=device, engine_key="trainer"))
+    if plan == "resume":
+        handlers.insert(0, ResumeFromCheckpoint(last, save_dict, map_location=device, engine_key="trainer",
+                                                settings=settings))
     if summary_writer is not None:
         handlers += [TensorBoardStatsHandler(summary_writer, tag_name="classifier/train_loss",
                                              output_transform=from_engine(["loss"], first=True)),
@@ -167,6 +221,7 @@ def train_classifier(
     trainer = SupervisedTrainer(device=device, max_epochs=max_epochs, train_data_loader=loader, network=network,
                                 optimizer=optimizer, loss_function=ParentChildLoss(child_weight=child_weight),
                                 prepare_batch=TargetBatch(), train_handlers=handlers)
+    trainer.add_event_handler(Events.STARTED, _KeepScheduleLength(scheduler))  # after the resume handler
     scores: dict = {}
     if val_data is not None and len(val_data):
         val_loader = DataLoader(val_data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -188,6 +243,8 @@ def train_classifier(
 
     trainer.run()
     card = {**card, "validation": scores}
-    on_main("classifier", lambda: save_atomic({"network": plain.state_dict(), "card": card}, model_path))
+    finished = {"network": plain.state_dict(), "card": card, SETTINGS_KEY: settings,
+                "epochs": int(trainer.state.epoch)}
+    on_main("classifier", lambda: save_atomic(finished, model_path))
     logger.info("classifier: saved %s", model_path)
     return card

@@ -48,7 +48,8 @@ from bundle.errors import InputError
 from bundle.folders import CONFIGS_DIR
 from bundle.workflows.common import ddp
 from bundle.workflows.common.case_report import json_safe
-from bundle.workflows.weak.classifier import slice_dataset, train_classifier
+from bundle.workflows.common.run_settings import datalist_digest
+from bundle.workflows.weak.classifier import classifier_card, classifier_plan, slice_dataset, train_classifier
 from bundle.workflows.weak.features import SamSliceFeatures
 from bundle.workflows.weak.panels import write_panels
 from bundle.workflows.weak.pseudo_stage import CAM_KIND, PSEUDO_KIND, PseudoLabels, pseudo_label_quality
@@ -139,6 +140,10 @@ class WeakPipeline:
         device: the classifier's device.
         multi_gpu_config_file: merged last onto the segmentation's configs when the pipeline runs on several
             processes (default: ``configs/multi_gpu_train.json`` of the bundle).
+        resume: False trains the classifier and the segmentation afresh, replacing what ``output_dir`` /
+            ``model_dir`` hold; True (default) resumes or reuses them only when they were made with the same run
+            settings and refuses otherwise (:mod:`bundle.workflows.common.run_settings`), before any stage runs
+            for the classifier.
     """
 
     def __init__(self, datalist, dataset_dir, task: str, output_dir, model_dir, features: SamSliceFeatures,
@@ -148,7 +153,7 @@ class WeakPipeline:
                  seg_overrides: Mapping | None = None, eval_config_file: str | None = None,
                  meta_file: str | None = None, summary_writer=None, panels: int = 2, device="cpu",
                  num_workers: int = 0, cache_rate: float = 1.0, seg_labels: str = PSEUDO_KIND,
-                 feature_extractor=None, multi_gpu_config_file: str | None = None) -> None:
+                 feature_extractor=None, multi_gpu_config_file: str | None = None, resume: bool = True) -> None:
         self.task = get_task(task)
         if self.task.level != "slice":
             raise ValueError(f"task {self.task.name!r} has volume labels; WeakMedSAM needs slice labels")
@@ -168,6 +173,7 @@ class WeakPipeline:
         self.summary_writer, self.panels = summary_writer, int(panels)
         self.num_workers, self.cache_rate = int(num_workers), float(cache_rate)
         self.seg_labels = look_up_option(seg_labels, SEG_LABELS)
+        self.resume = bool(resume)
 
     # ---- data ----------------------------------------------------------------------------------------------------
     def entries(self, section: str, with_label: bool = False) -> list[dict]:
@@ -233,6 +239,26 @@ class WeakPipeline:
         record, *_ = self._subclass_record()
         return {"file": str(self.subclasses.path), "child_outputs": record["num_outputs"]}
 
+    def _classifier_run(self) -> tuple[dict, dict, dict, dict]:
+        """``(network arguments, card, training arguments, data settings)`` of the classifier: all known before the
+        earlier stages run (the sub-class record is added to the card by :meth:`classifier`)."""
+        args = dict(self.classifier_args)
+        network = {**args.pop("network"), "num_classes": len(class_groups(self.task)),
+                   "num_subclasses": self.subclasses.num_subclasses}
+        card = {**self.card, "task": self.task.name, "class_names": list(class_groups(self.task))}
+        extractor = self.subclasses.extractor
+        data = {"datalist": datalist_digest(self.datalist),
+                "features": extractor.signature() if extractor is not None else self.features.cache.digest}
+        return network, card, args, data
+
+    def check_classifier_run(self) -> str:
+        """What the classifier stage will do (``reuse``, ``resume``, ``fresh``), checked before any stage: a
+        classifier or checkpoint made with other settings is refused here, not after the SAM features."""
+        network, card, args, data = self._classifier_run()
+        plan, _ = classifier_plan(self.output_dir, self.classifier_path,
+                                  classifier_card(card, network, seed=self.seed, **args), data, self.resume)
+        return plan
+
     def classifier(self) -> dict:
         record, train_entries, train_items, val_entries, val_items = self._subclass_record()
         train_items = with_targets(train_items, self.task, self.subclasses.child_targets(record, train_items))
@@ -241,14 +267,11 @@ class WeakPipeline:
                               self.cache_rate, self.num_workers)
         val = slice_dataset(val_entries, val_items, self.volume_transform, self.val_item_transform,
                             self.cache_rate, self.num_workers) if val_items else None
-        args = dict(self.classifier_args)
-        network = {**args.pop("network"), "num_classes": len(class_groups(self.task)),
-                   "num_subclasses": self.subclasses.num_subclasses}
-        card = {**self.card, "task": self.task.name, "class_names": list(class_groups(self.task)),
-                "subclasses": record["signature"]}
+        network, card, args, data = self._classifier_run()
+        card["subclasses"] = record["signature"]
         card = train_classifier(network, train, val, self.output_dir, self.classifier_path, card, device=self.device,
                                 seed=self.seed, num_workers=self.num_workers, summary_writer=self.summary_writer,
-                                **args)
+                                data_settings=data, resume=self.resume, **args)
         return {"model": str(self.classifier_path), "validation": card.get("validation", {})}
 
     @property
@@ -324,7 +347,7 @@ class WeakPipeline:
         regions = {name: list(values) for name, values in class_groups(self.task).items()}
         return {"regions": regions, "output_dir": str(self.output_dir / f"segmentation{self._suffix}"),
                 "ckpt_dir": str(self.model_dir / f"segmentation{self._suffix}"), "seed": self.seed,
-                **self.seg_overrides}
+                "resume": self.resume, **self.seg_overrides}
 
     def segmentation(self) -> dict:
         if not self.pseudo_datalist_path.is_file():
@@ -367,6 +390,8 @@ class WeakPipeline:
             summary = {}
         if set(names) & set(STAGES[:4]):
             self.check()
+        if "classifier" in names:
+            self.check_classifier_run()
         torch.manual_seed(self.seed)
         np.random.seed(self.seed)
         for name in sorted(names, key=STAGES.index):

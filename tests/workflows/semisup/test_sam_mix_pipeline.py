@@ -12,7 +12,7 @@ import torch
 from semisup_utils import infer_mix, mix_files, mix_overrides, run_mix
 from workflow_utils import METADATA, initialized_training, tensorboard_tags
 
-from bundle.errors import InputError, exception_chain
+from bundle.errors import InputError, RunSettingsError, exception_chain
 from bundle.sam.adapter import read_adapter
 from bundle.workflows.common.checkpoints import INFO_KEY
 
@@ -70,14 +70,25 @@ def test_a_finished_model_is_reused(lits, trained, tiny_sam_checkpoint):
     assert model.stat().st_mtime_ns == stamp  # same card: nothing trained again
 
 
+def test_other_settings_are_refused_not_reused(lits, trained, tiny_sam_checkpoint):
+    model = trained / "models" / "model.pt"
+    stamp = model.stat().st_mtime_ns
+    with pytest.raises(RuntimeError) as refused:
+        run_mix(lits, trained, tiny_sam_checkpoint, max_epochs=2, learning_rate=3e-4)
+    (error,) = [e for e in exception_chain(refused.value) if isinstance(e, RunSettingsError)]
+    assert error.path == str(model) and "training.learning_rate " in str(error) and "-> 0.0003" in str(error)
+    assert "--resume false" in str(error)
+    assert model.stat().st_mtime_ns == stamp
+
+
 class _Killed(Exception):
     pass
 
 
 def test_an_interrupted_run_resumes_from_its_last_epoch(lits, tiny_sam_checkpoint, tmp_path):
-    def workflow():
+    def workflow(max_epochs=2):
         wf = initialized_training(mix_files("lits"), METADATA,
-                                  **mix_overrides(lits, tmp_path, tiny_sam_checkpoint, max_epochs=2))
+                                  **mix_overrides(lits, tmp_path, tiny_sam_checkpoint, max_epochs=max_epochs))
         return wf.parser.get_parsed_content("sam_mix")
 
     def kill_after_epoch_1(engine):
@@ -100,6 +111,13 @@ def test_an_interrupted_run_resumes_from_its_last_epoch(lits, tiny_sam_checkpoin
     second.train()
     assert seen == [(2, 2 * epoch_length)]  # only epoch 2 ran, continuing the iteration count
     assert (tmp_path / "models" / "adapter.pt").is_file()
+
+    seen.clear()  # a larger max_epochs trains on from the finished run
+    third = workflow(max_epochs=3)
+    third._panel_callback = lambda: lambda engine: seen.append((engine.state.epoch, engine.state.iteration))
+    third.train()
+    assert seen == [(3, 3 * epoch_length)]
+    assert torch.load(tmp_path / "models" / "model.pt", weights_only=True)["epochs"] == 3
 
 
 def test_evaluation_reports_fair_and_anchor_separately(lits, trained, tiny_sam_checkpoint):

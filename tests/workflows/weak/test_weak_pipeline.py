@@ -15,7 +15,7 @@ from monai.bundle import ConfigParser
 from weak_utils import run_weak
 from workflow_utils import CONFIGS, PRESETS, SAM_PRIORS, TRAIN, tensorboard_tags
 
-from bundle.errors import InputError
+from bundle.errors import InputError, RunSettingsError, exception_chain
 from bundle.hashing import path_sha256
 from bundle.workflows.common.checkpoints import EpochCheckpointSaver
 from bundle.workflows.weak.panels import PANELS
@@ -190,11 +190,26 @@ def test_interrupted_classifier_resumes_at_its_last_epoch(phantom_set, tmp_path,
     assert trainer["iteration"] == 2 * trainer["epoch_length"]
     assert (tmp_path / "models" / "classifier.pt").is_file()
 
-    # other settings never continue that schedule: a changed configuration trains from scratch
+    # a larger max_epochs trains on from the finished run, its OneCycle schedule stretched
     caplog.clear()
     with caplog.at_level(logging.INFO):
+        run_weak(data, tmp_path, "classifier", **{**sam, "max_epochs": 3})
+    assert "at epoch 2" in caplog.text and "OneCycle schedule goes on over" in caplog.text
+    assert torch.load(tmp_path / "models" / "classifier.pt", weights_only=True)["epochs"] == 3
+
+    # other settings never continue, keep or silently replace that run: refused before any stage, naming the
+    # setting; --resume false trains afresh
+    with pytest.raises(RuntimeError) as refused:
         run_weak(data, tmp_path, "classifier", **{**sam, "learning_rate": 3e-4})
-    assert "other settings" in caplog.text and "at epoch 1" not in caplog.text
+    (error,) = [e for e in exception_chain(refused.value) if isinstance(e, RunSettingsError)]
+    assert error.path == str(tmp_path / "models" / "classifier.pt")
+    assert "training.learning_rate 0.0001 -> 0.0003" in str(error) and "--resume false" in str(error)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        run_weak(data, tmp_path, "classifier", **{**sam, "learning_rate": 3e-4, "resume": False})
+    assert "resume=false" in caplog.text and "at epoch" not in caplog.text
+    stored = torch.load(tmp_path / "models" / "classifier.pt", weights_only=True)
+    assert stored["card"]["training"]["learning_rate"] == 3e-4 and stored["epochs"] == 2
 
 
 def test_wrong_datalist_fails_before_any_sam_work(phantom_set, tmp_path, shapes_sam_checkpoint):
