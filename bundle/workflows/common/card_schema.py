@@ -216,6 +216,11 @@ def scalar(value, where):
     text(_NAME, "a plain name")(value, where)
 
 
+def plain_any(value, where):
+    """Any plain value (the plain-value rules of :func:`check_plain` are checked for every card anyway)."""
+    _plain(value, where)
+
+
 def plain_value(value, where):
     """Any plain value (nested lists / objects of scalars)."""
     if isinstance(value, list):
@@ -331,8 +336,10 @@ def _schemas() -> dict[str, Validator]:
          "class_names": _NAMES, "network": record({**classifier_net, "num_classes": _POSITIVE,
                                                    "num_subclasses": _POSITIVE}),
          "training": settings},
-        {"seed": integer(), "feature_extractor": text(), "validation": mapping(scalar), "modality": one_of(*MODALITIES),
-         "subclasses": mapping(either(scalar, _HEX))})
+        # what the features and subclasses were made from (the user's feature network and its weights file among
+        # them): recorded for the resume comparison, never used to build anything, so any plain value
+        {"seed": integer(), "feature_extractor": plain_any, "validation": mapping(scalar),
+         "modality": one_of(*MODALITIES), "subclasses": plain_any})
     return {"segmentation": segmentation, "classification": classification, "sam_mix": sam_mix,
             "sam_mix_stored": sam_mix_stored, "weak_classifier": weak_classifier}
 
