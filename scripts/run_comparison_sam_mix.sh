@@ -34,6 +34,9 @@ data="$ROOT/data/lits"
 if [[ ! -f "$data/datalist.json" ]]; then
     timed lits_phantoms "$PYTHON" scripts/make_phantoms.py --dataset lits --out "$data" --cases "$CASES" \
         --size "$SIZE" --seed 0
+fi
+# also a datalist of an older version, without the "summarised" record of its label files (SAM-Mix refuses it)
+if ! grep -qs '"summarised"' "$data/datalist.json"; then
     # enough training cases for 50 labelled slices holding the liver
     timed lits_datalist "$PYTHON" scripts/prepare_datalist.py --dataset lits --root "$data" \
         --out "$data/datalist.json" --val-fraction 0.1 --test-fraction 0.25 --seed 0 --no-progress

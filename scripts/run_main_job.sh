@@ -17,6 +17,10 @@ SIZE=${SIZE:-48}
 FAST_GRID=(--box_grid#box_stride 1.0 --box_grid#refine_rounds 0)
 if [ ! -f data/brats2021/datalist.json ]; then
     $PY scripts/make_phantoms.py --dataset brats2021 --out data/brats2021 --cases "$CASES" --size "$SIZE" --seed 0
+fi
+# also a datalist of an older version: without the record of the label files its slice labels were computed from
+# ("summarised"), the workflows that train on slice labels refuse it
+if ! grep -q '"summarised"' data/brats2021/datalist.json 2>/dev/null; then
     $PY scripts/prepare_datalist.py --dataset brats --root data/brats2021 --out data/brats2021/datalist.json
 fi
 $PY -m monai.bundle run precompute --config_file "['configs/sam_priors.json','configs/precompute_priors.json']" \

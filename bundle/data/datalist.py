@@ -12,7 +12,9 @@ Entries of the BraTS 2019 layout (``{HGG,LGG}/<case>/``) also record the case's 
 the folder it sits in), for grade classification; other layouts have no grade and no such key.
 
 Slices run along the last axis after ``Orientation("RAS")``, i.e. inferior to superior, whatever the file's
-own axis order. Each entry also records what the case check verified (``"checked"``: size, modification time and
+own axis order. The summaries record the label file they were computed from (``"summarised"``: size, modification
+time and sha256, :mod:`bundle.data.summaries`), so a label edited afterwards is found by the workflows that read
+them. Each entry also records what the case check verified (``"checked"``: size, modification time and
 checks per file, :mod:`bundle.data.case_check`), so the workflows re-check only files changed since. Note:
 ``monai.data.load_decathlon_datalist`` joins ``base_dir`` to any string value that names an existing path, so for
 layouts with ``<root>/<case_id>/`` folders ``case_id`` comes back as a folder path; its basename is still the case
@@ -37,6 +39,7 @@ from bundle.data.case_check import RECORD_KEY, check_case_files
 from bundle.data.case_ids import case_id_problem
 from bundle.data.checks import InputError, check_image_file, check_label
 from bundle.data.layouts import DatasetLayoutError, natural_key, scan_dataset
+from bundle.data.summaries import SUMMARY_KEY, summary_record
 
 __all__ = [
     "DatasetLayoutError",
@@ -196,6 +199,8 @@ def build_datalist(
             case_problems.append(f"case {case['case_id']}: {_first_file(case)}: {problem}")
             continue
         try:
+            # the label's identity first: a label changed while it is read fails the workflows' check later
+            source = summary_record(os.path.join(root, paths["label"]))
             checked = check_case_files(paths["image"], paths["label"], label_values=spec.label_values,
                                        image_channels=len(spec.modalities), data_root=root)
             summary = label_summary(checked.label, spec.foreground_values)
@@ -203,7 +208,7 @@ def build_datalist(
             case_problems.append(f"case {case['case_id']}: {err}")
             continue
         grade = _brats2019_grade(case["label"], root) if scan.layout == "brats2019" else {}
-        entries.append({**paths, **grade, **summary, RECORD_KEY: checked.record})
+        entries.append({**paths, **grade, **summary, SUMMARY_KEY: source, RECORD_KEY: checked.record})
 
     if case_problems and not skip_incomplete:
         raise DatasetLayoutError(_problem_text(root, "unusable case file(s)", case_problems) + "\n" + hint)

@@ -9,7 +9,9 @@ and, where it is one case's, the section and index (``training[3]``) and the cas
 - :func:`check_case_ids`: two different cases under one id (they would share a prior-cache slot and an output
   name);
 - :func:`load_checked_section`: all of that, then :func:`bundle.data.case_check.check_entry` on every case of the
-  section (cheap for files unchanged since the datalist recorded its checks), then paths joined to the data root.
+  section (cheap for files unchanged since the datalist recorded its checks), for the workflows that train on the
+  label summaries :func:`bundle.data.summaries.check_summaries` (each label unchanged since it was summarised), then
+  paths joined to the data root.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from bundle.data.case_check import RECORD_KEY, check_entry
 from bundle.data.case_ids import case_id_of, case_id_problem
+from bundle.data.summaries import check_summaries
 from bundle.errors import InputError, MissingInputError
 
 __all__ = [
@@ -228,6 +231,7 @@ def load_checked_section(
     affine_atol: float = 1e-3,
     image_key: str = "image",
     label_key: str = "label",
+    summaries: bool = False,
 ) -> list[dict]:
     """Read one section of a datalist, check it and every case in it, and return its entries with joined paths.
 
@@ -246,6 +250,9 @@ def load_checked_section(
         affine_atol: affine tolerance in mm.
         image_key: key of the image file(s).
         label_key: key of the label file (checked when present in an entry).
+        summaries: the caller trains on the entries' label summaries (``slice_labels``, ``volume_labels``, ...):
+            check that each was computed from its ``label`` file as it is now
+            (:func:`bundle.data.summaries.check_summaries`), whatever ``label_key`` is.
 
     Returns:
         the entries, with ``image`` / ``label`` paths joined to ``data_root`` (the check record left in place).
@@ -271,4 +278,6 @@ def load_checked_section(
             " (the datalist has no check records: write it again with scripts/prepare_datalist.py to make this "
             "start-up check a stat per file)")
         logger.info("%s: checked %d %s case(s), %d re-read%s", path, len(entries), section, read, hint)
+    if summaries:
+        check_summaries(entries, section, path, data_root, data)
     return [join_paths(e, data_root, (image_key, label_key)) for e in entries]

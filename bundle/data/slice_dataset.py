@@ -23,6 +23,7 @@ from monai.utils import ensure_tuple
 
 from bundle.data.case_check import RECORD_KEY
 from bundle.data.case_ids import case_id_of
+from bundle.data.summaries import SUMMARY_KEY
 from bundle.data.tasks import ClassificationTask, get_task
 
 __all__ = ["CLASS_LABEL_KEY", "slice_items", "volume_items", "class_balanced_weights", "AxialSliceDataset",
@@ -32,7 +33,7 @@ CLASS_LABEL_KEY = "class_label"
 """Key of the class label in items and in the dictionaries of :class:`AxialSliceDataset`."""
 
 # per-slice summaries vary in length between cases: kept in items they would break batch collation
-_SUMMARY_KEYS = ("volume_labels", "slice_labels", "slice_foreground", RECORD_KEY)
+_SUMMARY_KEYS = ("volume_labels", "slice_labels", "slice_foreground", SUMMARY_KEY, RECORD_KEY)
 
 
 def _item_base(entry: Mapping) -> dict:

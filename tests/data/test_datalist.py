@@ -16,6 +16,7 @@ from monai.data import load_decathlon_datalist
 from bundle.data.datalist import build_datalist, split_cases, split_sizes, write_datalist
 from bundle.data.datalist_cli import main
 from bundle.data.layouts import DatasetLayoutError
+from bundle.hashing import file_sha256
 
 SHAPE = (8, 8, 6)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -79,6 +80,11 @@ def test_brats_entry_contract(tmp_path):
     assert list(record["files"]) == files
     assert record["files"][files[-1]]["verified"] == ["header", "grid", "label_values"]
     assert record["files"][files[0]]["size"] == os.path.getsize(tmp_path / files[0])
+    # the label file the summaries below were computed from: size, modification time, sha256
+    source = entry.pop("summarised")
+    label = tmp_path / files[-1]
+    assert source == {"version": 1, "size": label.stat().st_size, "mtime_ns": label.stat().st_mtime_ns,
+                      "sha256": file_sha256(label)}
     assert entry == {
         "case_id": cid,
         "image": [f"HGG/{cid}/{cid}_{m}.nii.gz" for m in ("flair", "t1", "t1ce", "t2")],

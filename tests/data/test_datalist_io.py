@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -135,3 +136,68 @@ def test_load_checked_section_rechecks_a_changed_label(lits, tmp_path):
         assert str(info.value) == f"{label_path}: label values [7] are not in the label set [0, 1, 2]"
     finally:
         Path(label_path).write_bytes(original)
+
+
+# ---------------------------------------------------------------------------------------------------- label summaries
+
+
+def _redraw_label(label_path: str) -> None:
+    """An annotator's fix after the datalist was written: tumour (2) drawn into a slice that held nothing."""
+    image = nib.load(label_path)
+    data = np.asarray(image.dataobj).copy()
+    empty = [d for d in range(data.shape[-1]) if not data[..., d].any()]
+    data[1:3, 1:3, empty[0]] = 2
+    nib.save(nib.Nifti1Image(data, image.affine, image.header), label_path)
+
+
+@pytest.fixture
+def lits_copy(lits, tmp_path):
+    """A private copy of the LiTS phantoms (modification times kept, as ``cp -p`` would)."""
+    root = tmp_path / "lits"
+    shutil.copytree(lits[0], root)
+    return root, str(root / "datalist.json")
+
+
+def test_summaries_of_an_edited_label_are_refused_naming_it_and_the_command(lits_copy):
+    root, path = lits_copy
+    assert len(load_checked_section(path, "training", root, summaries=True)) == 2
+    label_path = os.path.join(root, read_datalist(path)["training"][0]["label"])
+    _redraw_label(label_path)
+    load_checked_section(path, "training", root)  # the values are fine: who does not read the summaries goes on
+    with pytest.raises(InputError) as info:
+        load_checked_section(path, "training", root, summaries=True)
+    assert info.value.path == label_path
+    assert f"changed since {path} summarised it (training[0]" in str(info.value)
+    command = (f"python scripts/prepare_datalist.py --dataset lits --root {root} --out {path} --val-fraction 0.25 "
+               "--test-fraction 0.25 --seed 0")
+    assert str(info.value).endswith(command) and "\n" not in error_line(info.value)
+    # the command it gives writes a datalist the check accepts, with the same split
+    before = {s: [e["case_id"] for e in read_datalist(path)[s]] for s in ("training", "validation", "testing")}
+    write_datalist(build_datalist("lits", root, 0.25, 0.25, seed=0, progress=False), path)
+    assert {s: [e["case_id"] for e in read_datalist(path)[s]] for s in before} == before
+    assert len(load_checked_section(path, "training", root, summaries=True)) == 2
+
+
+def test_a_touched_label_with_the_same_bytes_is_accepted(lits_copy, monkeypatch):
+    root, path = lits_copy
+    label_path = os.path.join(root, read_datalist(path)["training"][0]["label"])
+    os.utime(label_path, ns=(0, 10**18))  # a copy without -p, a touch: another time, the same bytes
+    assert len(load_checked_section(path, "training", root, summaries=True)) == 2
+    import bundle.data.summaries as summaries
+
+    # unchanged size and time: no file is hashed
+    monkeypatch.setattr(summaries, "path_sha256", lambda p: pytest.fail(f"{p} was hashed"))
+    load_checked_section(path, "validation", root, summaries=True)
+
+
+def test_summaries_without_a_record_are_refused_with_the_command(lits_copy):
+    root, path = lits_copy
+    datalist = read_datalist(path)
+    for entry in datalist["training"]:
+        del entry["summarised"]  # a datalist written before the record existed
+    Path(path).write_text(json.dumps(datalist))
+    load_checked_section(path, "training", root)
+    with pytest.raises(InputError) as info:
+        load_checked_section(path, "training", root, summaries=True)
+    assert info.value.path == path and "training[0]" in str(info.value) and "older version" in str(info.value)
+    assert "scripts/prepare_datalist.py --dataset lits" in str(info.value)

@@ -81,14 +81,16 @@ def volume_entries(datalist: str | os.PathLike, section: str, data_root: str | o
     """The checked entries of one datalist section (every case's files checked first), after the task's check.
 
     Raises:
-        MissingInputError, InputError: the datalist or a case's files fail the checks, or the datalist is not of the
-            task's dataset / lacks a label value the task reads (naming the datalist).
+        MissingInputError, InputError: the datalist or a case's files fail the checks, the datalist is not of the
+            task's dataset / lacks a label value the task reads (naming the datalist), or a label file changed since
+            its summaries were written (naming the file, :mod:`bundle.data.summaries`).
     """
     task = get_task(task)
     task.check_datalist(read_datalist(os.fspath(datalist)), os.fspath(datalist))
+    # a task reading the label summaries needs them computed from the label files as they are now
     return load_checked_section(datalist, section, data_root,
                                 required=("image", "label") if with_label else ("image",),
-                                label_key="label")
+                                label_key="label", summaries=with_label and task.source == "labels")
 
 
 class ClassificationData:

@@ -21,7 +21,7 @@ from bundle.data.slice_dataset import CLASS_LABEL_KEY
 from bundle.data.tasks import TASKS, ClassificationTask
 from bundle.errors import InputError
 
-__all__ = ["DEFAULT_ORGANS", "OrganMaskd", "organ_task", "draw_labelled_slices", "labelled_subset"]
+__all__ = ["DEFAULT_ORGANS", "OrganMaskd", "organ_task", "labelled_count", "draw_labelled_slices", "labelled_subset"]
 
 DEFAULT_ORGANS: Mapping[str, tuple[str, tuple[int, ...]]] = {
     "lits": ("liver", (1, 2)),
@@ -72,17 +72,39 @@ class OrganMaskd(MapTransform):
         return d
 
 
+def labelled_count(num_labelled, method: str = "sam_mix") -> int:
+    """``num_labelled`` checked: a whole number (``int``, not ``bool``) of 0 or more, at least 1 for a method whose
+    segmentation trains on the labelled slices (``sam_mix``, ``unet``); ``zero_shot`` uses none, so 0 is allowed.
+
+    Rounding would be quiet: ``2.5`` would train on 2 slices under a name and a card that say 2.
+
+    Raises:
+        ValueError: naming the option, the value and what it must be.
+    """
+    if isinstance(num_labelled, bool) or not isinstance(num_labelled, (int, np.integer)):
+        raise ValueError(f"num_labelled: {num_labelled!r} is not a whole number of labelled slices (0 or more)")
+    if num_labelled < 0:
+        raise ValueError(f"num_labelled: {num_labelled} is negative; give the number of labelled slices (0 or more)")
+    if num_labelled == 0 and method != "zero_shot":
+        raise ValueError(f"num_labelled: 0 labelled slices, but method {method!r} trains its segmentation on them: "
+                         "give 1 or more (only zero_shot runs without)")
+    return int(num_labelled)
+
+
 def draw_labelled_slices(items: Sequence[Mapping], n: int, seed: int, where: str = "datalist") -> list[dict]:
     """The ``n`` slices whose masks are used for training, drawn with ``seed`` from the slices holding the organ.
 
     Returns:
-        ``[{"case_id", "slice_index"}]`` sorted by case and slice (what the model card records).
+        ``[{"case_id", "slice_index"}]`` sorted by case and slice (what the model card records); empty for ``n = 0``
+        (the zero-shot baseline, which trains no segmentation).
 
     Raises:
         InputError: fewer positive training slices than ``n`` (naming the datalist).
     """
-    if n < 1:
-        raise ValueError(f"the number of labelled slices must be >= 1, got {n}")
+    if n < 0:
+        raise ValueError(f"the number of labelled slices must be 0 or more, got {n}")
+    if n == 0:
+        return []
     positive = [i for i, item in enumerate(items) if int(item[CLASS_LABEL_KEY]) == 1]
     if len(positive) < n:
         raise InputError(where, f"{n} labelled slices asked for, but the training section has only {len(positive)} "

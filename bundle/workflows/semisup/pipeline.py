@@ -4,9 +4,10 @@
 (``training``) and, with ``configs/evaluate_sam_mix.json`` merged on top, :meth:`SamMixWorkflow.evaluate`
 (``evaluating``). ``configs/inference_sam_mix.json`` needs only the model folder (:func:`predict_files`).
 
-What is checked before any SAM work: the datalist is of the organ's dataset and has its label values, every
-training / validation / testing case passes the case check and carries slice labels, and the training section has at
-least ``num_labelled`` slices holding the organ.
+What is checked before any SAM work: ``num_labelled`` is a whole number the method can use, the datalist is of the
+organ's dataset and has its label values, every training / validation / testing case passes the case check and
+carries slice labels computed from its label file as it is now (:mod:`bundle.data.summaries`), and the training
+section has at least ``num_labelled`` slices holding the organ.
 
 Under ``torchrun`` (``configs/multi_gpu_train.json`` merged last) every rank trains on its share of the slices
 (:func:`~bundle.workflows.semisup.training.train_model`); rank 0 alone writes the shared files (the training summary
@@ -39,7 +40,7 @@ from bundle.sam.loading import load_sam, sam_info
 from bundle.sam.trainable import TrainableSam
 from bundle.workflows.common.case_report import json_safe
 from bundle.workflows.common.inputs import file_cases
-from bundle.workflows.semisup.data import draw_labelled_slices, labelled_subset, organ_task
+from bundle.workflows.semisup.data import draw_labelled_slices, labelled_count, labelled_subset, organ_task
 from bundle.workflows.semisup.evaluation import evaluate_case, write_evaluation
 from bundle.workflows.semisup.panels import write_panels
 from bundle.workflows.semisup.predictor import SamMixPredictor, build_unet
@@ -52,8 +53,13 @@ logger = logging.getLogger(__name__)
 
 
 def run_name(method: str, organ: str, num_labelled: int, seed: int) -> str:
-    """The folder name of a run: ``sam_mix_n50_liver_seed0``, ``unet_n5_liver_seed1``, ..."""
-    return f"{method}_n{int(num_labelled)}_{organ}_seed{int(seed)}"
+    """The folder name of a run: ``sam_mix_n50_liver_seed0``, ``unet_n5_liver_seed1``, ...
+
+    Raises:
+        ValueError: ``num_labelled`` is not a whole number the method can use (:func:`labelled_count`): the config
+            computes the run's folders from it first, so this is where ``--num_labelled 2.5`` is refused.
+    """
+    return f"{method}_n{labelled_count(num_labelled, method)}_{organ}_seed{int(seed)}"
 
 
 class SamMixWorkflow:
@@ -65,7 +71,8 @@ class SamMixWorkflow:
         organ, organ_values: the organ and its label values (default: :data:`~bundle.workflows.semisup.data.
             DEFAULT_ORGANS`).
         method: ``sam_mix``, ``zero_shot`` (CAM boxes into SAM as published) or ``unet`` (the N labelled slices only).
-        num_labelled: N, the slices whose masks train the segmentation (5 / 50 / 100 in the paper).
+        num_labelled: N, the slices whose masks train the segmentation (5 / 50 / 100 in the paper): a whole
+            number, 1 or more (0 for ``zero_shot``, which trains no segmentation).
         output_dir, model_dir, eval_dir: resume checkpoint and TensorBoard events; ``model.pt`` / ``adapter.pt``;
             evaluation reports.
         volume_transform: loads ``image`` and ``label`` (checked, RAS, intensity-scaled, label -> organ mask).
@@ -93,7 +100,7 @@ class SamMixWorkflow:
         self.task = organ_task(dataset_name, organ, organ_values)
         self.organ = self.task.class_names[1]
         self.method = look_up_option(method, METHODS)
-        self.num_labelled, self.seed = int(num_labelled), int(seed)
+        self.num_labelled, self.seed = labelled_count(num_labelled, self.method), int(seed)
         self.output_dir, self.model_dir, self.eval_dir = Path(output_dir), Path(model_dir), Path(eval_dir)
         self.volume_transform = volume_transform
         self.train_item_transform, self.val_item_transform = train_item_transform, val_item_transform
@@ -112,7 +119,8 @@ class SamMixWorkflow:
         data = read_datalist(self.datalist)
         if not isinstance(data.get(section), list) or not data[section]:
             return []
-        entries = load_checked_section(self.datalist, section, self.dataset_dir, required=("image", "label"))
+        entries = load_checked_section(self.datalist, section, self.dataset_dir, required=("image", "label"),
+                                       summaries=True)  # the classifier trains on the slice labels
         return [{**e, "case_id": case_id_of(e)} for e in entries]
 
     def check(self) -> tuple[list[dict], list[dict]]:
@@ -186,7 +194,7 @@ class SamMixWorkflow:
         loading = {"keys": ("image", "label"), "cache_rate": self.cache_rate, "num_workers": self.num_workers}
         train = cached_slices(entries, items, self.volume_transform, self.train_item_transform, **loading)
         labelled_data = cached_slices(entries, labelled_subset(items, labelled), self.volume_transform,
-                                      self.train_item_transform, **loading)
+                                      self.train_item_transform, **loading) if self.method != "zero_shot" else None
         callback = self._panel_callback()
         network = self._network(card)
         outcome = train_model(self.method, network, train, labelled_data, self.output_dir, self.model_dir, card,

@@ -13,8 +13,10 @@
 ``weak_training`` runs them in order. Each stage finds the work of an earlier run (cache entries, the sub-class file,
 the classifier's card, the segmentation checkpoint) and does only what is missing, so an interrupted pipeline is
 resumed by running the same command again. The first four stages never read a label voxel: their entries are loaded
-without the ``label`` key (only the datalist's slice-label summaries are used); the ground truth is read by
-``pseudo_quality`` (a report only: nothing trains on it) and by the evaluation.
+without the ``label`` key (only the datalist's slice-label summaries are used, once checked to come from the label
+files as they are now: :mod:`bundle.data.summaries`); the ground truth is read by ``pseudo_quality`` (a report only:
+nothing trains on it) and by the evaluation. Before the first stage, every datalist section the stages need is
+checked to hold cases (:meth:`WeakPipeline.check_splits`): an empty test split is not found after the trainings.
 
 Under ``torchrun`` (``configs/multi_gpu_train.json`` merged last) every rank runs the same stages
 (:mod:`bundle.workflows.weak.ranks`): ``sam_features`` and ``pseudo_labels`` deal the cases out (sorted case ids,
@@ -43,6 +45,7 @@ from bundle import distributed
 from bundle.atomic import write_text_atomic
 from bundle.data.case_ids import case_id_of
 from bundle.data.datalist_io import load_checked_section, read_datalist
+from bundle.data.summaries import SUMMARY_KEY
 from bundle.data.tasks import get_task
 from bundle.errors import InputError
 from bundle.folders import CONFIGS_DIR
@@ -67,6 +70,10 @@ DEFAULT_TASKS = {"brats": "brats_wt", "lits": "lits_liver", "abdomenct1k": "abdo
 SEG_LABELS = (PSEUDO_KIND, CAM_KIND, "ground_truth")
 """What the segmentation stage trains on: the pseudo labels, the CAM-alone labels, or (the fully supervised baseline
 with the same settings) the datalist's real labels."""
+#: the datalist sections a stage cannot run without: training for everything up to the segmentation, validation for
+#: the segmentation workflow (it validates every epoch), testing for the evaluation
+_SECTIONS_NEEDED = {"training": STAGES[:-1], "validation": ("segmentation",), "testing": ("evaluation",)}
+_FRACTION_OPTION = {"validation": "--val-fraction", "testing": "--test-fraction"}
 _NO_LABEL = "__weak_no_label__"  # a label key no entry has: entries are checked and loaded without their label
 
 
@@ -99,7 +106,7 @@ def pseudo_datalist(datalist: str | os.PathLike, data_root: str | os.PathLike, l
                 if case_id not in labels:
                     raise ValueError(f"{datalist}: no pseudo label for case {case_id} of the {section} section")
                 entry["label"] = labels[case_id]
-                for key in ("slice_labels", "slice_foreground", "volume_labels", "checked"):
+                for key in ("slice_labels", "slice_foreground", "volume_labels", SUMMARY_KEY, "checked"):
                     entry.pop(key, None)
     data["description"] = (f"{data.get('description', '')} -- weak supervision: {', '.join(sections)} labels are "
                            "WeakMedSAM pseudo labels, the other sections keep the ground truth").strip(" -")
@@ -175,6 +182,7 @@ class WeakPipeline:
         self.seg_labels = look_up_option(seg_labels, SEG_LABELS)
         self.resume = bool(resume)
 
+        # summaries: the stages train on the slice labels, which must still be those of the label files
     # ---- data ----------------------------------------------------------------------------------------------------
     def entries(self, section: str, with_label: bool = False) -> list[dict]:
         """The checked entries of a section; without ``with_label`` the label is neither checked nor kept."""
@@ -182,7 +190,7 @@ class WeakPipeline:
         if not isinstance(data.get(section), list) or not data[section]:
             return []
         entries = load_checked_section(self.datalist, section, self.dataset_dir, required=("image",),
-                                       label_key="label" if with_label else _NO_LABEL)
+                                       label_key="label" if with_label else _NO_LABEL, summaries=True)
         if not with_label:
             entries = [{k: v for k, v in e.items() if k != "label"} for e in entries]
         return [{**e, "case_id": case_id_of(e)} for e in entries]
@@ -204,6 +212,29 @@ class WeakPipeline:
         self._items("validation")
         if not train_items:
             raise InputError(self.datalist, "the training section has no case")
+    def check_splits(self, stages: Sequence[str]) -> None:
+        """Every datalist section that ``stages`` need holds a case, checked before the first stage: an empty test
+        split would otherwise be found by the evaluation, after every training. The test cases' files (labels
+        included) pass the case check here too.
+
+        Raises:
+            InputError: one line naming the datalist, the empty section and the stage that needs it.
+        """
+        data = read_datalist(self.datalist)
+        for section, users in _SECTIONS_NEEDED.items():
+            needed_by = [s for s in STAGES if s in stages and s in users]
+            if not needed_by:
+                continue
+            if not isinstance(data.get(section), list) or not data[section]:
+                state = "empty" if isinstance(data.get(section), list) else "missing"
+                fix = (f" (scripts/prepare_datalist.py {_FRACTION_OPTION[section]} above 0)"
+                       if section in _FRACTION_OPTION else "")
+                raise InputError(self.datalist, f"the {section} section is {state}, but the WeakMedSAM stage "
+                                                f"{needed_by[0]!r} needs its cases: give it cases{fix} before running "
+                                                f"{', '.join(needed_by)}")
+        if "evaluation" in stages:
+            load_checked_section(self.datalist, "testing", self.dataset_dir, required=("image", "label"))
+
         missing = [name for name, present in zip(class_groups(self.task), parent_labels(train_items, self.task).T)
                    if not present.any()]
         if missing:
@@ -365,6 +396,7 @@ class WeakPipeline:
         if self.eval_config_file is None:
             raise ValueError("no evaluation config given (eval_config_file)")
         overrides = {**self._seg_overrides(), "datalist": self.datalist, "eval_section": "testing"}
+        self.check_splits(names)  # every section the stages need, before the first of them
         self._run_bundle([*self.seg_config_files, self.eval_config_file], "evaluating", "eval", overrides)
         return {"labels": self.seg_labels, "eval_dir": str(Path(overrides["output_dir"]))}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -15,6 +16,8 @@ from workflow_utils import METADATA, initialized_training, tensorboard_tags
 from bundle.errors import InputError, RunSettingsError, exception_chain
 from bundle.sam.adapter import read_adapter
 from bundle.workflows.common.checkpoints import INFO_KEY
+from bundle.workflows.semisup.data import draw_labelled_slices, labelled_count
+from bundle.workflows.semisup.pipeline import run_name
 
 
 @pytest.fixture(scope="module")
@@ -160,9 +163,11 @@ def test_inference_writes_masks_in_each_input_files_grid(lits, trained, tmp_path
 
 @pytest.mark.parametrize("method", ["unet", "zero_shot"])
 def test_baselines_train_and_evaluate(lits, tiny_sam_checkpoint, tmp_path, method):
-    run_mix(lits, tmp_path, tiny_sam_checkpoint, method=method)
+    # the zero-shot baseline trains no segmentation: it needs no labelled slice
+    num_labelled = 0 if method == "zero_shot" else 2
+    run_mix(lits, tmp_path, tiny_sam_checkpoint, method=method, num_labelled=num_labelled)
     card = torch.load(tmp_path / "models" / "model.pt", weights_only=True)["card"]
-    assert card["method"] == method
+    assert card["method"] == method and card["num_labelled"] == len(card["labelled_slices"]) == num_labelled
     assert not (tmp_path / "models" / "adapter.pt").exists()
     if method == "zero_shot":
         assert card["sam"]["lora_rank"] == 0 and not card["classifier"]["dense_guidance"]
@@ -181,6 +186,44 @@ def test_too_few_positive_slices_fail_before_any_model_is_built(lits, tiny_sam_c
 
 def test_evaluating_another_organ_than_trained_is_refused(lits, trained, tiny_sam_checkpoint):
     with pytest.raises(Exception) as info:
+
+
+@pytest.mark.parametrize(("value", "method", "fragment"), [
+    (2.5, "sam_mix", "2.5 is not a whole number"), ("2.5", "sam_mix", "'2.5' is not a whole number"),
+    (True, "sam_mix", "True is not a whole number"), (-1, "zero_shot", "-1 is negative"),
+    (0, "sam_mix", "method 'sam_mix' trains its segmentation"), (0, "unet", "method 'unet' trains its segmentation"),
+])
+def test_num_labelled_must_be_a_whole_number_the_method_can_use(value, method, fragment):
+    for check in (lambda: labelled_count(value, method), lambda: run_name(method, "liver", value, 0)):
+        with pytest.raises(ValueError) as info:
+            check()
+        assert str(info.value).startswith("num_labelled: ") and fragment in str(info.value)
+    assert labelled_count(0, "zero_shot") == 0 and labelled_count(np.int64(5)) == 5
+    assert run_name("zero_shot", "liver", 0, 1) == "zero_shot_n0_liver_seed1"
+    assert draw_labelled_slices([{"case_id": "a", "slice_index": 0, "class_label": 1}], 0, seed=0) == []
+
+
+def test_a_fractional_num_labelled_is_refused_before_any_model_is_built(lits, tiny_sam_checkpoint, tmp_path):
+    with pytest.raises(Exception) as info:
+        run_mix(lits, tmp_path, tiny_sam_checkpoint, num_labelled=2.5)
+    assert any(str(e).startswith("num_labelled: 2.5") for e in exception_chain(info.value))
+    assert not list(tmp_path.rglob("model.pt"))
+
+
+def test_an_edited_label_is_refused_before_any_model_is_built(lits, tiny_sam_checkpoint, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(lits.root, root)
+    label = root / json.loads(lits.datalist.read_text())["training"][0]["label"]
+    image = nib.load(str(label))
+    volume = np.asarray(image.dataobj).copy()
+    volume[..., volume.shape[-1] // 2] = 0  # the liver erased from a slice: its slice label in the datalist is stale
+    nib.save(nib.Nifti1Image(volume, image.affine, image.header), str(label))
+    copied = type(lits)(lits.preset, root, root / lits.datalist.name, lits.cases)
+    with pytest.raises(Exception) as info:
+        run_mix(copied, tmp_path / "work", tiny_sam_checkpoint)
+    found = [e for e in exception_chain(info.value) if isinstance(e, InputError)]
+    assert found and found[0].path == str(label) and "prepare_datalist" in str(found[0])
+    assert not list(tmp_path.rglob("model.pt"))
         run_mix(lits, trained, tiny_sam_checkpoint, run_id="evaluating", max_epochs=2, organ="tumour",
                 organ_values=[2])
     message = " ".join(str(e) for e in exception_chain(info.value) if isinstance(e, InputError))

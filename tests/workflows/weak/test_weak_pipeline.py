@@ -15,6 +15,7 @@ from monai.bundle import ConfigParser
 from weak_utils import run_weak
 from workflow_utils import CONFIGS, PRESETS, SAM_PRIORS, TRAIN, tensorboard_tags
 
+from bundle.data.summaries import summary_record
 from bundle.errors import InputError, RunSettingsError, exception_chain
 from bundle.hashing import path_sha256
 from bundle.workflows.common.checkpoints import EpochCheckpointSaver
@@ -98,7 +99,10 @@ def test_pseudo_labels_resume_case_by_case(phantom_set, tmp_path, shapes_sam_che
 
 
 def test_label_free_stages_never_read_label_voxels(phantom_set, tmp_path, shapes_sam_checkpoint):
-    """Label files replaced by garbage: the first four stages still run; the quality report fails naming the file."""
+    """Label files replaced by garbage: the first four stages still run; the quality report fails naming the file.
+
+    The datalist's records of the label files (:mod:`bundle.data.summaries`) are made to vouch for the garbage:
+    otherwise the stages refuse the changed files before any work, without reading their voxels either."""
     data = phantom_set("abdomenct1k")
     root = tmp_path / "data"
     shutil.copytree(data.root, root)
@@ -107,6 +111,10 @@ def test_label_free_stages_never_read_label_voxels(phantom_set, tmp_path, shapes
     assert len(labels) == 4
     for path in labels:
         path.write_bytes(b"not a NIfTI file")
+    for section in ("training", "validation", "testing"):  # records vouching for the garbage: only voxels would tell
+        for entry in datalist[section]:
+            entry["summarised"] = summary_record(root / entry["label"])
+    (root / "datalist.json").write_text(json.dumps(datalist))
     copy = type(data)(data.preset, root, root / "datalist.json", data.cases)
     sam = {"sam_checkpoint": str(shapes_sam_checkpoint)}
     for stage in ("sam_features", "subclasses", "classifier", "pseudo_labels"):
@@ -220,3 +228,39 @@ def test_wrong_datalist_fails_before_any_sam_work(phantom_set, tmp_path, shapes_
     assert isinstance(cause, InputError) and cause.path == str(data.datalist)
     assert "brats_wt" in str(cause) and "'lits'" in str(cause)
     assert not list(tmp_path.rglob("partition.json"))  # no feature was computed
+
+
+@pytest.mark.parametrize(("section", "run_id", "stage"), [("testing", "weak_training", "evaluation"),
+                                                          ("testing", "evaluation", "evaluation"),
+                                                          ("validation", "segmentation", "segmentation")])
+def test_an_empty_split_a_stage_needs_is_refused_before_the_first_stage(phantom_set, tmp_path, tiny_sam_checkpoint,
+                                                                       section, run_id, stage):
+    data = phantom_set("brats")
+    datalist = json.loads(data.datalist.read_text())
+    datalist[section] = []
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps(datalist))
+    with pytest.raises(RuntimeError) as failed:
+        run_weak(type(data)(data.preset, data.root, path, data.cases), tmp_path, run_id,
+                 sam_checkpoint=str(tiny_sam_checkpoint))
+    cause = failed.value.__cause__
+    assert isinstance(cause, InputError) and cause.path == str(path)
+    assert f"the {section} section is empty" in str(cause) and repr(stage) in str(cause)
+    assert not list(tmp_path.rglob("partition.json")) and not (tmp_path / "models").exists()
+
+
+def test_an_edited_label_is_refused_before_any_sam_work(phantom_set, tmp_path, tiny_sam_checkpoint):
+    data = phantom_set("brats")
+    root = tmp_path / "data"
+    shutil.copytree(data.root, root)
+    label = root / json.loads(data.datalist.read_text())["validation"][0]["label"]
+    image = nib.load(str(label))
+    volume = np.asarray(image.dataobj).copy()
+    volume[volume == 4] = 1  # enhancing tumour relabelled as necrosis: the slice rows of 4 are stale
+    nib.save(nib.Nifti1Image(volume, image.affine, image.header), str(label))
+    copied = type(data)(data.preset, root, root / data.datalist.name, data.cases)
+    with pytest.raises(RuntimeError) as failed:
+        run_weak(copied, tmp_path / "work", "sam_features", sam_checkpoint=str(tiny_sam_checkpoint))
+    cause = failed.value.__cause__
+    assert isinstance(cause, InputError) and cause.path == str(label) and "prepare_datalist" in str(cause)
+    assert not list(tmp_path.rglob("partition.json"))
