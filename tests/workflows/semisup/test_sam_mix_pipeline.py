@@ -186,6 +186,24 @@ def test_too_few_positive_slices_fail_before_any_model_is_built(lits, tiny_sam_c
 
 def test_evaluating_another_organ_than_trained_is_refused(lits, trained, tiny_sam_checkpoint):
     with pytest.raises(Exception) as info:
+        run_mix(lits, trained, tiny_sam_checkpoint, run_id="evaluating", max_epochs=2, organ="tumour",
+                organ_values=[2])
+    message = " ".join(str(e) for e in exception_chain(info.value) if isinstance(e, InputError))
+    assert "model.pt" in message and "trained on liver" in message
+
+
+@pytest.mark.parametrize("name", ["anatomical.nii", "reoriented_anat_moved.nii"])
+def test_inference_on_nibabel_files_keeps_their_grid(trained, tmp_path, name):
+    """Files nibabel's tests ship (big-endian int16 in LAS order; 4 mm float32 in RAS): masks land on their grid."""
+    from nibabel.testing import data_path
+
+    source = tmp_path / name
+    source.write_bytes((Path(data_path) / name).read_bytes())
+    infer_mix(trained / "models", tmp_path / "pred", input_files=[str(source)])
+    record = json.loads((tmp_path / "pred" / "inference_summary.json").read_text())[0]
+    written, original = nib.load(record["output"]), nib.load(source)
+    assert record["status"] == "written" and written.shape == original.shape
+    np.testing.assert_allclose(written.affine, original.affine, atol=1e-5)
 
 
 @pytest.mark.parametrize(("value", "method", "fragment"), [
@@ -224,21 +242,3 @@ def test_an_edited_label_is_refused_before_any_model_is_built(lits, tiny_sam_che
     found = [e for e in exception_chain(info.value) if isinstance(e, InputError)]
     assert found and found[0].path == str(label) and "prepare_datalist" in str(found[0])
     assert not list(tmp_path.rglob("model.pt"))
-        run_mix(lits, trained, tiny_sam_checkpoint, run_id="evaluating", max_epochs=2, organ="tumour",
-                organ_values=[2])
-    message = " ".join(str(e) for e in exception_chain(info.value) if isinstance(e, InputError))
-    assert "model.pt" in message and "trained on liver" in message
-
-
-@pytest.mark.parametrize("name", ["anatomical.nii", "reoriented_anat_moved.nii"])
-def test_inference_on_nibabel_files_keeps_their_grid(trained, tmp_path, name):
-    """Files nibabel's tests ship (big-endian int16 in LAS order; 4 mm float32 in RAS): masks land on their grid."""
-    from nibabel.testing import data_path
-
-    source = tmp_path / name
-    source.write_bytes((Path(data_path) / name).read_bytes())
-    infer_mix(trained / "models", tmp_path / "pred", input_files=[str(source)])
-    record = json.loads((tmp_path / "pred" / "inference_summary.json").read_text())[0]
-    written, original = nib.load(record["output"]), nib.load(source)
-    assert record["status"] == "written" and written.shape == original.shape
-    np.testing.assert_allclose(written.affine, original.affine, atol=1e-5)
