@@ -70,11 +70,11 @@ DEFAULT_TASKS = {"brats": "brats_wt", "lits": "lits_liver", "abdomenct1k": "abdo
 SEG_LABELS = (PSEUDO_KIND, CAM_KIND, "ground_truth")
 """What the segmentation stage trains on: the pseudo labels, the CAM-alone labels, or (the fully supervised baseline
 with the same settings) the datalist's real labels."""
+_NO_LABEL = "__weak_no_label__"  # a label key no entry has: entries are checked and loaded without their label
 #: the datalist sections a stage cannot run without: training for everything up to the segmentation, validation for
 #: the segmentation workflow (it validates every epoch), testing for the evaluation
 _SECTIONS_NEEDED = {"training": STAGES[:-1], "validation": ("segmentation",), "testing": ("evaluation",)}
 _FRACTION_OPTION = {"validation": "--val-fraction", "testing": "--test-fraction"}
-_NO_LABEL = "__weak_no_label__"  # a label key no entry has: entries are checked and loaded without their label
 
 
 def default_task(dataset_name: str) -> str:
@@ -182,13 +182,13 @@ class WeakPipeline:
         self.seg_labels = look_up_option(seg_labels, SEG_LABELS)
         self.resume = bool(resume)
 
-        # summaries: the stages train on the slice labels, which must still be those of the label files
     # ---- data ----------------------------------------------------------------------------------------------------
     def entries(self, section: str, with_label: bool = False) -> list[dict]:
         """The checked entries of a section; without ``with_label`` the label is neither checked nor kept."""
         data = read_datalist(self.datalist)
         if not isinstance(data.get(section), list) or not data[section]:
             return []
+        # summaries: the stages train on the slice labels, which must still be those of the label files
         entries = load_checked_section(self.datalist, section, self.dataset_dir, required=("image",),
                                        label_key="label" if with_label else _NO_LABEL, summaries=True)
         if not with_label:
@@ -212,6 +212,12 @@ class WeakPipeline:
         self._items("validation")
         if not train_items:
             raise InputError(self.datalist, "the training section has no case")
+        missing = [name for name, present in zip(class_groups(self.task), parent_labels(train_items, self.task).T)
+                   if not present.any()]
+        if missing:
+            raise InputError(self.datalist, f"no training slice holds {missing}: the classifier of task "
+                                            f"{self.task.name!r} cannot learn a class it never sees")
+
     def check_splits(self, stages: Sequence[str]) -> None:
         """Every datalist section that ``stages`` need holds a case, checked before the first stage: an empty test
         split would otherwise be found by the evaluation, after every training. The test cases' files (labels
@@ -234,12 +240,6 @@ class WeakPipeline:
                                                 f"{', '.join(needed_by)}")
         if "evaluation" in stages:
             load_checked_section(self.datalist, "testing", self.dataset_dir, required=("image", "label"))
-
-        missing = [name for name, present in zip(class_groups(self.task), parent_labels(train_items, self.task).T)
-                   if not present.any()]
-        if missing:
-            raise InputError(self.datalist, f"no training slice holds {missing}: the classifier of task "
-                                            f"{self.task.name!r} cannot learn a class it never sees")
 
     # ---- stages --------------------------------------------------------------------------------------------------
     def sam_features(self) -> dict:
@@ -396,7 +396,6 @@ class WeakPipeline:
         if self.eval_config_file is None:
             raise ValueError("no evaluation config given (eval_config_file)")
         overrides = {**self._seg_overrides(), "datalist": self.datalist, "eval_section": "testing"}
-        self.check_splits(names)  # every section the stages need, before the first of them
         self._run_bundle([*self.seg_config_files, self.eval_config_file], "evaluating", "eval", overrides)
         return {"labels": self.seg_labels, "eval_dir": str(Path(overrides["output_dir"]))}
 
@@ -420,6 +419,7 @@ class WeakPipeline:
             summary = json.loads(summary_path.read_text())
         except (OSError, ValueError):
             summary = {}
+        self.check_splits(names)  # every section the stages need, before the first of them
         if set(names) & set(STAGES[:4]):
             self.check()
         if "classifier" in names:
