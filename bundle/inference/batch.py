@@ -149,12 +149,14 @@ def _remove_stale(previous: dict | None, record_file: Path, written: list[Path])
 def _check_modality(model: BatchModel, source: InputSource, record: InputRecord, image=None) -> None:
     """Refuse an input whose DICOM Modality or intensities contradict the model's (:mod:`bundle.inference.modality`),
     or record why it runs anyway (``allow_modality_mismatch``)."""
+    if record.modality_mismatch:  # allowed at the header check already: said once
+        return
     reason = check_input_modality(model.modality, source.label, image,
                                   source.series.modality if source.series is not None else None,
                                   allow=model.allow_modality_mismatch)
     if reason:
-        record.modality_mismatch = reason
-        logger.warning("%s: %s (allowed by allow_modality_mismatch)", source.label, reason.split("; pass")[0])
+        record.modality_mismatch = reason.split("; pass --allow_modality_mismatch")[0]
+        logger.warning("%s: %s (allowed by allow_modality_mismatch)", source.label, record.modality_mismatch)
 
 
 def _run_one(model: BatchModel, source: InputSource, output_dir: Path, dicom_seg: bool, identity: dict,
