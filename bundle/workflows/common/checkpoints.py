@@ -28,7 +28,7 @@ from bundle.atomic import atomic_path
 from bundle.checkpoint_files import CheckpointError, load_checkpoint
 from bundle.distributed import is_main_process
 from bundle.workflows.common.guards import check_finite_state
-from bundle.workflows.common.run_settings import INFO_KEY, SETTINGS_KEY, verify_settings
+from bundle.workflows.common.run_settings import INFO_KEY, SETTINGS_KEY, resume_flag, verify_settings
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
@@ -184,7 +184,7 @@ class ResumeFromCheckpoint:
         self.logger = logging.getLogger(name)
         self._name = name
         self.settings = dict(settings) if settings is not None else None
-        self.resume = bool(resume)
+        self.resume = resume_flag(resume)
         self.info: dict = {}
 
     def attach(self, engine: Engine) -> None:

@@ -36,7 +36,7 @@ from bundle.hashing import canonical_json, json_sha256
 
 __all__ = ["HOW_TO_START_AFRESH", "INFO_KEY", "SETTINGS_KEY", "check_finished", "check_resume", "check_run",
            "checkpoint_epoch", "datalist_digest", "first_difference", "plan_training", "prior_signature",
-           "verify_settings", "without_max_epochs"]
+           "resume_flag", "verify_settings", "without_max_epochs"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,18 @@ HOW_TO_START_AFRESH = ("to start afresh, run with --resume false (replaces this 
                        "--output_dir (keeps it)")
 _NOT_RECORDED = "(not recorded)"
 _SHOWN = 120  # characters of a list or dictionary shown in a message
+
+
+def resume_flag(value: Any) -> bool:
+    """``resume`` as a boolean. ``--resume false`` reaches the config as a boolean once the command line is checked
+    (:mod:`bundle.overrides`); any other value (the text ``"false"``, which Python would take as true) is refused.
+
+    Raises:
+        ValueError: not a boolean, naming the option.
+    """
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"resume: {value!r} is not a boolean: give --resume true or --resume false")
 
 
 def datalist_digest(datalist: str | os.PathLike, sections: Sequence[str] = ("training", "validation")) -> str:
@@ -153,10 +165,10 @@ def checkpoint_epoch(checkpoint: Mapping, engine_key: str = "trainer") -> int | 
 
 
 def _resume_checkpoint(path: str, settings: Mapping, resume: bool, what: str) -> Mapping | None:
-    if not os.path.isfile(path):
-        return None
-    if not resume:
+    if not resume_flag(resume) and os.path.isfile(path):
         logger.warning("%s: resume=false: a new run starts and replaces the run of %s", what, path)
+        return None
+    if not os.path.isfile(path):
         return None
     checkpoint = _read(path, "resume checkpoint")
     info = checkpoint.get(INFO_KEY)
@@ -219,10 +231,10 @@ def check_finished(path: str | os.PathLike, settings: Mapping, resume: bool = Tr
         RunSettingsError: the model was trained with other settings, or records none.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        return None
-    if not resume:
+    if not resume_flag(resume) and os.path.isfile(path):
         logger.warning("%s: resume=false: %s is trained again and replaced", what, path)
+        return None
+    if not os.path.isfile(path):
         return None
     try:
         stored = _read(path, what)

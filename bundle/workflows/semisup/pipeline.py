@@ -44,7 +44,7 @@ from bundle.workflows.semisup.data import draw_labelled_slices, labelled_count, 
 from bundle.workflows.semisup.evaluation import evaluate_case, write_evaluation
 from bundle.workflows.semisup.panels import write_panels
 from bundle.workflows.semisup.predictor import SamMixPredictor, build_unet
-from bundle.workflows.common.run_settings import datalist_digest
+from bundle.workflows.common.run_settings import datalist_digest, resume_flag
 from bundle.workflows.semisup.training import METHODS, train_model, training_card, training_plan
 
 __all__ = ["SamMixWorkflow", "input_cases", "predict_files", "run_name"]
@@ -112,7 +112,7 @@ class SamMixWorkflow:
         self.summary_writer, self.panels = summary_writer, int(panels)
         self.device = torch.device(device)
         self.num_workers, self.cache_rate = int(num_workers), float(cache_rate)
-        self.resume = bool(resume)
+        self.resume = resume_flag(resume)
 
     # ---- data ----------------------------------------------------------------------------------------------------
     def entries(self, section: str) -> list[dict]:

@@ -51,7 +51,7 @@ from bundle.errors import InputError
 from bundle.folders import CONFIGS_DIR
 from bundle.workflows.common import ddp
 from bundle.workflows.common.case_report import json_safe
-from bundle.workflows.common.run_settings import datalist_digest
+from bundle.workflows.common.run_settings import datalist_digest, resume_flag
 from bundle.workflows.weak.classifier import classifier_card, classifier_plan, slice_dataset, train_classifier
 from bundle.workflows.weak.features import SamSliceFeatures
 from bundle.workflows.weak.panels import write_panels
@@ -180,7 +180,7 @@ class WeakPipeline:
         self.summary_writer, self.panels = summary_writer, int(panels)
         self.num_workers, self.cache_rate = int(num_workers), float(cache_rate)
         self.seg_labels = look_up_option(seg_labels, SEG_LABELS)
-        self.resume = bool(resume)
+        self.resume = resume_flag(resume)
 
     # ---- data ----------------------------------------------------------------------------------------------------
     def entries(self, section: str, with_label: bool = False) -> list[dict]:

@@ -75,6 +75,8 @@ def test_resume_only_with_the_same_settings(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert not check_resume(path, {**SETTINGS, "learning_rate": 0.02}, resume=False)
     assert "resume=false" in caplog.text
+    with pytest.raises(ValueError, match="resume: 'false' is not a boolean"):  # text Python would take as true
+        check_resume(path, SETTINGS, resume="false")
 
 
 def test_checkpoint_of_an_older_version_is_refused(tmp_path):
