@@ -37,7 +37,7 @@ from bundle.folders import CONFIGS_DIR
 from bundle.networks.fusion import fuse_probabilities
 from bundle.priors.cache import CachedSamPriord
 from bundle.workflows.common.checkpoints import load_network_weights
-from bundle.workflows.common.model_card import card_kind, card_path, read_card
+from bundle.workflows.common.model_card import card_kind, card_path, read_card, verify_weights
 from bundle.workflows.segmentation.workflow import network_config
 from bundle.workflows.semisup.predictor import SamMixPredictor
 
@@ -283,12 +283,17 @@ def load_model(model_dir: str | os.PathLike, device: Any = "cpu", prior_cache_di
     folder = Path(model_dir)
     if not folder.is_dir():
         raise InputError(folder, "is not a model folder (the folder a training wrote model.pt and model_card.json to)")
-    card = read_card(folder, (), "any training config of the bundle")
+    # the card is checked (schema, own digest) before any value is used; its binding to model.pt after the weights
+    # were loaded, so that a truncated or mismatched model.pt is reported by the loader's more precise message
+    card = read_card(folder, (), "any training config of the bundle", check_weights=False)
     kind = card_kind(card, card_path(folder))
     device = torch.device(device)
     prior_cache_dir = prior_cache_for(card, prior_cache_dir, fallback_cache_dir)
     if kind == "segmentation":
-        return SegmentationModel(folder, card, device, prior_cache_dir)
-    if kind == "classification":
-        return ClassificationModel(folder, card, device, prior_cache_dir)
-    return SamMixModel(folder, card, device, sam_checkpoint)
+        model: BatchModel = SegmentationModel(folder, card, device, prior_cache_dir)
+    elif kind == "classification":
+        model = ClassificationModel(folder, card, device, prior_cache_dir)
+    else:
+        model = SamMixModel(folder, card, device, sam_checkpoint)
+    verify_weights(card, card_path(folder))
+    return model

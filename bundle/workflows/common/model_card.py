@@ -35,7 +35,8 @@ from bundle.workflows.common.best_model import BestModelSaver
 from bundle.workflows.common.card_schema import CARD_SCHEMA_VERSION, check_plain, validate_card
 
 __all__ = ["CARD_KINDS", "CARD_NAME", "CARD_VERSION", "WEIGHTS_NAME", "CardBestModelSaver", "bind_card", "bound_card",
-           "card_digest", "card_kind", "card_modality", "card_path", "read_card", "write_card"]
+           "card_digest", "card_kind", "card_modality", "card_path", "read_card", "verify_weights",
+           "write_card"]
 
 CARD_NAME = "model_card.json"
 WEIGHTS_NAME = "model.pt"
@@ -127,14 +128,26 @@ def read_card(model_dir: str | os.PathLike, required: Sequence[str] = (), traine
                                f"so it no longer describes {weights}: restore the card written with those weights, "
                                "or train again")
     if check_weights:
-        if not os.path.isfile(weights):
-            raise MissingInputError(weights, f"no weights beside the model card {path}")
-        if file_sha256(weights) != card["weights_sha256"]:
-            raise InputError(weights, f"is not the model the card {path} was written for (weights sha256 differs "
-                                      "from the card's weights_sha256: new weights with an old card after an "
-                                      "interrupted training, or files from two runs): train again, or copy both "
-                                      "files of one run")
+        verify_weights(card, path)
     return card
+
+
+def verify_weights(card: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Check that the ``model.pt`` beside the card ``path`` is the one the card was written for.
+
+    Raises:
+        MissingInputError: no ``model.pt``.
+        InputError: its sha256 is not the card's ``weights_sha256``; names both files.
+    """
+    path = os.fspath(path)
+    weights = os.path.join(os.path.dirname(path), WEIGHTS_NAME)
+    if not os.path.isfile(weights):
+        raise MissingInputError(weights, f"no weights beside the model card {path}")
+    if file_sha256(weights) != card["weights_sha256"]:
+        raise InputError(weights, f"is not the model the card {path} was written for (weights sha256 differs "
+                                  "from the card's weights_sha256: new weights with an old card after an "
+                                  "interrupted training, or files from two runs): train again, or copy both "
+                                  "files of one run")
 
 
 def _read_json_card(model_dir: str | os.PathLike, trained_by: str) -> dict:
