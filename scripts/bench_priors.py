@@ -107,7 +107,7 @@ def get_model(args) -> tuple[torch.nn.Module, str]:
         return load_sam(args.model_type, args.checkpoint), f"checkpoint {args.checkpoint}"
     if args.model_type != "tiny":
         torch.manual_seed(args.seed)
-        return load_sam(args.model_type), "random weights (seeded)"
+        return load_sam(args.model_type, random_weights=True), "random weights (seeded)"
     path = DEFAULT_CHECKPOINT
     if not path.is_file():
         from bundle.sam.shapes_training import train_on_shapes
@@ -115,7 +115,7 @@ def get_model(args) -> tuple[torch.nn.Module, str]:
         print(f"training a tiny SAM on shapes ({args.train_steps} steps, batch 4), cached at {path} ...", flush=True)
         t0 = time.perf_counter()
         torch.manual_seed(0)
-        model = load_sam("tiny")
+        model = load_sam("tiny", random_weights=True)
         train_on_shapes(model, steps=args.train_steps, batch=4, seed=0)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
