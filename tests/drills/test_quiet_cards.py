@@ -190,6 +190,28 @@ def test_weights_that_are_not_the_cards_are_refused(folders, counts):
     counts["quiet"] += 1
 
 
+def test_sam_mix_adapter_of_another_write_is_refused(folders, counts):
+    """SAM-Mix writes adapter.pt, then model.pt (which records the adapter's sha256), then the card."""
+    from bundle.inference.models import load_model
+
+    file, _ = folders["sam_mix"]
+    adapter = file.parent / "adapter.pt"
+    original = adapter.read_bytes()
+    stored = torch.load(adapter, weights_only=True)
+    tensors = stored["state"]
+    name = next(k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point())
+    tensors[name] = tensors[name] + 0.01  # the adapter of a later training, killed before its model.pt
+    torch.save(stored, adapter)
+    try:
+        with pytest.raises(InputError, match="is not the adapter") as refused:
+            load_model(file.parent)
+        assert str(refused.value).startswith(str(adapter)) and str(file.parent / "model.pt") in str(refused.value)
+    finally:
+        adapter.write_bytes(original)
+    load_model(file.parent)
+    counts["quiet"] += 1
+
+
 def test_card_without_binding_is_refused_and_can_be_bound(folders, tmp_path, counts):
     from bundle.inference.models import load_model
     from bundle.workflows.common.model_card import main as model_card_main

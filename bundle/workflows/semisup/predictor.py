@@ -28,12 +28,13 @@ from monai.utils import look_up_option
 
 from bundle.checkpoint_files import load_checkpoint
 from bundle.errors import InputError
+from bundle.hashing import file_sha256
 from bundle.networks.sam_mix import SamMixNet
 from bundle.sam.cam_prompts import mask_boxes
 from bundle.sam.loading import load_sam, sam_info
 from bundle.sam.trainable import TrainableSam
 from bundle.workflows.common.card_schema import validate_card
-from bundle.workflows.semisup.training import GAIN_KEY
+from bundle.workflows.semisup.training import ADAPTER_KEY, GAIN_KEY
 
 __all__ = ["PROTOCOL_NAMES", "SamMixPredictor", "build_unet", "read_card"]
 
@@ -80,6 +81,7 @@ class SamMixPredictor:
         self.model_dir = Path(model_dir)
         stored = read_card(self.model_dir)
         self.card = stored["card"]
+        self._adapter_sha256 = stored.get(ADAPTER_KEY)  # recorded since adapters were bound to model.pt
         self.method = self.card["method"]
         self.device = torch.device(device)
         self.batch_size, self.gate = int(batch_size), float(gate)
@@ -104,6 +106,11 @@ class SamMixPredictor:
             raise ValueError(f"{self.model_dir}: trained on SAM {rec['model_type']} with sha256 "
                              f"{rec['checkpoint_sha256']}, but {info.checkpoint} has {info.checkpoint_sha256}")
         adapter = self.model_dir / "adapter.pt" if self.method == "sam_mix" else None
+        if adapter is not None and self._adapter_sha256 and adapter.is_file() \
+                and file_sha256(adapter) != self._adapter_sha256:
+            raise InputError(adapter, f"is not the adapter {self.model_dir / 'model.pt'} was trained with (its "
+                                      "sha256 differs from the one model.pt records: a kill between the two writes, "
+                                      "or files from two runs): train again, or copy the folder of one run")
         sam = load_sam(rec["model_type"], info.checkpoint, adapter=adapter, merge_adapter=True)
         tsam = TrainableSam(sam, lora_rank=0, tune=False, multimask=rec["multimask"], guidance=rec["guidance"],
                             guidance_weight=rec["guidance_weight"])

@@ -48,6 +48,7 @@ from monai.utils import CommonKeys
 
 from bundle import distributed
 from bundle.data.slice_dataset import CLASS_LABEL_KEY
+from bundle.hashing import file_sha256
 from bundle.sam.adapter import adapter_state_dict, save_adapter
 from bundle.sam.cam_prompts import mask_boxes
 from bundle.sam.engine import resolve_autocast
@@ -64,6 +65,8 @@ __all__ = ["CHECKPOINT_NAME", "GAIN_KEY", "METHODS", "JointStep", "LabelledBatch
 logger = logging.getLogger(__name__)
 
 METHODS = ("sam_mix", "zero_shot", "unet")
+#: the key of model.pt holding the sha256 of the adapter.pt written with it (SAM-Mix)
+ADAPTER_KEY = "adapter_sha256"
 CHECKPOINT_NAME = "sam_mix_last.pt"
 GAIN_KEY = "guidance_gain"
 """Where ``model.pt`` (and the resume checkpoint's SAM entry) keep the dense-guidance gain of the trained SAM."""
@@ -271,10 +274,14 @@ def _save_finished(method: str, network: torch.nn.Module, card: Mapping, model_d
     if method != "unet":  # the classifier's eval-mode statistics, from its final weights (common/batch_norm.py)
         recompute_batch_norm(network.classifier, loader, device)
     os.makedirs(model_dir, exist_ok=True)
+    bound = {}
     if method == "sam_mix":
-        save_adapter(network.sam.sam, os.path.join(os.fspath(model_dir), "adapter.pt"), extra={"card": card})
+        adapter_path = os.path.join(os.fspath(model_dir), "adapter.pt")
+        save_adapter(network.sam.sam, adapter_path, extra={"card": card})
+        # model.pt, written after the adapter, records its sha256: a kill between the two writes is refused
+        bound = {ADAPTER_KEY: file_sha256(adapter_path)}
     model_path = os.path.join(os.fspath(model_dir), "model.pt")
-    save_atomic({**_finished_model(method, network, card), **dict(run or {})}, model_path)
+    save_atomic({**_finished_model(method, network, card), **dict(run or {}), **bound}, model_path)
     # the card batch inference reads (bundle/workflows/common/model_card.py); model.pt keeps its own copy
     # (after model.pt: the card records its sha256, so a kill between the two writes is refused, not run)
     write_card(os.path.join(os.fspath(model_dir), CARD_NAME), {"kind": "sam_mix", **card}, model_path)
