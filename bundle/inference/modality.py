@@ -1,8 +1,8 @@
 """A model refuses images of another modality: the rule, in one place.
 
-Every model card records the modality of its training images (``CT``, ``MR`` or ``other``; :func:`modality_of`, from
-the dataset: BraTS is MR, LiTS and AbdomenCT-1K are CT, an MSD task by its ``dataset.json`` ``modality`` names, which
-become the card's channel names). Batch inference checks each input against it (:func:`modality_problem`):
+Every model card records the modality of its training images (``CT``, ``MR`` or ``other``;
+:func:`bundle.data.modalities.modality_of`, from the dataset: BraTS is MR, LiTS and AbdomenCT-1K are CT, an MSD task
+by its ``dataset.json`` ``modality`` names, which become the card's channel names). Batch inference checks each input against it (:func:`modality_problem`):
 
 - DICOM: the series' ``Modality`` attribute. ``CT`` for an MR model, or ``MR`` for a CT model, is a contradiction
   (other values, e.g. ``OT`` of a secondary capture, say nothing and leave the decision to the intensities).
@@ -22,39 +22,17 @@ runs the input anyway and the reason is recorded in its summary record (``modali
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
+
+from bundle.data.modalities import MODALITY_TOKENS, modality_of
 
 __all__ = ["CT_LOW_PERCENTILE", "CT_MIN_LOW", "MODALITY_TOKENS", "MR_AIR_FRACTION", "MR_AIR_HU", "check_input_modality",
            "modality_of", "modality_problem"]
 
-#: dataset preset -> modality of its images
-DATASET_MODALITY = {"brats": "MR", "brats2019": "MR", "brats2020": "MR", "brats2021": "MR", "brats2023": "MR",
-                    "lits": "CT", "abdomenct1k": "CT"}
-#: channel names (lower case) that mean MR; "ct" means CT (MSD dataset.json modality names, BraTS file tokens)
-MODALITY_TOKENS = {
-    "CT": ("ct",),
-    "MR": ("mr", "mri", "t1", "t1w", "t1ce", "t1c", "t1gd", "t1n", "t2", "t2w", "t2f", "flair", "adc", "dwi", "pd",
-           "swi", "fmri", "bold", "t2*"),
-}
 #: CT model: an input whose ``CT_LOW_PERCENTILE`` percentile is above ``CT_MIN_LOW`` has no fat or air
 CT_LOW_PERCENTILE, CT_MIN_LOW = 0.5, -50.0
 #: MR model: an input with at least ``MR_AIR_FRACTION`` of its voxels below ``MR_AIR_HU`` has Hounsfield air
 MR_AIR_HU, MR_AIR_FRACTION = -500.0, 0.01
-
-
-def modality_of(dataset: str | None, channel_names: Sequence[str]) -> str:
-    """``CT``, ``MR`` or ``other``: from the dataset preset when known, else from the channel names (all CT, or
-    all MR sequences)."""
-    if dataset and str(dataset).lower() in DATASET_MODALITY:
-        return DATASET_MODALITY[str(dataset).lower()]
-    found = set()
-    for name in channel_names:
-        token = str(name).strip().lower()
-        kinds = [m for m, tokens in MODALITY_TOKENS.items() if token in tokens]
-        found.add(kinds[0] if kinds else "other")
-    return found.pop() if len(found) == 1 else "other"
 
 
 def modality_problem(modality: str | None, image: np.ndarray | None = None, dicom_modality: str | None = None

@@ -29,12 +29,11 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
+from bundle.data.modalities import MODALITIES
 from bundle.errors import InputError
 
 __all__ = ["CARD_SCHEMAS", "MODALITIES", "check_plain", "validate_card"]
 
-MODALITIES = ("CT", "MR", "other")
-"""What a model's images are: CT (Hounsfield units), MR, or anything else (no modality check)."""
 
 #: config directives of MONAI's ConfigParser (``_target_``, ``_requires_``, ``_disabled_``, ``_desc_``, ``_mode_``)
 _DIRECTIVE = re.compile(r"^_\w*_$")
@@ -264,10 +263,7 @@ def _schemas() -> dict[str, Validator]:
     from bundle.sam.loading import SAM_MODELS
     from bundle.sam.slices import WINDOW_PRESETS
     from bundle.sam.trainable import GUIDANCE_MODES, MULTIMASK_MODES
-    from bundle.workflows.segmentation.inferer import ENTROPY_MODES, INFER_MODES
-    from bundle.workflows.segmentation.inputs import PRIOR_MODES
-    from bundle.workflows.segmentation.workflow import SPATIAL_DIMS
-    from bundle.workflows.semisup.training import METHODS
+    from bundle.workflows.common.options import ENTROPY_MODES, INFER_MODES, PRIOR_MODES, SAM_MIX_METHODS, SPATIAL_DIMS
 
     sam_types = one_of(*SAM_MODELS, FALLBACK)
     backbone_kwargs = mapping(either(scalar, list_of(scalar, 0, 8)))
@@ -316,7 +312,7 @@ def _schemas() -> dict[str, Validator]:
     mix_fields = {
         "roi_size": _SIZE, "image_channel_names": _NAMES, "intensity": _intensity, "task": one_of(*TASK_NAMES),
         "dataset": dataset, "organ": text(), "organ_values": list_of(integer(0, 255), 1, 64),
-        "num_labelled": integer(0), "central_fraction": number(0, 1), "method": one_of(*METHODS),
+        "num_labelled": integer(0), "central_fraction": number(0, 1), "method": one_of(*SAM_MIX_METHODS),
         "labelled_slices": list_of(record({"case_id": text(), "slice_index": integer(0)}), 0, 100000),
         "training": settings}
     mix_optional = {

@@ -60,8 +60,8 @@ def card_digest(card: Mapping[str, Any]) -> str:
 
 
 def card_modality(card: Mapping[str, Any]) -> str:
-    """The modality of the images a card's model was trained on (:func:`bundle.inference.modality.modality_of`)."""
-    from bundle.inference.modality import modality_of
+    """The modality of the images a card's model was trained on (:func:`bundle.data.modalities.modality_of`)."""
+    from bundle.data.modalities import modality_of
 
     dataset = card.get("dataset_name") or card.get("dataset")
     if not dataset and card.get("task"):

@@ -24,12 +24,13 @@ import torch
 from monai.inferers import Inferer
 from monai.utils import CommonKeys, look_up_option
 
+from bundle.workflows.common import options
 from bundle.workflows.segmentation.inputs import PRIOR_MODES, build_network_input, raw_network_input, split_image_prior
 
 __all__ = ["INFER_MODES", "ENTROPY_MODES", "SamAugInferer", "SamAugPrepareBatch", "selection_score"]
 
-INFER_MODES = ("aug_only", "raw", "entropy_select")
-ENTROPY_MODES = ("binary", "margin")
+INFER_MODES = options.INFER_MODES  # recorded in model cards: the names live in common/options.py
+ENTROPY_MODES = options.ENTROPY_MODES
 SELECTION_UNITS = ("sample", "slice")
 
 

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import torch
 from monai.utils import look_up_option
 
+from bundle.workflows.common import options
+
 __all__ = [
     "PRIOR_MODES",
     "DEFAULT_PRIOR_NAMES",
@@ -31,7 +33,7 @@ __all__ = [
     "split_image_prior",
 ]
 
-PRIOR_MODES = ("add", "channels", "concat", "none")
+PRIOR_MODES = options.PRIOR_MODES  # recorded in model cards: the names live in common/options.py
 DEFAULT_PRIOR_NAMES = ("sam_seg_prior", "sam_boundary_prior")
 
 

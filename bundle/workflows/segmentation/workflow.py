@@ -23,6 +23,7 @@ from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.utils import look_up_option
 
 from bundle.data.datalist_io import load_checked_section
+from bundle.workflows.common import options
 from bundle.workflows.common.inputs import file_cases
 from bundle.workflows.segmentation.inputs import PRIOR_MODES
 
@@ -43,7 +44,7 @@ __all__ = [
     "network_config",
 ]
 
-SPATIAL_DIMS = (2, 3)
+SPATIAL_DIMS = options.SPATIAL_DIMS  # recorded in model cards: the names live in common/options.py
 #: datalist fields the segmentation workflows read; the others (slice labels of varying length) would break collation
 DATALIST_KEYS = ("case_id", "image", "label")
 

@@ -52,7 +52,7 @@ from bundle.hashing import file_sha256
 from bundle.sam.adapter import adapter_state_dict, save_adapter
 from bundle.sam.cam_prompts import mask_boxes
 from bundle.sam.engine import resolve_autocast
-from bundle.workflows.common import ddp
+from bundle.workflows.common import ddp, options
 from bundle.workflows.common.batch_norm import recompute_batch_norm
 from bundle.workflows.common.checkpoints import EpochCheckpointSaver, ResumeFromCheckpoint, save_atomic
 from bundle.workflows.common.guards import StopOnNonFiniteLoss
@@ -64,7 +64,7 @@ __all__ = ["CHECKPOINT_NAME", "GAIN_KEY", "METHODS", "JointStep", "LabelledBatch
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("sam_mix", "zero_shot", "unet")
+METHODS = options.SAM_MIX_METHODS  # recorded in model cards: the names live in common/options.py
 #: the key of model.pt holding the sha256 of the adapter.pt written with it (SAM-Mix)
 ADAPTER_KEY = "adapter_sha256"
 CHECKPOINT_NAME = "sam_mix_last.pt"
