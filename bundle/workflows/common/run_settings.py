@@ -35,8 +35,8 @@ from bundle.errors import RunSettingsError
 from bundle.hashing import canonical_json, json_sha256
 
 __all__ = ["HOW_TO_START_AFRESH", "INFO_KEY", "SETTINGS_KEY", "check_finished", "check_resume", "check_run",
-           "checkpoint_epoch", "datalist_digest", "first_difference", "plan_training", "prior_signature",
-           "resume_flag", "verify_settings", "without_max_epochs"]
+           "checkpoint_epoch", "datalist_digest", "first_difference", "optimizer_settings", "plan_training",
+           "prior_signature", "resume_flag", "verify_settings", "without_max_epochs"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,16 @@ def prior_signature(use_priors: bool, prior: Any = None) -> dict | None:
     """The SAM prior transform's signature (what names its prior-cache partition), or None without priors. Computing
     it never builds SAM."""
     return prior.signature() if use_priors and prior is not None else None
+
+
+_OPTIMIZER_FIELDS = ("lr", "weight_decay", "betas", "momentum", "dampening", "nesterov", "eps", "amsgrad")
+
+
+def optimizer_settings(optimizer: Any) -> dict:
+    """A torch optimizer as run settings: its class and hyper-parameters (learning rate, weight decay, betas, ...)."""
+    defaults = getattr(optimizer, "defaults", {})
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items() if k in _OPTIMIZER_FIELDS}
+    return {"name": type(optimizer).__name__, **fields}
 
 
 def without_max_epochs(settings: Mapping) -> dict:

@@ -16,6 +16,7 @@ from bundle.workflows.common.run_settings import (
     check_run,
     datalist_digest,
     first_difference,
+    optimizer_settings,
     plan_training,
     without_max_epochs,
 )
@@ -49,6 +50,15 @@ def test_first_difference_names_the_setting_in_order():
     assert first_difference(SETTINGS, {**SETTINGS, "network": {"channels": [8, 16]}})[0] == "network.channels"
     assert first_difference(SETTINGS, {**SETTINGS, "prior": None}) == ("prior", "(not recorded)", "null")
     assert without_max_epochs({"a": 1, "training": {"max_epochs": 5, "lr": 1}}) == {"a": 1, "training": {"lr": 1}}
+
+
+def test_optimizer_settings_are_plain_and_name_the_optimizer():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    adamw = optimizer_settings(torch.optim.AdamW(params, lr=0.01, weight_decay=1e-5))
+    assert adamw == {"name": "AdamW", "lr": 0.01, "betas": [0.9, 0.999], "eps": 1e-08, "weight_decay": 1e-05,
+                     "amsgrad": False}
+    json.dumps(adamw)
+    assert first_difference(adamw, optimizer_settings(torch.optim.SGD(params, lr=0.01)))[0] == "name"
 
 
 def test_datalist_digest_covers_the_trained_entries_only(tmp_path):
