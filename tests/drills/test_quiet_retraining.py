@@ -5,16 +5,23 @@ folder of a finished run with one setting changed. Before run settings were reco
 old ``checkpoint_last.pt``, logged ``training is already complete``, trained nothing and exited 0 with the old
 ``model.pt`` (writing none into a new ``--ckpt_dir``). Now each is refused with one ``ERROR:`` line that names the
 checkpoint's folder, the first differing setting (``old -> new``) and ``--resume false``; the same command is a no-op
-that says so; ``--resume false`` trains afresh. ``counts["quiet"]`` counts the quiet failures shown fixed.
+that says so; ``--resume false`` trains afresh. SAM-Mix (like WeakMedSAM, whose pipeline is tested in
+``tests/workflows/weak``) compared a card but then trained afresh and replaced the finished model, exit 0: now it
+refuses the same way. ``counts["quiet"]`` counts the quiet failures shown fixed.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
-from drill_utils import copy_set, training_argv
+from drill_utils import bundle_argv, copy_set, training_argv
+from workflow_utils import make_phantom_set
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflows" / "semisup"))
+from semisup_utils import mix_files, mix_overrides  # noqa: E402  (the SAM-Mix tests' tiny settings)
 
 from bundle.checkpoint_files import load_checkpoint
 from bundle.hashing import file_sha256
@@ -117,3 +124,25 @@ def test_samaug_c_rerun_with_other_learning_rate_is_refused(pristine, commands, 
 
     result = commands.run(argv(learning_rate=0.0003), tmp_path / "log" / "same")
     assert result.rc == 0 and "already complete" in result.stdout, result.stderr[-3000:]
+
+
+def test_sam_mix_rerun_with_other_learning_rate_is_refused(commands, counts, tmp_path, tiny_sam_checkpoint):
+    data = make_phantom_set("lits", tmp_path / "data")
+    work = tmp_path / "work"
+
+    def argv(**overrides):
+        return bundle_argv("training", mix_files("lits"), mix_overrides(data, work, tiny_sam_checkpoint, **overrides))
+
+    result = commands.run(argv(), tmp_path / "log" / "first")
+    assert result.rc == 0, result.stderr[-3000:]
+    model = work / "models" / "model.pt"
+    stamp = file_sha256(model)
+
+    result = commands.run(argv(learning_rate=0.0003), tmp_path / "log" / "lr")
+    _refused(result, str(model), "training.learning_rate 0.0001 -> 0.0003", "--resume false")
+    assert file_sha256(model) == stamp
+    counts["quiet"] += 1
+
+    result = commands.run(argv(), tmp_path / "log" / "same")
+    assert result.rc == 0 and "reusing it" in result.stdout, result.stderr[-3000:]
+    assert file_sha256(model) == stamp
