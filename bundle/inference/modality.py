@@ -2,7 +2,8 @@
 
 Every model card records the modality of its training images (``CT``, ``MR`` or ``other``;
 :func:`bundle.data.modalities.modality_of`, from the dataset: BraTS is MR, LiTS and AbdomenCT-1K are CT, an MSD task
-by its ``dataset.json`` ``modality`` names, which become the card's channel names). Batch inference checks each input against it (:func:`modality_problem`):
+by its ``dataset.json`` ``modality`` names, which become the card's channel names). Batch inference checks each
+input against it (:func:`modality_problem`):
 
 - DICOM: the series' ``Modality`` attribute. ``CT`` for an MR model, or ``MR`` for a CT model, is a contradiction
   (other values, e.g. ``OT`` of a secondary capture, say nothing and leave the decision to the intensities).

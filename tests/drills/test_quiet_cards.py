@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 import pydicom
 import pytest
 import torch
