@@ -30,7 +30,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bundle.checkpoint_files import CheckpointError, load_checkpoint
+from bundle.data.case_check import RECORD_KEY
 from bundle.data.datalist_io import read_datalist
+from bundle.data.summaries import SUMMARY_KEY
 from bundle.errors import RunSettingsError
 from bundle.hashing import canonical_json, json_sha256
 
@@ -63,11 +65,19 @@ def resume_flag(value: Any) -> bool:
     raise ValueError(f"resume: {value!r} is not a boolean: give --resume true or --resume false")
 
 
+_RECORDS = (RECORD_KEY, SUMMARY_KEY)  # what the checks found (sizes, modification times), not what the case is
+
+
 def datalist_digest(datalist: str | os.PathLike, sections: Sequence[str] = ("training", "validation")) -> str:
     """sha256 of the entries of ``sections`` (the cases a training trains and validates on), not of the file: another
-    test split, a description, the file's place or time do not change it; an added, removed or edited case does."""
+    test split, a description, the file's place or time, or the check records of an entry (which hold the files'
+    modification times) do not change it; an added, removed or edited case does (its files, labels, slice labels)."""
     data = read_datalist(datalist)
-    return json_sha256({section: data.get(section) or [] for section in sections})
+
+    def case(entry: Any) -> Any:
+        return {k: v for k, v in entry.items() if k not in _RECORDS} if isinstance(entry, Mapping) else entry
+
+    return json_sha256({section: [case(e) for e in data.get(section) or []] for section in sections})
 
 
 def prior_signature(use_priors: bool, prior: Any = None) -> dict | None:

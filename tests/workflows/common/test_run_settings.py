@@ -69,6 +69,9 @@ def test_datalist_digest_covers_the_trained_entries_only(tmp_path):
     digest = datalist_digest(path)
     path.write_text(json.dumps({**data, "testing": [], "description": "y"}, indent=2))
     assert datalist_digest(path) == digest  # another test split or layout: the same run
+    checked = {**data, "training": [{**data["training"][0], "checked": {"files": {"a.nii.gz": {"mtime_ns": 1}}}}]}
+    path.write_text(json.dumps(checked))
+    assert datalist_digest(path) == digest  # the check records (modification times) are not the case
     path.write_text(json.dumps({**data, "training": [{"image": "d.nii.gz", "label": "d_seg.nii.gz"}]}))
     assert datalist_digest(path) != digest
 
