@@ -422,7 +422,7 @@ class WeakPipeline:
         self.check_splits(names)  # every section the stages need, before the first of them
         if set(names) & set(STAGES[:4]):
             self.check()
-        if "classifier" in names:
+        if {"classifier", "pseudo_labels"} & set(names):  # the pseudo labels come from the classifier in model_dir
             self.check_classifier_run()
         torch.manual_seed(self.seed)
         np.random.seed(self.seed)

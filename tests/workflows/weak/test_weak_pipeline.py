@@ -212,6 +212,9 @@ def test_interrupted_classifier_resumes_at_its_last_epoch(phantom_set, tmp_path,
     (error,) = [e for e in exception_chain(refused.value) if isinstance(e, RunSettingsError)]
     assert error.path == str(tmp_path / "models" / "classifier.pt")
     assert "training.learning_rate 0.0001 -> 0.0003" in str(error) and "--resume false" in str(error)
+    with pytest.raises(RuntimeError) as refused:  # nor are pseudo labels made with it as if it were this run's
+        run_weak(data, tmp_path, "pseudo_labels", **{**sam, "learning_rate": 3e-4})
+    assert any(isinstance(e, RunSettingsError) for e in exception_chain(refused.value))
     caplog.clear()
     with caplog.at_level(logging.INFO):
         run_weak(data, tmp_path, "classifier", **{**sam, "learning_rate": 3e-4, "resume": False})
