@@ -59,7 +59,7 @@ def check_report_scores_the_written_file(data, work, eval_name: str) -> dict:
     (entry,) = json.loads(data.datalist.read_text())["testing"]
     truth_file = nib.load(data.root / entry["label"])
     truth = to_regions(np.asarray(truth_file.dataobj)[None])
-    (written,) = sorted((work / "predictions").glob("*_seg.nii.gz"))
+    (written,) = sorted((work / "predictions").glob("*_pred.nii.gz"))
     pred = to_regions(np.asarray(nib.load(written).dataobj)[None])
     spacing = [float(s) for s in truth_file.header.get_zooms()[:3]]
     from_file = volume_metrics(pred > 0.5, truth > 0.5, spacing=spacing, class_names=list(regions))

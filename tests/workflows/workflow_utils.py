@@ -172,7 +172,7 @@ def check_training_outputs(work: Path, class_names: list[str], channel_names: li
 
 def check_predictions(data: PhantomSet, work: Path, values: set[int]) -> None:
     """One label map per testing case, on the input's grid (shape and affine) with the dataset's label values."""
-    outputs = sorted((work / "predictions").glob("*_seg.nii.gz"))
+    outputs = sorted((work / "predictions").glob("*_pred.nii.gz"))
     assert len(outputs) == len(data.cases["testing"]) == 1
     with open(data.datalist) as f:
         (entry,) = json.load(f)["testing"]

@@ -35,6 +35,7 @@ from bundle.data.datalist_io import load_checked_section, read_datalist
 from bundle.data.slice_dataset import cached_slices, slice_items
 from bundle.data.writers import to_file_grid
 from bundle.errors import InputError
+from bundle.hashing import file_sha256, path_sha256
 from bundle.networks.sam_mix import SamMixNet
 from bundle.sam.loading import load_sam, sam_info
 from bundle.sam.trainable import TrainableSam
@@ -278,30 +279,68 @@ def input_cases(input_files, datalist=None, section: str = "testing", data_root=
     return [{"case_id": case_id_of(e), "image": e["image"]} for e in entries]
 
 
+#: every output this workflow wrote into an output folder, by path: which model wrote it from which input
+OUTPUT_RECORDS = "inference_records.json"
+
+
+def _output_records(folder: Path) -> dict[str, dict]:
+    """The output records of ``folder`` (none when the file is missing or unreadable: outputs are then not trusted)."""
+    try:
+        records = json.loads((folder / OUTPUT_RECORDS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in records.items() if isinstance(v, dict)} if isinstance(records, dict) else {}
+
+
 def predict_files(model_dir: str | os.PathLike, cases: Sequence[Mapping], output_dir: str | os.PathLike, loader,
-                  device="cpu", sam_checkpoint: str | None = None, suffix: str = "_seg") -> list[dict]:
+                  device="cpu", sam_checkpoint: str | None = None, suffix: str = "_pred") -> list[dict]:
     """The organ mask of every case, written as a NIfTI in its image file's grid (shape, affine, axis order).
+
+    An output is kept (``exists``) only when the folder's ``inference_records.json`` says this ``model.pt`` (sha256)
+    wrote it from this input file (sha256): another model or a changed scan predicts it again. A file of that name that
+    no run wrote, or one changed since, is never written over: the run stops naming it before any prediction.
 
     Args:
         model_dir: the trained model folder.
         cases: :func:`input_cases` (one image file per case).
-        output_dir: where ``<case_id><suffix>.nii.gz`` go (written atomically; an existing output is kept).
+        output_dir: where ``<case_id><suffix>.nii.gz`` go (written atomically), with ``inference_summary.json`` (this
+            run) and ``inference_records.json`` (every output written there).
         loader: transform loading ``{"image": file}`` as in training (checked, RAS, intensity-scaled).
 
     Returns:
-        one record per file: ``image``, ``output``, ``status`` (``written`` / ``exists``), ``seconds``.
+        one record per file: ``image``, ``output``, ``status`` (``written`` / ``exists``), ``seconds`` and the sha256
+        of the model, the input and the output.
+
+    Raises:
+        InputError: an output path holds a file this workflow did not write (named, before any prediction).
     """
     predictor = SamMixPredictor(model_dir, device, sam_checkpoint=sam_checkpoint)
+    model_sha = file_sha256(Path(model_dir) / "model.pt")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    known = _output_records(output_dir)
+    plan = []
+    for case in cases:
+        path, out_path = case["image"], output_dir / f"{case['case_id']}{suffix}.nii.gz"
+        before, input_sha = known.get(str(out_path)), path_sha256(path)
+        out_sha = file_sha256(out_path) if out_path.exists() else None
+        # a record marked "writing" is this workflow's own output cut short by a kill: predicted again
+        if out_sha is not None and (before is None or (before.get("output_sha256") != out_sha
+                                                       and not before.get("writing"))):
+            raise InputError(out_path, "exists and was not written by this workflow (or was changed since): it is "
+                                       "never written over; move it away or choose another --output_dir")
+        current = before is not None and out_sha is not None and before.get("output_sha256") == out_sha \
+            and before.get("model_sha256") == model_sha and before.get("input_sha256") == input_sha
+        plan.append((path, out_path, input_sha, before if current else None))
     records = []
-    for i, case in enumerate(cases, 1):
-        path, name = case["image"], case["case_id"]
-        out_path = output_dir / f"{name}{suffix}.nii.gz"
-        if out_path.exists():
-            records.append({"image": str(path), "output": str(out_path), "status": "exists", "seconds": 0.0})
+    for i, (path, out_path, input_sha, kept) in enumerate(plan, 1):
+        if kept is not None:
+            records.append({**kept, "status": "exists", "seconds": 0.0})
             continue
         start = time.perf_counter()
+        record = {"image": str(path), "output": str(out_path), "model_sha256": model_sha, "input_sha256": input_sha}
+        known[str(out_path)] = {**record, "writing": True}
+        write_text_atomic(output_dir / OUTPUT_RECORDS, json.dumps(known, indent=1))
         image = loader({"image": path})["image"]
         mask = predictor.predict_volume(image)["fair"]["mask"][0]
         file_affine = np.asarray(image.meta.get("original_affine", image.affine), np.float64)
@@ -309,7 +348,10 @@ def predict_files(model_dir: str | os.PathLike, cases: Sequence[Mapping], output
         with atomic_path(out_path) as tmp:  # the temporary name keeps .nii.gz: nibabel picks the format from it
             nib.save(nib.Nifti1Image(volume.astype(np.uint8), file_affine), tmp)
         seconds = time.perf_counter() - start
-        records.append({"image": str(path), "output": str(out_path), "status": "written", "seconds": round(seconds, 2)})
-        logger.info("sam-mix inference: %d/%d %s -> %s (%.1f s)", i, len(cases), path, out_path, seconds)
+        record["output_sha256"] = file_sha256(out_path)
+        records.append({**record, "status": "written", "seconds": round(seconds, 2)})
+        known[str(out_path)] = record
+        write_text_atomic(output_dir / OUTPUT_RECORDS, json.dumps(known, indent=1))
+        logger.info("sam-mix inference: %d/%d %s -> %s (%.1f s)", i, len(plan), path, out_path, seconds)
     write_text_atomic(output_dir / "inference_summary.json", json.dumps(records, indent=1))
     return records

@@ -34,7 +34,7 @@ def test_sam_mix_with_lite_medsam(phantom_set, tmp_path, preset, organ):
     assert set(both["protocols"]) == {"fair", "anchor"}
     image = data.root / json.loads(data.datalist.read_text())["testing"][0]["image"]
     infer_mix(tmp_path / "models", tmp_path / "pred", input_files=[str(image)])
-    written = nib.load(next((tmp_path / "pred").glob("*_seg.nii.gz")))
+    written = nib.load(next((tmp_path / "pred").glob("*_pred.nii.gz")))
     assert written.shape == nib.load(image).shape
     np.testing.assert_allclose(written.affine, nib.load(image).affine, atol=1e-5)
 

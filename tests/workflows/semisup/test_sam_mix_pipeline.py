@@ -161,6 +161,35 @@ def test_inference_writes_masks_in_each_input_files_grid(lits, trained, tmp_path
     assert json.loads((out / "inference_summary.json").read_text())[0]["status"] == "exists"
 
 
+def test_inference_keeps_only_outputs_of_this_model_and_input(lits, trained, tmp_path):
+    """A rerun keeps an output only when this model.pt wrote it from this input; files it did not write stay as
+    they are (a dataset's own label named like an output, an edited output)."""
+    original = lits.root / json.loads(lits.datalist.read_text())["testing"][0]["image"]
+    source = tmp_path / f"case{''.join(original.suffixes)}"
+    shutil.copy(original, source)
+    out = tmp_path / "pred"
+    infer_mix(trained / "models", out, input_files=[str(source)])
+    records_path = out / "inference_records.json"
+    (output,) = json.loads(records_path.read_text())
+    records = json.loads(records_path.read_text())
+    records[output]["model_sha256"] = "0" * 64  # as if another model had written it
+    records_path.write_text(json.dumps(records))
+    infer_mix(trained / "models", out, input_files=[str(source)])
+    assert json.loads((out / "inference_summary.json").read_text())[0]["status"] == "written"
+    infer_mix(trained / "models", out, input_files=[str(source)])
+    assert json.loads((out / "inference_summary.json").read_text())[0]["status"] == "exists"
+    img = nib.load(source)  # the scan replaced under the same name
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::-1].copy(), img.affine), source)
+    infer_mix(trained / "models", out, input_files=[str(source)])
+    assert json.loads((out / "inference_summary.json").read_text())[0]["status"] == "written"
+    Path(output).write_bytes(b"a file the workflow did not write")
+    with pytest.raises(Exception) as info:
+        infer_mix(trained / "models", out, input_files=[str(source)])
+    found = [e for e in exception_chain(info.value) if isinstance(e, InputError)]
+    assert found and found[0].path == output and "never written over" in str(found[0])
+    assert Path(output).read_bytes() == b"a file the workflow did not write"
+
+
 @pytest.mark.parametrize("method", ["unet", "zero_shot"])
 def test_baselines_train_and_evaluate(lits, tiny_sam_checkpoint, tmp_path, method):
     # the zero-shot baseline trains no segmentation: it needs no labelled slice
