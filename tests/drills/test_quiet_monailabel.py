@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps"))
@@ -80,6 +82,9 @@ def served(tmp_path_factory):
     shutil.copy(images[2], outside / f"outside{ext}")
     shutil.copy(labels[1], outside / f"outside_label{ext}")
     (canary / "keep.txt").write_text("canary\n")
+    ct = nib.load(str(images[0]))  # the same anatomy as an MR scan would store it: no Hounsfield air or fat
+    mr = np.asarray(ct.dataobj, np.float32)
+    nib.save(nib.Nifti1Image(mr - mr.min(), ct.affine), str(studies / f"mr{ext}"))
     (studies / f"linked{ext}").symlink_to(outside / f"outside{ext}")
     (studies / "labels" / "final" / f"case2{ext}").symlink_to(outside / f"outside_label{ext}")
 
@@ -263,4 +268,19 @@ def test_label_endpoints_stay_in_the_studies_folder(served, counts):
     status, answer = server.answer("PUT", "/datastore/label?image=case&tag=final", body, headers)
     assert status == 200 and json.loads(answer) == {"image": "case", "label": "case"}, answer
     assert (layout["studies"] / "labels" / "final" / f"case{ext}").read_bytes() == label
+    counts["quiet"] += 1
+
+
+def test_infer_refuses_another_modality(served, counts):
+    """The served model is a CT (LiTS) model: an MR-like image is refused with its reason unless the request allows
+    it, as batch inference does (it ran quietly before)."""
+    server, layout = served
+    status, body = server.answer("POST", "/infer/segmentation?image=mr&output=json")
+    text = _no_echo(body, layout)
+    assert status == 422 and "image id 'mr': intensities look like MR, not CT" in text, f"{status} {text}"
+    assert "allow_modality_mismatch" in text
+    body, ctype = multipart_body({"params": (None, json.dumps({"allow_modality_mismatch": True}).encode(),
+                                             "application/json")})
+    status, answer = server.answer("POST", "/infer/segmentation?image=mr&output=json", body, {"Content-Type": ctype})
+    assert status == 200, answer
     counts["quiet"] += 1

@@ -36,11 +36,13 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from bundle.errors import InputError
+from bundle.inference.modality import modality_problem
 from bundle.inference.models import BatchModel, load_model, segment_names
 from bundle.inference.sources import collect_inputs
 from bundle.inference.volumes import load_input
 from bundle.workflows.common.model_card import card_kind, read_card
 from lib.datalist import case_id_for
+from lib.settings import truthy
 
 __all__ = ["ClassificationTask", "LoadServedInputd", "SegmentationTask", "ServedModel"]
 
@@ -158,8 +160,9 @@ class LoadServedInputd:
             loaded = load_input(sources[0], self.channel_names)
         except InputError as err:
             raise refuse(str(err)) from err
+        series = sources[0].series
         d.update(image=loaded.image, image_path=path, case_id=case_id_for(path), affine=loaded.affine,
-                 spatial_shape=loaded.spatial_shape)
+                 spatial_shape=loaded.spatial_shape, dicom_modality=series.modality if series is not None else None)
         return d
 
 
@@ -194,10 +197,29 @@ class _ServedTask(BasicInferTask):
     def _entry_stamps(self, case_id: str) -> dict[str, int]:
         return {str(p): p.stat().st_mtime_ns for p in self.served.prior_cache.glob(f"*/{case_id}/entry.json")}
 
+    @staticmethod
+    def _check_modality(model: BatchModel, data: dict) -> None:
+        """Refuse an image whose DICOM Modality or intensities contradict the model's (the batch inference rule,
+        :mod:`bundle.inference.modality`) unless the request sends ``allow_modality_mismatch: true``."""
+        reason = modality_problem(model.modality, np.asarray(data["image"]), data.get("dicom_modality"))
+        if not reason:
+            return
+        reason = reason.split("; pass --allow_modality_mismatch")[0]
+        try:
+            allowed = truthy(data.get("allow_modality_mismatch", False), "allow_modality_mismatch")
+        except ValueError as err:
+            raise _refuse(str(err)) from err
+        if allowed:
+            logger.warning("case %s: %s; run anyway (allow_modality_mismatch)", data["case_id"], reason)
+            return
+        name = f"image id {data['image_id']!r}" if data.get("image_id") else "the uploaded image"
+        raise _refuse(f"{name}: {reason}; send allow_modality_mismatch: true in the request's params to run it anyway")
+
     def predict(self, data: dict, device: str) -> tuple[Any, dict]:
         """``(prediction, result fields)``; the fields say whether the SAM priors were computed or read."""
         model = self.served.get(device)
         case_id = data["case_id"]
+        self._check_modality(model, data)
         before = self._entry_stamps(case_id)
         start = time.perf_counter()
         prediction = model.predict(data["image"], case_id)
