@@ -22,13 +22,17 @@ import re
 import secrets
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from bundle.errors import FileError, OutputWriteError, exception_chain
+from bundle.hashing import file_sha256
 
 __all__ = [
     "atomic_path",
+    "atomic_content_path",
+    "ContentFile",
     "temp_path_for",
     "write_text_atomic",
     "write_bytes_atomic",
@@ -68,11 +72,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _split_name(name: str) -> tuple[str, str]:
+    """``(stem, extension)`` of a file name, ``.nii.gz`` and ``.tar.gz`` counting as one extension."""
+    suffix = next((s for s in _DOUBLE_SUFFIXES if name.endswith(s)), Path(name).suffix)
+    return (name[: len(name) - len(suffix)] if suffix else name), suffix
+
+
 def temp_path_for(path: str | os.PathLike) -> Path:
     """A fresh temporary name next to ``path`` (pattern :data:`TEMP_NAME`, keeping the extension)."""
     path = Path(path)
-    suffix = next((s for s in _DOUBLE_SUFFIXES if path.name.endswith(s)), path.suffix)
-    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    stem, suffix = _split_name(path.name)
     return path.with_name(f".{stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
 
 
@@ -102,12 +111,59 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
         if fsync:
             _fsync_dir(path.parent)
     except Exception as err:
-        cause = _write_failure(err)
-        if cause is None or isinstance(err, FileError):
-            raise
-        raise OutputWriteError(os.fspath(path), f"cannot be written: {cause.strerror or cause}") from err
+        _raise_write_failure(err, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _raise_write_failure(err: Exception, path: Path) -> None:
+    """Re-raise ``err``; a file-system write failure as an :class:`OutputWriteError` naming ``path``."""
+    cause = _write_failure(err)
+    if cause is None or isinstance(err, FileError):
+        raise err
+    raise OutputWriteError(os.fspath(path), f"cannot be written: {cause.strerror or cause}") from err
+
+
+@dataclass
+class ContentFile:
+    """What :func:`atomic_content_path` wrote: the temporary path to write to, then the final path, size, sha256."""
+
+    tmp: Path
+    path: Path | None = None
+    size: int | None = None
+    sha256: str | None = None
+
+
+@contextmanager
+def atomic_content_path(path: str | os.PathLike, digits: int = 12, fsync: bool = True) -> Iterator[ContentFile]:
+    """:func:`atomic_path` for a file named after its content: ``<stem>.<first digits of its sha256><extension>``.
+
+    A name then always holds the same bytes, so a new version is written beside the old one instead of over it, and
+    a reader that found the old name keeps reading the old bytes (the prior cache's entries, :mod:`bundle.priors.cache`).
+    Two writers of the same bytes write the same name (the rename of the second replaces identical content).
+
+    Yields:
+        a :class:`ContentFile`: write to ``.tmp``; after the ``with`` block ``.path``, ``.size`` and ``.sha256`` say
+        what is on disk.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    target = ContentFile(tmp=temp_path_for(path))
+    try:
+        yield target
+        target.size, target.sha256 = target.tmp.stat().st_size, file_sha256(target.tmp)
+        stem, suffix = _split_name(path.name)
+        final = path.with_name(f"{stem}.{target.sha256[:digits]}{suffix}")
+        if fsync:
+            _fsync_file(target.tmp)
+        os.replace(target.tmp, final)
+        if fsync:
+            _fsync_dir(final.parent)
+        target.path = final
+    except Exception as err:
+        _raise_write_failure(err, path)
+    finally:
+        target.tmp.unlink(missing_ok=True)
 
 
 #: errors of the file system itself while writing (not of the data): full disk or quota, file-size limit, read-only

@@ -117,12 +117,22 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
+_FILE_PREFIX = re.compile(r"^(?P<path>[^\s:]*[/\\][^:]*|[\w.-]+\.[A-Za-z][A-Za-z0-9]*): \S")
+"""A message that starts with a path (``/d/x.nii.gz: ...``, ``data/x.json: ...``) or a file name with an
+extension (``entry.json: ...``) and then says something."""
+
+
+def _names_file(message: str) -> bool:
+    return bool(_FILE_PREFIX.match(message))
+
+
 def error_line(error: BaseException) -> str:
     """The one-line summary of a failure: ``ERROR: <file>: <problem>``.
 
-    The outermost project error of the chain wins (it carries the most context); without one, a file-system error
-    names its file (``ERROR: /models: [Errno 13] Permission denied``), and anything else gives the innermost cause as
-    ``ERROR: <type>: <first line of its message>``.
+    The outermost project error of the chain wins (it carries the most context); without one, the outermost error
+    that names a file: a file-system error's file (``ERROR: /models: [Errno 13] Permission denied``) or a message
+    that starts with a path (``ERROR: /c/x.nii.gz: cannot be read (EOFError: ...)``); anything else gives the
+    innermost cause as ``ERROR: <type>: <first line of its message>``.
     """
     chain = list(exception_chain(error))
     for exc in chain:
@@ -133,6 +143,11 @@ def error_line(error: BaseException) -> str:
     for exc in chain:
         if isinstance(exc, OSError) and exc.filename:
             return f"ERROR: {exc.filename}: {exc.strerror or _first_line(str(exc))}"
+        # a library's or plain error that starts with the file it is about (``<file>: ...``) says more than the
+        # bare cause under it (``EOFError: Compressed file ended ...`` of a truncated NIfTI names no file)
+        message = _first_line(str(exc))
+        if _names_file(message):
+            return f"ERROR: {message}"
     root = chain[-1]
     message = _first_line(str(root))
     return f"ERROR: {type(root).__name__}: {message}" if message else f"ERROR: {type(root).__name__}"

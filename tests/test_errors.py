@@ -51,6 +51,28 @@ def test_outermost_project_error_wins():
         assert list(exception_chain(outer)) == [outer, inner]
 
 
+def _chain(*errors: BaseException) -> BaseException:
+    """``errors[0]`` raised from ``errors[1]`` raised from ... (outermost first)."""
+    for outer, inner in zip(errors[-2::-1], errors[:0:-1]):
+        outer.__cause__ = inner
+    return errors[0]
+
+
+def test_outermost_error_naming_a_file_wins_over_its_bare_cause():
+    """A library's error that names the file (not a project error) beats the innermost cause that names none."""
+    error = _chain(RuntimeError("Failed to evaluate ConfigExpression"),
+                   ValueError("/c/p/case_1/pam_logits.0123456789ab.nii.gz: cached prior cannot be read (EOFError: x)"),
+                   EOFError("Compressed file ended before the end-of-stream marker was reached"))
+    assert error_line(error) == ("ERROR: /c/p/case_1/pam_logits.0123456789ab.nii.gz: cached prior cannot be read "
+                                 "(EOFError: x)")
+    relative = _chain(RuntimeError("applying transform <x.Y object at 0x7f>"), ValueError("entry.json: broken"),
+                      EOFError("end"))
+    assert error_line(relative) == "ERROR: entry.json: broken"
+    # messages that merely contain a colon keep the innermost cause
+    assert error_line(_chain(RuntimeError("applying transform <x.Y object at 0x7f>: failed"), EOFError("end"))) \
+        == "ERROR: EOFError: end"
+
+
 def test_worker_reraised_error_keeps_its_message():
     text = ("Caught InputError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
             "  File \"x.py\", line 1\nbundle.errors.InputError: /d/b.nii: contains 1 non-finite values")

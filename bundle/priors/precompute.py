@@ -1,6 +1,9 @@
 """Precompute SAM priors for every case of a datalist into the prior cache (``run precompute``).
 
-Cases already up to date are skipped; the others are loaded exactly as the training configs load them
+Cases already up to date are skipped: their entry matches the configuration and the input files, and every cached
+file has the size and sha256 its entry recorded (a truncated or changed prior is recomputed, logged, and listed under
+``recomputed_bad`` in the summary and ``last_run.json``; on a read-only cache it is refused, naming the file, before
+any work). The others are loaded exactly as the training configs load them
 (checked loading, channel first, RAS orientation), computed slice by slice and written atomically. A run stopped at
 any point resumes where it stopped on the next call. Progress is one bar over all slices, with slices/s and ETA.
 
@@ -31,7 +34,7 @@ from monai.transforms import Compose, Orientationd
 from tqdm import tqdm
 
 from bundle import distributed
-from bundle.atomic import remove_stale_temps, write_text_atomic
+from bundle.atomic import write_text_atomic
 from bundle.data.case_check import check_entry
 from bundle.data.case_ids import case_id_of
 from bundle.data.checks import LoadCheckedImaged
@@ -155,12 +158,19 @@ class PriorPrecompute:
         # datalist order within the share: a single process runs exactly as it always did
         mine = [e for e in entries if case_id_of(e, self.image_key) in ids]
         cache = self.cached.cache
-        remove_stale_temps(cache.cache_dir, recursive=True)  # left by runs killed while writing
-        todo = []
+        cache.tidy()  # temporary files of runs killed while writing
+        todo, invalid = [], {}
         for entry in mine:
+            case_id = case_id_of(entry, self.image_key)
             files = join_paths(entry, self.data_root, (self.image_key,))[self.image_key]
-            if not cache.is_current(case_id_of(entry, self.image_key), [files] if isinstance(files, str) else files):
+            status = cache.status(case_id, [files] if isinstance(files, str) else files)
+            if not status.current:  # "up to date" means verified: every cached file is what its entry recorded
                 todo.append(entry)
+                if status.state == "bad":  # logged when it is recomputed, listed in the summary
+                    invalid[case_id] = status
+        if invalid:  # a bad entry of a read-only cache: the file at fault, not just the folder
+            first = next(iter(invalid.values()))
+            cache.refuse_read_only(first.path, first.problem)
         if todo:
             check_writable_folder(self.cache_dir, what="prior_cache_dir")
         if world > 1:
@@ -201,6 +211,7 @@ class PriorPrecompute:
                 manifest = cache.write_manifest()
         share = {"rank": rank, "cases": len(mine), "computed": len(computed), "up_to_date": len(mine) - len(todo),
                  "failed": len(failed), "computed_cases": computed,
+                 "recomputed_bad": {k: v.describe() for k, v in invalid.items()},
                  "stopped": None if stopped is None else error_line(stopped).removeprefix("ERROR: ")}
         shares = distributed.gather_objects({**share, "errors": failed})  # also the barrier before the manifest
         if world > 1:
@@ -212,6 +223,7 @@ class PriorPrecompute:
         errors = {k: v for s in shares for k, v in s.pop("errors").items()}
         summary = {"computed": sum(s["computed"] for s in shares),
                    "up_to_date": sum(s["up_to_date"] for s in shares), "failed": len(errors),
+                   "recomputed_bad": {k: v for s in shares for k, v in s["recomputed_bad"].items()},
                    "cases": len(entries), "partition": cache.cache_dir.name,
                    "manifest": None if manifest is None else str(manifest),
                    "seconds": round(time.perf_counter() - start, 2),
@@ -219,7 +231,7 @@ class PriorPrecompute:
         if world > 1:
             summary["ranks"] = shares
         logger.info("SAM priors: %s", summary)
-        if distributed.is_main_process() and (summary["computed"] or errors
+        if distributed.is_main_process() and (summary["computed"] or errors or summary["recomputed_bad"]
                                                or not (self.cache_dir / "last_run.json").is_file()):
             write_text_atomic(self.cache_dir / "last_run.json", json.dumps({**summary, "errors": errors}, indent=1))
         if stopped is not None:

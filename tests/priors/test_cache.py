@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import warnings
 
 import nibabel as nib
@@ -16,13 +17,17 @@ from monai.data import MetaTensor
 
 import bundle.priors.cache as cache_module
 from bundle.data.case_ids import source_files_of
-from bundle.priors.cache import PARTITION_NAME, CachedSamPriord, PriorCache, file_fingerprint
+from bundle.errors import InputError
+from bundle.folders import OutputFolderError
+from bundle.priors.cache import ENTRY_FORMAT, PARTITION_NAME, CachedSamPriord, PriorCache, file_fingerprint
 from bundle.priors.precompute import default_loader
 from bundle.priors.transforms import SamPrior
 from bundle.sam.fallback import RegionProposalMasks
 
 AFFINE = np.array([[-1.0, 0.0, 0.0, 30.0], [0.0, -1.0, 0.0, 20.0], [0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
-KIND_FILES = {"sam_seg_prior.nii.gz", "sam_boundary_prior.nii.gz"}
+KINDS = ("sam_seg_prior", "sam_boundary_prior")
+#: a cached file's name: its kind (or array name), the first 12 hex digits of its sha256, its extension
+CACHED_NAME = re.compile(r"^(?P<kind>[a-z_]+)\.(?P<digest>[0-9a-f]{12})\.(nii\.gz|npy)$")
 
 
 class SpyGenerator:
@@ -83,6 +88,19 @@ def _files(folder):
     return {p.name for p in folder.iterdir()}
 
 
+def _entry(case_dir) -> dict:
+    return json.loads((case_dir / "entry.json").read_text())
+
+
+def _listed(case_dir) -> set[str]:
+    """The files the case's entry lists."""
+    return set(_entry(case_dir)["files"].values())
+
+
+def _kind_file(case_dir, kind="sam_seg_prior"):
+    return case_dir / _entry(case_dir)["files"][kind]
+
+
 def test_miss_writes_one_nifti_per_kind_and_entry(tmp_path, case):
     cache_dir = tmp_path / "cache"
     spy = SpyGenerator()
@@ -91,8 +109,16 @@ def test_miss_writes_one_nifti_per_kind_and_entry(tmp_path, case):
     prior = out["image_prior"]
     assert spy.images == 5 and prior.shape == (2, 40, 36, 5)
     case_dir = _case_dir(cache_dir)
-    assert _files(case_dir) == KIND_FILES | {"entry.json"}  # no temporary file left
-    seg, bnd = (nib.load(str(case_dir / f"{k}.nii.gz")) for k in ("sam_seg_prior", "sam_boundary_prior"))
+    assert _files(case_dir) == _listed(case_dir) | {"entry.json"}  # no temporary file left
+    entry = _entry(case_dir)
+    assert entry["format"] == ENTRY_FORMAT
+    for kind in KINDS:  # named after its content, with its size and sha256 recorded
+        name = entry["files"][kind]
+        data_bytes = (case_dir / name).read_bytes()
+        sha = hashlib.sha256(data_bytes).hexdigest()
+        assert CACHED_NAME.match(name)["kind"] == kind and CACHED_NAME.match(name)["digest"] == sha[:12]
+        assert entry["checksums"][kind] == {"size": len(data_bytes), "sha256": sha}
+    seg, bnd = (nib.load(str(_kind_file(case_dir, k))) for k in KINDS)
     assert seg.get_data_dtype() == np.float32 and bnd.get_data_dtype() == np.uint8
     np.testing.assert_allclose(seg.affine, data["image"].affine.numpy(), atol=1e-6)
     np.testing.assert_array_equal(np.asarray(seg.dataobj), prior[0].numpy())
@@ -225,30 +251,36 @@ def test_crash_mid_store_leaves_no_usable_partial_case(tmp_path, case, monkeypat
         with pytest.raises(OSError, match="simulated"):
             _cached(cache_dir)(_loaded(case))
     case_dir = _case_dir(cache_dir)
-    files = _files(case_dir)
+    files = _files(case_dir) - {".store.lock"}
     assert "entry.json" not in files
-    assert files <= KIND_FILES, f"temporary files left behind: {files - KIND_FILES}"
+    assert all(CACHED_NAME.match(f) for f in files), f"temporary files left behind: {files}"
     for name in files:  # whatever final file exists is complete
         assert nib.load(str(case_dir / name)).get_fdata().shape == (40, 36, 5)
     spy = SpyGenerator()
     prior = _cached(cache_dir, spy)(_loaded(case))["image_prior"]
     assert spy.images == 5 and prior.shape == (2, 40, 36, 5)
-    assert _files(case_dir) == KIND_FILES | {"entry.json"}
+    assert _files(case_dir) == _listed(case_dir) | {"entry.json"}
 
 
 def test_crash_while_replacing_a_current_case(tmp_path, case, monkeypatch):
-    """A current entry must not survive a rewrite of its files that was interrupted half way."""
+    """A rewrite interrupted half way leaves the previous entry whole: its files are never written over (a new
+    version goes beside them), so it still vouches for exactly what it lists."""
     cache_dir = tmp_path / "cache"
-    _cached(cache_dir)(_loaded(case))
+    first = _cached(cache_dir)(_loaded(case))["image_prior"]
+    case_dir = _case_dir(cache_dir)
+    before = _entry(case_dir)
     cropped = _loaded(case)
     cropped["image"] = cropped["image"][:, :32]  # same files and configuration, another grid: recomputed
     with monkeypatch.context() as m:
         _crash_nib_save(m)
         with pytest.raises(OSError, match="simulated"):
             _cached(cache_dir)(cropped)
+    assert _entry(case_dir) == before
     spy = SpyGenerator()
     prior = _cached(cache_dir, spy)(_loaded(case))["image_prior"]
-    assert spy.images == 5 and prior.shape == (2, 40, 36, 5)
+    assert spy.images == 0 and torch.equal(prior.as_tensor(), first.as_tensor())
+    _cached(cache_dir)(cropped)  # the next write of the case removes what the interrupted one left
+    assert _files(case_dir) - {".store.lock"} == _listed(case_dir) | set(before["files"].values()) | {"entry.json"}
 
 
 @pytest.mark.parametrize("content", [b'{"case_id": "case_1", "sig', b"\x89\xff\xfe garbage", b"[1, 2]", b"{}"],
@@ -269,14 +301,130 @@ def test_corrupted_entry_is_recomputed(tmp_path, case, caplog, content):
 def test_damaged_prior_file_is_recomputed(tmp_path, case, caplog):
     cache_dir = tmp_path / "cache"
     _cached(cache_dir)(_loaded(case))
-    target = _case_dir(cache_dir) / "sam_seg_prior.nii.gz"
+    target = _kind_file(_case_dir(cache_dir))
     target.write_bytes(target.read_bytes()[:200])  # truncated, e.g. by a full disk while copying the cache
     spy = SpyGenerator()
     with caplog.at_level(logging.WARNING, logger="bundle.priors.cache"):
         prior = _cached(cache_dir, spy)(_loaded(case))["image_prior"]
     assert spy.images == 5 and prior.shape == (2, 40, 36, 5)
-    assert any("sam_seg_prior.nii.gz" in r.getMessage() for r in caplog.records)
-    assert nib.load(str(target)).get_fdata().shape == (40, 36, 5)
+    assert any(f"{target}: has 200 bytes" in r.getMessage() for r in caplog.records)
+    assert nib.load(str(_kind_file(_case_dir(cache_dir)))).get_fdata().shape == (40, 36, 5)
+
+
+def test_file_changed_in_place_with_its_size_is_recomputed(tmp_path, case, caplog):
+    """Same size, one byte changed: only the sha256 tells (a NIfTI that still parses would be used silently)."""
+    cache_dir = tmp_path / "cache"
+    _cached(cache_dir)(_loaded(case))
+    target = _kind_file(_case_dir(cache_dir), "sam_boundary_prior")
+    data = bytearray(target.read_bytes())
+    data[-5] ^= 0xFF
+    target.write_bytes(bytes(data))
+    spy = SpyGenerator()
+    with caplog.at_level(logging.WARNING, logger="bundle.priors.cache"):
+        _cached(cache_dir, spy)(_loaded(case))
+    assert spy.images == 5
+    assert any(f"{target}: does not match the sha256" in r.getMessage() for r in caplog.records)
+
+
+def test_entry_without_checksums_is_not_trusted(tmp_path, case, caplog):
+    """An entry of an older bundle (no sizes, no sha256) cannot vouch for its files: recomputed."""
+    cache_dir = tmp_path / "cache"
+    _cached(cache_dir)(_loaded(case))
+    case_dir = _case_dir(cache_dir)
+    entry = _entry(case_dir)
+    del entry["format"], entry["checksums"]
+    (case_dir / "entry.json").write_text(json.dumps(entry))
+    spy = SpyGenerator()
+    with caplog.at_level(logging.WARNING, logger="bundle.priors.cache"):
+        _cached(cache_dir, spy)(_loaded(case))
+    assert spy.images == 5 and _entry(case_dir)["format"] == ENTRY_FORMAT
+    assert any("older version of the bundle" in r.getMessage() for r in caplog.records)
+
+
+def _read_only(monkeypatch):
+    """The cache's write probe fails as on a read-only disk (root ignores file modes; the drills drop root)."""
+    def refuse(folder, required_bytes=0, what="output folder"):
+        raise OutputFolderError(os.fspath(folder), f"{what} is not writable: Read-only file system")
+
+    monkeypatch.setattr(cache_module, "check_writable_folder", refuse)
+
+
+def test_read_only_cache_refuses_a_bad_entry_naming_the_file(tmp_path, case, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    _cached(cache_dir)(_loaded(case))
+    target = _kind_file(_case_dir(cache_dir))
+    target.write_bytes(target.read_bytes()[:100])
+    _read_only(monkeypatch)
+    spy = SpyGenerator()
+    with pytest.raises(InputError) as err:
+        _cached(cache_dir, spy)(_loaded(case))
+    assert err.value.path == str(target) and "has 100 bytes" in err.value.problem and "read-only" in err.value.problem
+    assert spy.images == 0  # refused before any SAM work
+
+
+def test_read_only_cache_with_good_entries_is_read(tmp_path, case, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    first = _cached(cache_dir)(_loaded(case))["image_prior"]
+    _read_only(monkeypatch)
+    spy = SpyGenerator()
+    again = _cached(cache_dir, spy)(_loaded(case))["image_prior"]
+    assert spy.images == 0 and torch.equal(again.as_tensor(), first.as_tensor())
+
+
+def test_sha256_of_a_cached_file_is_computed_once_per_process(tmp_path, case, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    _cached(cache_dir)(_loaded(case))
+    import bundle.priors.cache_files as cache_files
+
+    monkeypatch.setattr(cache_files, "_VERIFIED", {})  # a fresh process
+    hashed = []
+    real = cache_files.file_sha256
+    monkeypatch.setattr(cache_files, "file_sha256", lambda p: hashed.append(os.path.basename(p)) or real(p))
+    for _ in range(3):
+        _cached(cache_dir)(_loaded(case))
+    assert sorted(hashed) == sorted(_entry(_case_dir(cache_dir))["files"].values())  # each file once
+    target = _kind_file(_case_dir(cache_dir))
+    target.write_bytes(target.read_bytes())  # rewritten (new mtime): hashed again, still good
+    _cached(cache_dir)(_loaded(case))
+    assert len(hashed) == 3
+
+
+def _store_volume(cache, source, value):
+    prior = MetaTensor(torch.full((2, 4, 4, 3), float(value)), affine=torch.eye(4, dtype=torch.float64),
+                       meta={"channel_names": list(KINDS)})
+    return cache.store("case_1", [str(source)], prior)
+
+
+def test_rewrite_keeps_the_replaced_generation_for_its_readers(tmp_path):
+    """A new version is written beside the old one; the entry is replaced in one rename; the files of the entry
+    it replaced stay (a reader may hold that entry), the ones before are removed."""
+    source = _write(tmp_path / "image.nii.gz", _volume())
+    cache = PriorCache(tmp_path / "cache", {"kinds": list(KINDS)})
+    case_dir = cache.case_dir("case_1")
+    generations = [set(_store_volume(cache, source, value)["files"].values()) for value in (1, 2, 3)]
+    assert len(set.union(*generations)) == 6  # other content, other names
+    assert _files(case_dir) == generations[1] | generations[2] | {"entry.json"}
+    assert float(cache.load("case_1")[0].max()) == 3.0
+
+
+def test_reader_holding_an_old_entry_reads_the_new_one(tmp_path, monkeypatch):
+    """A reader that read an entry two rewrites ago finds its files gone and reads the entry again."""
+    source = _write(tmp_path / "image.nii.gz", _volume())
+    cache = PriorCache(tmp_path / "cache", {"kinds": list(KINDS)})
+    _store_volume(cache, source, 1)
+    real, seen = cache._entry_and_text, []
+
+    def racing(case_id):  # the writer rewrites the case twice right after the reader's first read of the entry
+        result = real(case_id)
+        if not seen:
+            seen.append(result[0])
+            _store_volume(cache, source, 2)
+            _store_volume(cache, source, 3)
+        return result
+
+    monkeypatch.setattr(cache, "_entry_and_text", racing)
+    assert float(cache.load("case_1")[0].max()) == 3.0
+    assert not any((cache.case_dir("case_1") / name).exists() for name in seen[0]["files"].values())
 
 
 def test_cached_shape_mismatch_is_recomputed(tmp_path, case, caplog):
@@ -302,7 +450,9 @@ def test_manifest_lists_cases_and_generator(tmp_path):
         transform(_loaded({"image": str(path), "case_id": f"case_{n}"}))
     manifest = json.loads(transform.cache.write_manifest().read_text())
     assert set(manifest["cases"]) == {"case_1", "case_2"}
-    assert manifest["cases"]["case_2"]["files"] == {k: f"{k}.nii.gz" for k in ("sam_seg_prior", "sam_boundary_prior")}
+    listed = manifest["cases"]["case_2"]
+    assert {k: CACHED_NAME.match(v)["kind"] for k, v in listed["files"].items()} == {k: k for k in KINDS}
+    assert listed["checksums"] == _entry(transform.cache.case_dir("case_2"))["checksums"]
     assert manifest["signature"]["prior"]["generator"]["generator"] == "region_proposals"
     assert manifest["signature_sha256"] == transform.cache.digest
     path = transform.cache.cache_dir / "manifest.json"
@@ -391,7 +541,37 @@ def test_cache_cli_lists_and_prunes_partitions(tmp_path, case, capsys):
     assert not minmax.cache.cache_dir.exists() and default.cache.cache_dir.is_dir()
     assert sorted(p.name for p in cache_dir.iterdir()) == sorted([default.cache.cache_dir.name, "stray"])
     assert main(["prune", str(cache_dir), "stray"]) == 1 and (cache_dir / "stray").is_dir()  # not a partition
-    assert "no such partition" in capsys.readouterr().err
+    assert "not a usable partition (no partition.json); pass --force" in capsys.readouterr().err
+    assert main(["prune", str(cache_dir), "nothing"]) == 1 and "no such partition" in capsys.readouterr().err
+    assert main(["prune", str(cache_dir), "stray", "--force"]) == 0 and not (cache_dir / "stray").exists()
+
+
+@pytest.mark.parametrize("record", [b"[1, 2]", b'{"signature": {"prior": 3}}', b'{"signature_sha256": "ab"}',
+                                    b'{"signature": {"prior": {"generator": "x"}}}', b"{\"sig", b"\xff\xfe",
+                                    None], ids=["list", "prior number", "no signature", "generator string",
+                                                "not JSON", "binary", "missing"])
+def test_cache_cli_survives_and_names_a_malformed_partition(tmp_path, case, capsys, record):
+    from bundle.priors.cache_cli import main
+
+    cache_dir = tmp_path / "cache"
+    good = _cached(cache_dir)
+    good(_loaded(case))
+    bad = cache_dir / "copied-0123456789ab"
+    (bad / "case_1").mkdir(parents=True)
+    if record is not None:
+        (bad / "partition.json").write_bytes(record)
+    assert main(["list", str(cache_dir)]) == 0
+    listing = capsys.readouterr().out
+    (line,) = [text for text in listing.splitlines() if text.startswith(bad.name)]
+    assert "not a usable partition" in line and ("no partition.json" if record is None else str(bad)) in line
+    assert f"{good.cache.cache_dir.name}  generator=region_proposals" in listing
+    assert main(["list", str(cache_dir), "--json"]) == 0
+    rows = {r["partition"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows[bad.name]["problem"] and rows[good.cache.cache_dir.name]["problem"] is None
+    assert main(["prune", str(cache_dir), bad.name]) == 1 and bad.is_dir()
+    assert "--force" in capsys.readouterr().err
+    assert main(["prune", str(cache_dir), bad.name, "--force"]) == 0 and not bad.exists()
+    assert good.cache.cache_dir.is_dir()
 
 
 def test_extra_arrays_are_stored_with_the_case_and_needed_by_it(tmp_path):
@@ -406,7 +586,7 @@ def test_extra_arrays_are_stored_with_the_case_and_needed_by_it(tmp_path):
     np.testing.assert_array_equal(cache.load_array("case_1", "rows"), rows)
     assert cache.load_array("case_1", "flags").dtype == bool
     assert cache.is_current("case_1", [str(source)])
-    (cache.case_dir("case_1") / "rows.npy").unlink()  # a case missing one of its files is computed again
+    (cache.case_dir("case_1") / _entry(cache.case_dir("case_1"))["files"]["rows"]).unlink()  # computed again
     assert not cache.is_current("case_1", [str(source)])
     with pytest.raises(FileNotFoundError, match="nothing"):
         cache.load_array("case_1", "nothing")
@@ -420,7 +600,7 @@ def test_uint8_priors_are_written_as_uint8(tmp_path):
     cache = PriorCache(tmp_path / "cache", {"kinds": ["labels"]})
     prior = MetaTensor(torch.full((1, 4, 4, 3), 3, dtype=torch.uint8), meta={"channel_names": ["labels"]})
     cache.store("case_1", [str(source)], prior)
-    assert nib.load(cache.case_dir("case_1") / "labels.nii.gz").get_data_dtype() == np.uint8
+    assert nib.load(cache.file("case_1", "labels")).get_data_dtype() == np.uint8
 
 
 def test_list_names_partitions_without_a_generator_by_their_label(tmp_path):

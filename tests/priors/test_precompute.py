@@ -23,7 +23,16 @@ from bundle.sam.factory import make_mask_generator
 from bundle.sam.fallback import RegionProposalMasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-KIND_FILES = {"sam_seg_prior.nii.gz", "sam_boundary_prior.nii.gz", "entry.json"}
+KINDS = ("sam_seg_prior", "sam_boundary_prior")
+
+
+def _entry(case_dir) -> dict:
+    return json.loads((case_dir / "entry.json").read_text())
+
+
+def _kind_file(case_dir, kind="sam_seg_prior"):
+    """A cached prior's file, as its entry names it (``<kind>.<12 hex digits of its sha256>.nii.gz``)."""
+    return case_dir / _entry(case_dir)["files"][kind]
 
 
 class SpyGenerator:
@@ -69,9 +78,9 @@ def test_fallback_run_then_rerun(brats, tmp_path):
     assert summary["generator"] == "region_proposals" and summary["partition"] == cache_dir.name
     assert json.loads((root / "last_run.json").read_text()) == {**summary, "errors": {}}
     for case_id, case in brats["cases"].items():
-        assert set(os.listdir(cache_dir / case_id)) == KIND_FILES
+        assert set(os.listdir(cache_dir / case_id)) == {*_entry(cache_dir / case_id)["files"].values(), "entry.json"}
         image = default_loader()({"image": [str(case.images[m]) for m in ("flair", "t1", "t1ce", "t2")]})["image"]
-        seg = nib.load(str(cache_dir / case_id / "sam_seg_prior.nii.gz"))
+        seg = nib.load(str(_kind_file(cache_dir / case_id)))
         assert seg.shape == tuple(image.shape[1:])
         np.testing.assert_allclose(seg.affine, image.affine.numpy(), atol=1e-5)
         entry = json.loads((cache_dir / case_id / "entry.json").read_text())
@@ -137,6 +146,52 @@ def test_bad_case_stops_or_is_skipped_and_the_manifest_is_written(brats, tmp_pat
         assert (last["computed"], last["failed"]) == (2, 1) and str(flair) in last["errors"][bad]
 
 
+def _truncate_one_prior(runner) -> tuple[str, Path]:
+    case_id = sorted(p.name for p in runner.cached.cache.cache_dir.iterdir() if p.is_dir())[0]
+    target = _kind_file(runner.cached.cache.cache_dir / case_id)
+    target.write_bytes(target.read_bytes()[:300])  # e.g. a copy of the cache cut short by a full disk
+    return case_id, target
+
+
+def test_truncated_prior_is_recomputed_not_up_to_date(brats, tmp_path):
+    """"Up to date" means verified: a prior cut short is recomputed, reported, and the manifest lists a good file."""
+    runner = _runner(brats, tmp_path / "cache", _fallback())
+    runner.run()
+    case_id, target = _truncate_one_prior(runner)
+    spy = SpyGenerator(_fallback())
+    again = _runner(brats, tmp_path / "cache", spy)
+    summary = again.run()
+    assert (summary["computed"], summary["up_to_date"]) == (1, 2) and spy.images > 0
+    assert list(summary["recomputed_bad"]) == [case_id] and str(target) in summary["recomputed_bad"][case_id]
+    assert json.loads((tmp_path / "cache" / "last_run.json").read_text())["recomputed_bad"] == summary["recomputed_bad"]
+    manifest = json.loads(open(summary["manifest"]).read())
+    listed = manifest["cases"][case_id]
+    good = again.cached.cache.cache_dir / case_id / listed["files"]["sam_seg_prior"]
+    assert hashlib.sha256(good.read_bytes()).hexdigest() == listed["checksums"]["sam_seg_prior"]["sha256"]
+    assert again.cached.cache.status(case_id, [f["path"] for f in listed["inputs"]]).current
+
+
+def test_truncated_prior_in_a_read_only_cache_is_refused_naming_it(brats, tmp_path, monkeypatch):
+    import bundle.priors.cache as cache_module
+    from bundle.errors import InputError
+    from bundle.folders import OutputFolderError
+
+    runner = _runner(brats, tmp_path / "cache", _fallback())
+    runner.run()
+    _, target = _truncate_one_prior(runner)
+
+    def read_only(folder, required_bytes=0, what="output folder"):  # root ignores modes; the drill drops root
+        raise OutputFolderError(os.fspath(folder), f"{what} is not writable: Read-only file system")
+
+    monkeypatch.setattr(cache_module, "check_writable_folder", read_only)
+    spy = SpyGenerator(_fallback())
+    with pytest.raises(InputError) as err:
+        _runner(brats, tmp_path / "cache", spy).run()
+    line = error_line(err.value)
+    assert line.startswith(f"ERROR: {target}: has 300 bytes") and "read-only" in line, line
+    assert spy.images == 0
+
+
 def test_up_to_date_cache_on_a_read_only_disk(brats, tmp_path):
     """Nothing to compute: no file of the cache is written (a read-only copy of a finished cache works)."""
     cache_dir = tmp_path / "cache"
@@ -168,7 +223,7 @@ def test_tiny_sam_run(brats, tmp_path, shapes_sam_checkpoint):
     assert sam["model_type"] == "tiny"
     assert sam["checkpoint_sha256"] == hashlib.sha256(shapes_sam_checkpoint.read_bytes()).hexdigest()
     for case_id in manifest["cases"]:
-        assert nib.load(str(cache_dir / case_id / "sam_seg_prior.nii.gz")).get_fdata().max() > 0
+        assert nib.load(str(_kind_file(cache_dir / case_id))).get_fdata().max() > 0
     seen = spy.images
     again = _runner(brats, tmp_path / "cache", spy, sections=("training",)).run()
     assert (again["computed"], again["up_to_date"], spy.images) == (0, 1, seen)
@@ -214,7 +269,8 @@ def test_bundle_cli(brats, tmp_path, tiny_sam_checkpoint):
     (case_id,) = [e["case_id"] for e in one_case["training"]]
     last = json.loads((cache_dir / "last_run.json").read_text())
     assert (last["computed"], last["cases"], last["generator"]) == (1, 1, "sam_automatic_masks")
-    assert set(os.listdir(cache_dir / last["partition"] / case_id)) == KIND_FILES
+    case_dir = cache_dir / last["partition"] / case_id
+    assert set(os.listdir(case_dir)) == {*_entry(case_dir)["files"].values(), "entry.json"}
     signature = json.loads((cache_dir / last["partition"] / "manifest.json").read_text())["signature"]["prior"]
     assert signature["generator"]["points_per_side"] == 4 and signature["generator"]["sam"]["model_type"] == "tiny"
     assert signature["generator"]["pred_iou_thresh"] == 0.5  # the config's value where no override was given

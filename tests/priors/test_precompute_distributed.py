@@ -102,9 +102,11 @@ def test_torchrun_two_ranks_match_one_process(brats, tmp_path):
     cases = _check_partition(part_1)
     assert _check_partition(part_2) == cases and len(cases) == 4
     for case_id in cases:
-        for name in ("sam_seg_prior.nii.gz", "sam_boundary_prior.nii.gz"):
+        files_1, files_2 = (json.loads((p / case_id / "entry.json").read_text())["files"] for p in (part_1, part_2))
+        assert files_1 == files_2  # named after their content: the same bytes, the same names
+        for name in files_1.values():
             a, b = nib.load(str(part_1 / case_id / name)), nib.load(str(part_2 / case_id / name))
-            # the gzip stream carries a time stamp, so compare what it holds: the NIfTI header and the voxels
+            # compare what the files hold too: the NIfTI header and the voxels
             assert a.header.binaryblock == b.header.binaryblock
             np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
     last = json.loads((sharded / "last_run.json").read_text())

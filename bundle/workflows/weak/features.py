@@ -11,11 +11,17 @@ One image-encoder run per non-empty axial slice gives both things the later stag
 
 Both are label-free and classifier-free, so they are computed once per SAM configuration and reused by every
 classifier and every pseudo-label setting. They live in a :class:`bundle.priors.cache.PriorCache` partition keyed by
-the SAM model, slice window and miner settings: ``pam_logits.nii.gz`` (the logit map as a NIfTI whose affine puts the
-coarse grid where the slice is, so a viewer overlays it on the image) and ``pooled_embedding.npy``. Empty slices
-(air, outside the skull) are not sent to SAM: their map and embedding are zero and ``sam_slices.npy`` says which
-slices were run. With the ``cam_peaks`` placement ``M`` depends on the classifier's CAMs: then only the embeddings
-are cached here and the pseudo-label stage decodes the prompts itself.
+the SAM model, slice window and miner settings: ``pam_logits.<hex12>.nii.gz`` (the logit map as a NIfTI whose affine
+puts the coarse grid where the slice is, so a viewer overlays it on the image) and ``pooled_embedding.<hex12>.npy``
+(each named after its content; the entry records its size and sha256). Empty slices (air, outside the skull) are
+not sent to SAM: their map and embedding are zero and ``sam_slices.<hex12>.npy`` says which slices were run. With
+the ``cam_peaks`` placement ``M`` depends on the classifier's CAMs: then only the embeddings are cached here and the
+pseudo-label stage decodes the prompts itself.
+
+Every cached file is verified before it is used (:mod:`bundle.priors.cache`): a case whose files are not what its
+entry recorded is computed again by this stage (refused, naming the file, where the cache is read-only), and
+:meth:`SamSliceFeatures.check_cached` checks every case before the classifier trains, so a damaged feature file
+stops the pipeline before that work rather than after it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import torch
 from monai.data import MetaTensor
 
 from bundle.data.case_ids import case_id_of
+from bundle.errors import InputError
 from bundle.priors.cache import PriorCache
 from bundle.sam.prompt_affinity import PromptAffinityMiner, pooled_embedding
 from bundle.sam.slices import SliceWindow
@@ -83,7 +90,8 @@ class SamSliceFeatures:
             raise ValueError(f"slices_per_batch must be >= 1, got {slices_per_batch}")
         self.slices_per_batch = int(slices_per_batch)
         self.with_maps = bool(with_maps)
-        self.cache = PriorCache(cache_dir, self.signature(), label=f"features-{miner.engine.info.model_type}")
+        self.cache = PriorCache(cache_dir, self.signature(), label=f"features-{miner.engine.info.model_type}",
+                                what="WeakMedSAM feature cache")
 
     def signature(self) -> dict:
         """Everything that changes the cached features (never builds SAM)."""
@@ -93,7 +101,20 @@ class SamSliceFeatures:
         return sig
 
     def is_current(self, entry: Mapping, image_key: str = "image") -> bool:
+        """True when the entry's features are cached for its image files and every cached file is verified."""
         return self.cache.is_current(case_id_of(entry, image_key), entry_files(entry, image_key))
+
+    def check_cached(self, entries: Sequence[Mapping], image_key: str = "image") -> None:
+        """Every entry's features are cached and verified (before work that needs them later, e.g. the classifier).
+
+        Raises:
+            InputError: naming the first file (or case folder) at fault, and the stage that computes it again.
+        """
+        for entry in entries:
+            status = self.cache.status(case_id_of(entry, image_key), entry_files(entry, image_key))
+            if not status.current:
+                raise InputError(status.path, f"{status.problem}; run the 'sam_features' stage to compute the "
+                                              "SAM features again")
 
     def compute(self, image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(maps [a, a, D] float32, embeddings [D, F] float32, sam_slices [D] bool)`` of a ``[C, H, W, D]`` volume."""
@@ -121,8 +142,9 @@ class SamSliceFeatures:
         return maps, embeddings, keep
 
     def ensure(self, entry: Mapping, loader, image_key: str = "image") -> bool:
-        """Compute and store the features of one datalist entry unless they are current; True when computed."""
-        if self.is_current(entry, image_key):
+        """Compute and store the features of one datalist entry unless they are current (verified); True when
+        computed. A missing, stale or bad case of a read-only cache is refused naming the file."""
+        if not self.cache.must_compute(case_id_of(entry, image_key), entry_files(entry, image_key)):
             return False
         start = time.perf_counter()
         image = loader(dict(entry))[image_key]

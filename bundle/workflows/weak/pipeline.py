@@ -245,6 +245,8 @@ class WeakPipeline:
     def sam_features(self) -> dict:
         entries = self.entries("training") + self.entries("validation")
         counter = iter(range(1, len(entries) + 1))
+        if distributed.is_main_process():  # temporary files of a run killed while writing (never a live writer's)
+            self.features.cache.tidy()
 
         def case(entry) -> bool:
             computed = self.features.ensure(entry, self.sam_loader)
@@ -291,6 +293,9 @@ class WeakPipeline:
         return plan
 
     def classifier(self) -> dict:
+        # the pseudo-label stage after it reads every case's SAM features: a damaged file must stop the run now,
+        # not once the classifier has trained
+        self.features.check_cached(self.entries("training") + self.entries("validation"))
         record, train_entries, train_items, val_entries, val_items = self._subclass_record()
         train_items = with_targets(train_items, self.task, self.subclasses.child_targets(record, train_items))
         val_items = with_targets(val_items, self.task, self.subclasses.child_targets(record, val_items))
@@ -316,6 +321,8 @@ class WeakPipeline:
     def pseudo_labels(self) -> dict:
         pseudo = self.pseudo()
         entries = self.entries("training") + self.entries("validation")
+        if distributed.is_main_process():
+            pseudo.cache.tidy()
         panel_ids = {e["case_id"] for e in entries[: self.panels]}
         counter, shown = iter(range(1, len(entries) + 1)), {}
 

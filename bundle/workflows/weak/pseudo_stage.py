@@ -11,8 +11,9 @@ is turned back with nibabel's orientation tools), class ``c`` written as the lab
 through the task's label groups (:func:`bundle.priors.pseudo_labels.class_values_for_groups`), so the segmentation
 workflow reads them like ground truth. They live in a :class:`bundle.priors.cache.PriorCache` partition whose
 signature holds the classifier file's sha256, the SAM feature partition and every walk / blur / threshold setting;
-each case is written atomically and skipped on a rerun when current. Ground truth is read only by
-:func:`pseudo_label_quality`, after the labels exist.
+each case is written atomically and skipped on a rerun when current and verified (each file's size and sha256, as
+every cache entry: :mod:`bundle.priors.cache`); a damaged label file is written again, or refused naming it where
+the cache is read-only. Ground truth is read only by :func:`pseudo_label_quality`, after the labels exist.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ class PseudoLabels:
     @property
     def cache(self) -> PriorCache:
         if self._cache is None:
-            self._cache = PriorCache(self.cache_dir, self.signature(), label="pseudo-labels")
+            self._cache = PriorCache(self.cache_dir, self.signature(), label="pseudo-labels",
+                                     what="WeakMedSAM pseudo-label cache")
         return self._cache
 
     def signature(self) -> dict:
@@ -183,7 +185,7 @@ class PseudoLabels:
         """
         case_id = case_id_of(entry, image_key)
         sources = [*entry_files(entry, image_key), self.classifier_path]
-        if self.cache.is_current(case_id, sources):
+        if not self.cache.must_compute(case_id, sources):
             return None
         start = time.perf_counter()
         image = loader({k: v for k, v in entry.items() if k != "label"})[image_key]
@@ -201,8 +203,12 @@ class PseudoLabels:
         return image, maps
 
     def label_file(self, case_id: str, kind: str = PSEUDO_KIND) -> str:
-        """Absolute path of a case's pseudo-label NIfTI (a datalist elsewhere points at it)."""
-        return os.path.abspath(self.cache.case_dir(case_id) / f"{kind}.nii.gz")
+        """Absolute path of a case's pseudo-label NIfTI (a datalist elsewhere points at it), once verified.
+
+        Raises:
+            InputError: the file is not what its cache entry recorded (naming it).
+        """
+        return os.path.abspath(self.cache.file(case_id, kind))
 
 
 def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
