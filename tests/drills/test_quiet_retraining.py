@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from drill_utils import bundle_argv, copy_set, training_argv
 from workflow_utils import make_phantom_set
 
@@ -91,6 +92,16 @@ def test_samaug_rerun_with_other_settings_is_refused(finished, commands, counts,
     assert "already complete" in result.stdout
     assert "Epoch: 1/1, Iter" not in result.stdout
     assert file_sha256(model) == stamp
+
+    # new weights beside the old card (a kill between the two writes): refused, not "complete" with a model that
+    # batch inference would then refuse
+    original = model.read_bytes()
+    state = torch.load(model, weights_only=True)
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, model)
+    result = commands.run(argv(), tmp_path / "log" / "unbound")
+    _refused(result, "already complete", "model_card.json", "--resume false")
+    model.write_bytes(original)
+    counts["quiet"] += 1
 
     # the same command with the model gone: refused naming it, not a silent exit 0 without a model
     model.unlink()

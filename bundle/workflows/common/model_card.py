@@ -35,8 +35,8 @@ from bundle.workflows.common.best_model import BestModelSaver
 from bundle.workflows.common.card_schema import CARD_SCHEMA_VERSION, check_plain, validate_card
 
 __all__ = ["CARD_KINDS", "CARD_NAME", "CARD_VERSION", "WEIGHTS_NAME", "CardBestModelSaver", "bind_card", "bound_card",
-           "card_digest", "card_kind", "card_modality", "card_path", "read_card", "verify_weights",
-           "write_card"]
+           "card_digest", "card_kind", "card_modality", "card_path", "read_card", "verify_model_folder",
+           "verify_weights", "write_card"]
 
 CARD_NAME = "model_card.json"
 WEIGHTS_NAME = "model.pt"
@@ -130,6 +130,11 @@ def read_card(model_dir: str | os.PathLike, required: Sequence[str] = (), traine
     if check_weights:
         verify_weights(card, path)
     return card
+
+
+def verify_model_folder(model_dir: str | os.PathLike) -> None:
+    """Raise the :func:`read_card` error of a model folder whose card and weights do not load as one model."""
+    read_card(model_dir)
 
 
 def verify_weights(card: Mapping[str, Any], path: str | os.PathLike) -> None:

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bundle.checkpoint_files import CheckpointError, load_checkpoint
 from bundle.data.case_check import RECORD_KEY
 from bundle.data.datalist_io import read_datalist
 from bundle.data.summaries import SUMMARY_KEY
-from bundle.errors import RunSettingsError
+from bundle.errors import InputError, RunSettingsError
 from bundle.hashing import canonical_json, json_sha256
 
 __all__ = ["HOW_TO_START_AFRESH", "INFO_KEY", "SETTINGS_KEY", "check_finished", "check_resume", "check_run",
@@ -211,16 +211,22 @@ def check_resume(path: str | os.PathLike, settings: Mapping, resume: bool = True
 
 
 def check_run(checkpoint: str | os.PathLike, settings: Mapping, resume: bool = True, max_epochs: int | None = None,
-              model_files: Sequence[str | os.PathLike] = (), what: str = "training") -> bool:
+              model_files: Sequence[str | os.PathLike] = (), what: str = "training",
+              verify_model: Callable[[], Any] | None = None) -> bool:
     """:func:`check_resume` for the config trainings (SAMAug, SAMAug-C, run from their ``initialize`` before any data
     is built), plus: a run that is already complete (``max_epochs`` reached) must still have its model.
+
+    Args:
+        verify_model: called when the run is complete and its ``model_files`` exist; an :class:`InputError` from it
+            (e.g. :func:`bundle.workflows.common.model_card.verify_model_folder`) means the model cannot be used.
 
     Returns:
         whether the run resumes.
 
     Raises:
         RunSettingsError: other settings, none recorded, or a complete run whose ``model_files`` (``model.pt``,
-            ``model_card.json`` in ``ckpt_dir``) are missing: nothing would be trained and no model would be there.
+            ``model_card.json`` in ``ckpt_dir``) are missing or do not belong together (a kill between their writes):
+            nothing would be trained and no usable model would be there.
     """
     path = os.fspath(checkpoint)
     stored = _resume_checkpoint(path, settings, resume, what)
@@ -233,6 +239,13 @@ def check_run(checkpoint: str | os.PathLike, settings: Mapping, resume: bool = T
             raise RunSettingsError(path, f"this run is already complete (epoch {epoch}, max_epochs {max_epochs}) but "
                                          f"its model {', '.join(missing)} is missing, so nothing would be trained or "
                                          "written; train it again with --resume false, or restore those files")
+        try:  # a kill between the writes of model.pt and its card leaves a pair that does not load
+            if verify_model is not None:
+                verify_model()
+        except InputError as err:
+            raise RunSettingsError(path, f"this run is already complete (epoch {epoch}, max_epochs {max_epochs}) "
+                                         f"but its model cannot be used ({err}); train it again with --resume "
+                                         "false") from err
         logger.info("%s: %s with these settings is already complete (epoch %d >= max_epochs %s): nothing to train; "
                     "the model is %s", what, path, epoch, max_epochs, ", ".join(map(os.fspath, model_files)))
     return True
