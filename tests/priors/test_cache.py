@@ -362,6 +362,34 @@ def test_read_only_cache_refuses_a_bad_entry_naming_the_file(tmp_path, case, mon
     assert spy.images == 0  # refused before any SAM work
 
 
+def test_read_only_cache_refuses_an_entry_without_checksums(tmp_path, case, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    _cached(cache_dir)(_loaded(case))
+    case_dir = _case_dir(cache_dir)
+    entry = _entry(case_dir)
+    del entry["format"], entry["checksums"]
+    (case_dir / "entry.json").write_text(json.dumps(entry))
+    _read_only(monkeypatch)
+    with pytest.raises(InputError) as err:
+        _cached(cache_dir, SpyGenerator())(_loaded(case))
+    assert err.value.path == str(case_dir / "entry.json")
+    assert "older version of the bundle" in err.value.problem and "read-only" in err.value.problem
+
+
+def test_tidy_removes_only_stale_temporary_files(tmp_path, case):
+    transform = _cached(tmp_path / "cache")
+    transform(_loaded(case))
+    case_dir = _case_dir(tmp_path / "cache")
+    dead = case_dir / ".sam_seg_prior.tmp-999999999-0badc0de.nii.gz"  # no such process
+    live = case_dir / f".sam_seg_prior.tmp-{os.getpid()}-0badc0de.nii.gz"
+    other = case_dir / ".keep"
+    for path in (dead, live, other):
+        path.write_bytes(b"x")
+        os.utime(path, (1, 1))
+    assert transform.cache.tidy() == [dead]
+    assert live.exists() and other.exists()
+
+
 def test_read_only_cache_with_good_entries_is_read(tmp_path, case, monkeypatch):
     cache_dir = tmp_path / "cache"
     first = _cached(cache_dir)(_loaded(case))["image_prior"]
