@@ -27,13 +27,14 @@ on every read.
 
 **Atomic replacement.** Every file is written under a temporary name and renamed; a file's name carries its
 content digest, so a rewrite of a case writes its new files *beside* the old ones, then replaces ``entry.json``
-(one rename), then removes the files that neither the new entry nor the one it replaced lists. A reader therefore
+(one rename), then removes the files that neither the new entry nor the one it replaced (its ``previous_files``)
+lists. A reader therefore
 finds the old entry with its files or the new one with its files, never a missing entry; a reader that read an
 entry two rewrites ago and finds a file gone reads the entry again. The write step of a case (files, entry,
 clean-up) runs under ``<partition>/.store.lock`` (``fcntl.flock``), so two writers never remove each other's new
-files. A run killed at any point leaves either the previous entry or the new one, plus at most unreferenced files
-(removed by the case's next write) and temporary files (removed by :meth:`PriorCache.tidy`, which precompute,
-the training transform's first write and the WeakMedSAM stages call).
+files. A run killed at any point leaves either the previous entry or the new one, plus at most unlisted files and
+temporary files: :meth:`PriorCache.tidy` removes both (precompute and the WeakMedSAM stages call it; the training
+transform's first write removes the temporary files), as does the case's next write.
 
 Several writers may share one cache folder at once (two precompute jobs, the ranks of a ``torchrun`` job, training
 runs filling misses). The manifest is never merged from its previous text: every writer rebuilds it from the
@@ -331,11 +332,35 @@ class PriorCache:
         self.refuse_read_only(status.path, status.problem)
         return True
 
-    def tidy(self) -> list[Path]:
-        """Remove the temporary files that killed writers left in the partition (:func:`remove_stale_temps`)."""
+    def tidy(self, orphans: bool = True) -> list[Path]:
+        """Remove what killed writers left in the partition; returns the files removed.
+
+        Args:
+            orphans: besides the temporary files (:func:`remove_stale_temps`), remove the cached files that no entry
+                lists: written by a run killed before its entry (under the store lock, so never a live writer's
+                new files). The files of the entry an entry replaced (``previous_files``) stay for its readers.
+        """
         removed = remove_stale_temps(self.cache_dir, recursive=True)
+        if orphans and self.cache_dir.is_dir():
+            with self._lock(STORE_LOCK_NAME):
+                for case_dir in (p for p in self.cache_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                    entry = self.read_entry(case_dir.name)
+                    if entry is not None:
+                        removed += self._remove_unlisted(case_dir, entry.get("files", {}).values(),
+                                                         entry.get("previous_files", []))
         if removed:
-            logger.info("%s: removed %d temporary file(s) left by an interrupted run", self.cache_dir, len(removed))
+            logger.info("%s: removed %d file(s) left by an interrupted run", self.cache_dir, len(removed))
+        return sorted(removed)
+
+    @staticmethod
+    def _remove_unlisted(case_dir: Path, *listed) -> list[Path]:
+        """Remove the files of ``case_dir`` that are neither listed nor the entry (hidden files: temporary ones)."""
+        keep = {ENTRY_NAME, *(name for names in listed for name in names)}
+        removed = []
+        for path in case_dir.iterdir():
+            if path.name not in keep and not path.name.startswith(".") and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
         return removed
 
     def _write_partition(self) -> None:
@@ -393,6 +418,8 @@ class PriorCache:
                 "kinds": kinds,
                 "files": files,
                 "checksums": checksums,
+                # kept for a reader that read the replaced entry just before the rename
+                "previous_files": sorted(set((replaced or {}).get("files", {}).values()) - set(files.values())),
                 "shape": list(data.shape[1:]),
                 "slices_sent_to_generator": (getattr(prior, "meta", None) or {}).get("sam_prior_slices"),
                 "seconds": None if seconds is None else round(float(seconds), 3),
@@ -400,10 +427,7 @@ class PriorCache:
             }
             write_text_atomic(case_dir / ENTRY_NAME, json.dumps(entry, indent=1))
             # the replaced entry's files stay: a reader may have read that entry just before the rename
-            keep = {ENTRY_NAME, *files.values(), *((replaced or {}).get("files", {}).values())}
-            for path in case_dir.iterdir():
-                if path.name not in keep and not path.name.startswith(".") and path.is_file():
-                    path.unlink(missing_ok=True)
+            self._remove_unlisted(case_dir, files.values(), entry["previous_files"])
         return entry
 
     # ---- manifest ------------------------------------------------------------------------------------------------
@@ -531,7 +555,7 @@ class CachedSamPriord(MapTransform):
         prior = self.prior(image, progress=progress)
         if sources:
             if self._tidied_in != os.getpid():  # once per process, and only where the cache is written
-                self.cache.tidy()
+                self.cache.tidy(orphans=False)  # temporary files only: no scan of every entry in a training
                 self._tidied_in = os.getpid()
             self.cache.store(case_id, sources, prior, seconds=time.perf_counter() - start)
         return prior

@@ -386,8 +386,11 @@ def test_tidy_removes_only_stale_temporary_files(tmp_path, case):
     for path in (dead, live, other):
         path.write_bytes(b"x")
         os.utime(path, (1, 1))
-    assert transform.cache.tidy() == [dead]
-    assert live.exists() and other.exists()
+    orphan = case_dir / "sam_seg_prior.0123456789ab.nii.gz"  # renamed into place by a run killed before its entry
+    orphan.write_bytes(b"x")
+    assert transform.cache.tidy(orphans=False) == [dead] and orphan.exists()
+    assert transform.cache.tidy() == [orphan]
+    assert live.exists() and other.exists() and transform.cache.is_current("case_1", [case["image"]])
 
 
 def test_read_only_cache_with_good_entries_is_read(tmp_path, case, monkeypatch):
