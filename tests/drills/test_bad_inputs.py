@@ -203,6 +203,9 @@ def _damage_checkpoint(stage, kind, trained, work, model_dir):
     if kind == "truncated_checkpoint":
         return truncated_checkpoint(target)
     checkpoint = torch.load(target, map_location="cpu", weights_only=True)
+    # the run's recorded settings must match this command's (its own ckpt_dir), or the resume is refused for them
+    # before the damaged network is read
+    checkpoint["info"]["run_settings"]["ckpt_dir"] = str(work / "models")
     torch.save(checkpoint["network"], work / "network.pt")
     _, problem = CHECKPOINT_KINDS[kind](work / "network.pt")
     checkpoint["network"] = torch.load(work / "network.pt", map_location="cpu", weights_only=True)
@@ -210,14 +213,15 @@ def _damage_checkpoint(stage, kind, trained, work, model_dir):
     return target, problem
 
 
-def _argv(stage, data, work, model_dir):
+def _argv(stage, data, work, model_dir, kind=None):
     if stage == "datalist":
         return ["sam-priors-datalist", "--dataset", "brats", "--root", str(data.root), "--out",
                 str(work / "datalist.json"), "--no-progress"]
     if stage == "precompute":
         return precompute_argv(data.root, data.datalist, work / "cache")
     if stage == "training":
-        return training_argv(data.root, data.datalist, work)
+        # a damaged resume checkpoint is read when the run goes on: one more epoch than the finished run had
+        return training_argv(data.root, data.datalist, work, **({"max_epochs": 2} if kind in CHECKPOINT_KINDS else {}))
     return ["sam-priors-infer", "--input", str(data.datalist), "--output", str(work / "out"), "--model", str(model_dir),
             "--prior_cache", str(work / "cache")]
 
@@ -243,7 +247,7 @@ def test_bad_input_is_refused_with_one_clear_line(stage, kind, pristine, trained
         problem = INFERENCE_PROBLEM.get(kind, problem)
     if stage == "datalist" and kind in DATALIST_PROBLEM:
         path, problem = f"{str(path).removesuffix('.gz')}[.gz]", DATALIST_PROBLEM[kind]
-    result = commands.run(_argv(stage, data, work, model_dir), tmp_path / "log")
+    result = commands.run(_argv(stage, data, work, model_dir, kind), tmp_path / "log")
     line = result.last_line
     # batch inference reports a failed input as "FAILED: <input>: <reason>" and exits 1; a model it cannot use, or
     # any other command's fault, is one "ERROR: <file>: <problem>" line
