@@ -37,7 +37,7 @@ def test_lite_medsam_priors_train_evaluate_infer(tiny_lits, tmp_path, monkeypatc
     cases = data.cases["training"] + data.cases["validation"]
     assert sorted(p.name for p in partition.iterdir() if p.is_dir()) == sorted(cases)
     # LiteMedSAM's masks make a non-trivial prior map on the CT: values in [0, 1], some pixels salient, some not
-    prior = np.asarray(nib.load(next(partition.glob(f"{cases[0]}/samaugc_prior.nii*"))).dataobj)
+    prior = np.asarray(nib.load(next(partition.glob(f"{cases[0]}/samaugc_prior.*nii*"))).dataobj)
     assert prior.min() >= 0.0 and prior.max() == pytest.approx(1.0) and 0.0 < (prior > 0.5).mean() < 0.9
 
     card = read_json(tmp_path / "models" / "model_card.json")
