@@ -2,8 +2,11 @@
 
 The affinity of two pixels ``u`` and ``v`` of the affinity grid that lie less than ``radius`` apart is
 ``A_uv = exp(-|M_u - M_v|)``, with ``M`` the summed SAM prompt logits; ``A_uu = 1`` and every other entry is 0. The
-transition matrix is ``T = D^-1 A^beta`` (element-wise power, ``D`` the row sums of ``A^beta``) and the walk repeats
-``v <- minmax(T v)`` ``steps`` times, starting from the class activation maps.
+transition matrix is ``T = D^-1 A^beta`` (element-wise power, ``D`` the row sums of ``A^beta``: rows of ``T`` sum to 1,
+the formula as usually written; ``transition="row"``) or ``T = A^beta D^-1`` (columns sum to 1: what the authors' code
+computes, ``A^beta / A^beta.sum(dim=1, keepdim=True)`` on a ``[B, N, N]`` matrix; ``transition="column"``), and the
+walk repeats ``v <- minmax(T v)`` ``steps`` times, starting from the class activation maps. ``A`` is symmetric, so
+the column sums are the row sums ``D``.
 
 :func:`random_walk` never builds ``T``: the graph is a stencil (the same neighbour offsets at every pixel), so ``T v``
 is a sum of shifted copies of ``v`` weighted by per-pixel affinities. Each undirected edge is stored once, for the
@@ -26,6 +29,7 @@ __all__ = [
     "BORDER_MODES",
     "DENSE_MAX_PIXELS",
     "MINMAX_EPS",
+    "TRANSITIONS",
     "affinity_offsets",
     "dense_random_walk",
     "dense_transition",
@@ -33,6 +37,8 @@ __all__ = [
 ]
 
 BORDER_MODES = ("all", "interior")
+# "row": T = D^-1 A^beta (the usual formula); "column": T = A^beta D^-1 (the authors' code)
+TRANSITIONS = ("row", "column")
 # the authors' max_norm: (v - min + eps) / (max - min + eps), per class
 MINMAX_EPS = 1e-6
 # dense_random_walk holds one N x N float64 matrix: 2 GiB at this limit
@@ -70,13 +76,16 @@ def _check_radius(radius: int) -> int:
     return int(radius)
 
 
-def _check_options(beta: float, steps: int, radius: int, border: str) -> tuple[float, int, int, str]:
+def _check_options(
+    beta: float, steps: int, radius: int, border: str, transition: str = "row"
+) -> tuple[float, int, int, str, str]:
     radius = _check_radius(radius)
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}.")
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta <= 0:
         raise ValueError(f"beta must be a finite number > 0, got {beta!r}.")
-    return float(beta), int(steps), radius, look_up_option(border, BORDER_MODES)
+    border = look_up_option(border, BORDER_MODES)
+    return float(beta), int(steps), radius, border, look_up_option(transition, TRANSITIONS)
 
 
 def _to_float64(x, name: str, device: torch.device) -> torch.Tensor:
@@ -129,12 +138,28 @@ def _source_box(height: int, width: int, dy: int, dx: int, radius: int, border: 
     return y0, y1, x0, x1
 
 
-def random_walk(logit_map, cams, beta: float = 4.0, steps: int = 4, radius: int = 5, border: str = "all"):
+def random_walk(
+    logit_map,
+    cams,
+    beta: float = 4.0,
+    steps: int = 4,
+    radius: int = 5,
+    border: str = "all",
+    transition: str = "row",
+):
     """Refine class activation maps by the WeakMedSAM random walk on the prompt-affinity graph.
 
     With ``M = logit_map`` and the neighbours of :func:`affinity_offsets` (both signs),
-    ``A_uv = exp(-|M_u - M_v|)`` for neighbours, ``A_uu = 1``; ``T = D^-1 A^beta``; ``v_0 = cams`` and ``steps`` times
-    ``v <- T v`` followed by the authors' per-class min-max ``(v - min + 1e-6) / (max - min + 1e-6)``.
+    ``A_uv = exp(-|M_u - M_v|)`` for neighbours, ``A_uu = 1``; ``D`` the row sums of ``A^beta``; ``v_0 = cams`` and
+    ``steps`` times ``v <- T v`` followed by the authors' per-class min-max ``(v - min + 1e-6) / (max - min + 1e-6)``
+    (their code applies it after every step, as here). The transition ``T`` (``transition``):
+
+    - ``"row"``: ``T = D^-1 A^beta``, rows sum to 1 (each pixel takes the affinity-weighted mean of its neighbours):
+      the formula as usually written.
+    - ``"column"``: ``T = A^beta D^-1``, columns sum to 1 (each pixel spreads its value over its neighbours): what
+      WeakMedSAM's code computes, ``A^beta / A^beta.sum(dim=1, keepdim=True)`` on a ``[B, N, N]`` matrix followed by
+      ``bmm(T, v)``. They differ: after the default 4 steps on random maps (logits of scale 2, 16 x 16 and
+      64 x 64 grids) the largest per-pixel difference is 0.4 to 0.55.
 
     Border rule (``border``):
 
@@ -158,15 +183,17 @@ def random_walk(logit_map, cams, beta: float = 4.0, steps: int = 4, radius: int 
         steps: number of walk steps (>= 0); 0 returns ``cams`` unchanged (as float32).
         radius: neighbourhood radius (exclusive): offsets with ``dy^2 + dx^2 < radius^2``.
         border: ``"all"`` or ``"interior"`` (see above).
+        transition: ``"row"`` or ``"column"`` (see above).
 
     Returns:
         ``[C, H, W]`` float32 refined maps: a numpy array for numpy ``cams``, else a tensor on the device of ``cams``.
 
     Raises:
         ValueError: for shapes that are not ``[H, W]`` / ``[C, H, W]`` or whose ``H, W`` differ, non-finite inputs,
-            ``radius < 1``, ``steps < 0``, ``beta <= 0`` or an unknown ``border`` (naming the closest valid one).
+            ``radius < 1``, ``steps < 0``, ``beta <= 0`` or an unknown ``border`` / ``transition`` (naming the
+            closest valid one).
     """
-    beta, steps, radius, border = _check_options(beta, steps, radius, border)
+    beta, steps, radius, border, transition = _check_options(beta, steps, radius, border, transition)
     m, v = _check_inputs(logit_map, cams)
     height, width = m.shape
     edges = []
@@ -184,17 +211,21 @@ def random_walk(logit_map, cams, beta: float = 4.0, steps: int = 4, radius: int 
         edges.append((src, dst, weight))
     inv_degree = degree.reciprocal_()
     for _ in range(steps):
-        out = v.clone()  # A_uu ** beta = 1
+        # A^beta D^-1 v: divide by the degree before the affinity sum; D^-1 A^beta v: after it
+        v_in = v * inv_degree if transition == "column" else v
+        out = v_in.clone()  # A_uu ** beta = 1
         for src, dst, weight in edges:
-            out[(slice(None), *src)].addcmul_(weight, v[(slice(None), *dst)])
-            out[(slice(None), *dst)].addcmul_(weight, v[(slice(None), *src)])
-        v = _minmax(out.mul_(inv_degree))
+            out[(slice(None), *src)].addcmul_(weight, v_in[(slice(None), *dst)])
+            out[(slice(None), *dst)].addcmul_(weight, v_in[(slice(None), *src)])
+        v = _minmax(out if transition == "column" else out.mul_(inv_degree))
     v = v.to(torch.float32)
     return v if isinstance(cams, torch.Tensor) else v.cpu().numpy()
 
 
-def dense_transition(logit_map, beta: float = 4.0, radius: int = 5, border: str = "all") -> np.ndarray:
-    """The dense transition matrix ``T = D^-1 A^beta`` of :func:`random_walk` (``N = H W``), small grids only.
+def dense_transition(
+    logit_map, beta: float = 4.0, radius: int = 5, border: str = "all", transition: str = "row"
+) -> np.ndarray:
+    """The dense transition matrix ``T`` of :func:`random_walk` (``N = H W``), small grids only.
 
     It tests pixel pairs directly (not through :func:`affinity_offsets`): ``u`` and ``v`` are linked when
     ``0 < |u - v|^2 < radius^2``; for ``border="interior"`` the pair's "from" pixel (the one from which the other lies
@@ -208,15 +239,16 @@ def dense_transition(logit_map, beta: float = 4.0, radius: int = 5, border: str 
         beta: exponent of the affinities (> 0).
         radius: neighbourhood radius (exclusive).
         border: ``"all"`` or ``"interior"``.
+        transition: ``"row"`` (``D^-1 A^beta``) or ``"column"`` (``A^beta D^-1``).
 
     Returns:
-        float64 ``[N, N]`` numpy array whose rows sum to 1.
+        float64 ``[N, N]`` numpy array whose rows (``"row"``) or columns (``"column"``) sum to 1.
 
     Raises:
         ValueError: for the invalid inputs of :func:`random_walk`, and when ``H W > DENSE_MAX_PIXELS`` (the message
             gives the memory the matrix would need).
     """
-    beta, _, radius, border = _check_options(beta, 0, radius, border)
+    beta, _, radius, border, transition = _check_options(beta, 0, radius, border, transition)
     m = _check_logit_map(logit_map, torch.device("cpu")).numpy()
     height, width = m.shape
     n = height * width
@@ -251,11 +283,21 @@ def dense_transition(logit_map, beta: float = 4.0, radius: int = 5, border: str 
         block = np.where(linked, np.exp(-np.abs(flat_m[rows, None] - flat_m[None, cols])), 0.0)
         block[np.arange(block.shape[0]), np.arange(rows.start, rows.stop) - cols.start] = 1.0
         block **= beta
-        trans[rows, cols] = block / block.sum(axis=1, keepdims=True)
+        trans[rows, cols] = block / block.sum(axis=1, keepdims=True) if transition == "row" else block
+    if transition == "column":
+        trans /= trans.sum(axis=0, keepdims=True)
     return trans
 
 
-def dense_random_walk(logit_map, cams, beta: float = 4.0, steps: int = 4, radius: int = 5, border: str = "all"):
+def dense_random_walk(
+    logit_map,
+    cams,
+    beta: float = 4.0,
+    steps: int = 4,
+    radius: int = 5,
+    border: str = "all",
+    transition: str = "row",
+):
     """Reference of :func:`random_walk` with the dense ``N x N`` transition matrix (``N = H W``), small grids only.
 
     ``T`` comes from :func:`dense_transition` (float64, ``8 N^2`` bytes: 2 GiB at the limit ``N = 128 * 128``); each
@@ -268,6 +310,7 @@ def dense_random_walk(logit_map, cams, beta: float = 4.0, steps: int = 4, radius
         steps: number of walk steps (>= 0).
         radius: neighbourhood radius (exclusive).
         border: ``"all"`` or ``"interior"``.
+        transition: ``"row"`` or ``"column"``.
 
     Returns:
         ``[C, H, W]`` float64 numpy array.
@@ -276,9 +319,9 @@ def dense_random_walk(logit_map, cams, beta: float = 4.0, steps: int = 4, radius
         ValueError: for the invalid inputs of :func:`random_walk`, and when ``H W > DENSE_MAX_PIXELS`` (the message
             gives the memory the matrix would need).
     """
-    beta, steps, radius, border = _check_options(beta, steps, radius, border)
+    beta, steps, radius, border, transition = _check_options(beta, steps, radius, border, transition)
     m, v = _check_inputs(logit_map, cams)
-    trans = dense_transition(m.cpu().numpy(), beta, radius, border)
+    trans = dense_transition(m.cpu().numpy(), beta, radius, border, transition)
     v = v.cpu().numpy()
     out = v.reshape(v.shape[0], -1).T
     for _ in range(steps):

@@ -51,6 +51,73 @@ def test_stencil_matches_dense(shape, border, radius, beta, steps):
         np.testing.assert_allclose(out_t.numpy(), expected, rtol=0, atol=1e-5)
 
 
+def _authors_reference(logits, cams, beta, steps, radius, border, transition):
+    """The walk with a dense ``[N, N]`` matrix, written here from the definitions (independent of the library).
+
+    ``A^beta`` is filled from :func:`affinity_offsets`: the one-sided edge ``(u, u + d)`` exists when ``u + d`` lies
+    in the image and, for ``border="interior"``, ``u`` lies in rows ``[0, H - radius + 1)`` and columns
+    ``[radius - 1, W - radius + 1)``; it is stored both ways and ``A_uu = 1``. ``"column"`` is the authors' code:
+    ``trans = A^beta / A^beta.sum(dim=1, keepdim=True)`` on ``[1, N, N]`` (the sum over rows: each column divided by
+    its sum), then ``bmm(trans, v)``; ``"row"`` divides each row by its sum. Each step ends with the per-class
+    min-max.
+    """
+    height, width = logits.shape
+    n = height * width
+    a = np.eye(n)
+    for y in range(height):
+        for x in range(width):
+            if border == "interior" and not (y < height - radius + 1 and radius - 1 <= x < width - radius + 1):
+                continue
+            for dy, dx in affinity_offsets(radius):
+                if 0 <= y + dy < height and 0 <= x + dx < width:
+                    u, w = y * width + x, (y + dy) * width + x + dx
+                    a[u, w] = a[w, u] = np.exp(-abs(logits[y, x] - logits[y + dy, x + dx])) ** beta
+    batched = a[None]
+    if transition == "column":
+        trans = batched / batched.sum(axis=1, keepdims=True)
+    else:
+        trans = batched / batched.sum(axis=2, keepdims=True)
+    v = cams.reshape(cams.shape[0], n).T[None]  # [1, N, C]
+    for _ in range(steps):
+        v = trans @ v
+        low, high = v.min(axis=1, keepdims=True), v.max(axis=1, keepdims=True)
+        v = (v - low + 1e-6) / (high - low + 1e-6)
+    return v[0].T.reshape(cams.shape)
+
+
+@pytest.mark.parametrize("transition, border", [("column", "interior"), ("row", "all"), ("column", "all")])
+def test_walk_matches_the_dense_reference_of_each_transition(transition, border):
+    for shape, beta, classes in itertools.product([(7, 9), (16, 16), (12, 20)], (1.0, 4.0), (1, 3)):
+        logits, cams = _inputs(shape, classes, seed=shape[1] + classes)
+        for steps in (0, 1, 4):
+            expected = _authors_reference(logits, cams, beta, steps, 5, border, transition)
+            out = random_walk(logits, cams, beta, steps, 5, border, transition=transition)
+            np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5, err_msg=f"{shape} {beta} {classes} {steps}")
+            # the library's dense reference agrees too
+            np.testing.assert_allclose(
+                dense_random_walk(logits, cams, beta, steps, 5, border, transition), expected, rtol=0, atol=1e-10
+            )
+
+
+def test_the_two_transitions_differ_and_row_is_the_default():
+    # guards the reference test above against a transition option that changes nothing
+    logits, cams = _inputs((16, 16), 2, 7)
+    row = random_walk(logits, cams, border="interior")
+    np.testing.assert_array_equal(row, random_walk(logits, cams, border="interior", transition="row"))
+    column = random_walk(logits, cams, border="interior", transition="column")
+    assert np.abs(column - row).max() > 0.1
+
+
+@pytest.mark.parametrize("border", ["all", "interior"])
+def test_dense_column_transition_is_the_row_one_transposed(border):
+    # A is symmetric, so A^beta D^-1 = (D^-1 A^beta)^T: columns sum to 1
+    logits, _ = _inputs((9, 11), 1, 5)
+    row = dense_transition(logits, beta=4.0, radius=3, border=border)
+    column = dense_transition(logits, beta=4.0, radius=3, border=border, transition="column")
+    np.testing.assert_allclose(column.sum(axis=0), 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(column, row.T, rtol=1e-12, atol=1e-15)
+
+
 def test_walk_changes_the_maps_and_normalises_them():
     # guards the equality test above against a trivial pass (e.g. both returning the input)
     logits, cams = _inputs((12, 12), 2, 3)
@@ -232,6 +299,8 @@ BAD_INPUTS = [
     (Z, Z, {"beta": 0.0}, "beta must be a finite number > 0"),
     (Z, Z, {"beta": float("inf")}, "beta must be a finite number > 0"),
     (Z, Z, {"border": "interor"}, "interior"),  # look_up_option names the closest option
+    (Z, Z, {"transition": "colum"}, "column"),
+    (Z, Z, {"transition": "rows"}, "row"),
 ]
 
 

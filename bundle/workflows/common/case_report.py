@@ -93,18 +93,46 @@ def _finite(values: Sequence[float]) -> np.ndarray:
     return arr[np.isfinite(arr)]
 
 
+def _pooled(records: Sequence[Mapping[str, Any]], name: str, metric: str, weight: str) -> dict:
+    """A per-case mean pooled over the units it averages (e.g. slices): mean weighted by the ``weight`` metric.
+
+    An infinite case value makes the pooled mean infinite (an authors' convention, e.g. an empty prediction)."""
+    pairs = [(r["metrics"][name][metric], r["metrics"][name][weight]) for r in records]
+    vals = np.asarray([np.nan if v is None else v for v, _ in pairs], dtype=np.float64)
+    w = np.asarray([0.0 if x is None else x for _, x in pairs], dtype=np.float64)
+    keep = ~np.isnan(vals) & (w > 0)
+    vals, w = vals[keep], w[keep]
+    n = int(vals.size)
+    finite = vals[np.isfinite(vals)]
+    mean = None
+    if n:
+        mean = float("inf") if finite.size < n else float((vals * w).sum() / w.sum())
+    return {"mean": mean, "std": float(vals.std(ddof=1)) if n >= 2 and finite.size == n else None,
+            "median": float(np.median(vals)) if n else None, "n": n, "pooled_by": weight}
+
+
 def summarise(
-    records: Sequence[Mapping[str, Any]], class_names: Sequence[str], metric_names: Sequence[str]
+    records: Sequence[Mapping[str, Any]], class_names: Sequence[str], metric_names: Sequence[str],
+    pooling: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, dict]]:
     """Per class and metric over the cases: mean, sample std, median and n (non-NaN values only).
+
+    Args:
+        pooling: ``{metric: weight_metric}`` for metrics whose per-case value is a mean over units (e.g. slices)
+            counted by ``weight_metric``: their ``mean`` is pooled over those units (weighted by the count; infinite
+            if a case value is), ``std`` and ``median`` stay over cases, and the entry says ``"pooled_by"``.
 
     Returns:
         ``{class: {metric: {"mean", "std", "median", "n"}}}``; statistics are ``None`` when ``n`` is too small.
     """
     out: dict[str, dict[str, dict]] = {}
+    pooling = dict(pooling or {})
     for name in class_names:
         out[name] = {}
         for metric in metric_names:
+            if metric in pooling:
+                out[name][metric] = _pooled(records, name, metric, pooling[metric])
+                continue
             vals = _finite([r["metrics"][name][metric] for r in records])
             n = int(vals.size)
             out[name][metric] = {
@@ -161,6 +189,7 @@ def write_report(
     metric_definitions: Mapping[str, str] | None = None,
     tags: Mapping[str, Any] | None = None,
     info_columns: Sequence[str] = (),
+    pooling: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write the per-case CSV and JSON and the summary JSON into ``output_dir`` (each atomically).
 
@@ -172,6 +201,7 @@ def write_report(
         metric_definitions: ``{metric: one-line definition}`` written into the summary (units, empty-case rules).
         tags: JSON-serialisable run description copied into the summary.
         info_columns: record fields written as CSV columns after ``source``.
+        pooling: metrics whose summary mean is pooled over units, see :func:`summarise`.
 
     Returns:
         the summary written to ``metrics_summary.json`` (NaN as ``None``).
@@ -185,7 +215,7 @@ def write_report(
             "n_cases": len(records),
             "class_names": class_names,
             "metric_definitions": dict(metric_definitions or {}),
-            "metrics": summarise(records, class_names, metric_names),
+            "metrics": summarise(records, class_names, metric_names, pooling),
         }
     )
     per_case = json_safe({"class_names": class_names, "metrics": metric_names, "cases": [dict(r) for r in records]})
@@ -251,6 +281,12 @@ class CaseReport:
     metric_definitions: Mapping[str, str] | None = None
     info_columns: Sequence[str] = ()
     title: str = "report"
+    #: ``{metric: weight_metric}`` pooled in the summary (see :func:`summarise`)
+    metric_pooling: Mapping[str, str] | None = None
+
+    def case_extras(self, data: Any) -> dict[str, Any]:
+        """Keyword arguments for :meth:`score_case` taken from a case's batch data; none by default."""
+        return {}
 
     def __init__(
         self,
@@ -312,7 +348,8 @@ class CaseReport:
                 case_id = f"rank{distributed.rank()}_case{len(self._records):04d}"
                 warnings.warn(f"no {self.case_id_key!r} key and no filename_or_obj meta: naming the case {case_id}")
             names = self._class_names_for(pred)
-            self._records.append(self.score_case(_to_cpu(pred), _to_cpu(label), names, str(case_id)))
+            extras = self.case_extras(data)
+            self._records.append(self.score_case(_to_cpu(pred), _to_cpu(label), names, str(case_id), **extras))
 
     def _class_names_for(self, pred) -> list[str]:
         if self.class_names is None:
@@ -339,5 +376,6 @@ class CaseReport:
             metric_definitions=self.metric_definitions,
             tags=self.tags,
             info_columns=self.info_columns,
+            pooling=self.metric_pooling,
         )
         self.logger.info("%s\nwritten to %s", format_summary_table(summary, self.title), self.output_dir)

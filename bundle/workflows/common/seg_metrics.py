@@ -3,10 +3,11 @@
 Two families are computed for every region channel of a case (see ``docs/methods.md`` §5):
 
 - **Volume metrics** (the standard report): 3D Dice, 3D Jaccard and HD95 in millimetres.
-- **Slice metrics** (the convention the WeakMedSAM authors report, needed to compare with their anchors): 2D Dice
-  and Jaccard per axial slice averaged over *all* slices, where a slice with an empty prediction *and* an empty
-  ground truth counts as 1; ASSD and HD95 per axial slice in *pixels*, only on slices where both are non-empty,
-  averaged over those slices.
+- **Slice metrics** (after the WeakMedSAM authors' convention): 2D Dice and Jaccard per axial slice averaged over
+  *all* slices, where a slice with an empty prediction *and* an empty ground truth counts as 1; ASSD and HD95 per
+  axial slice between the mask *boundaries* in native *pixels*, only on slices where both are non-empty, averaged
+  over those slices. The distances the authors' code actually computes (region-based, in a 256 x 256 trimmed frame,
+  pooled over slices) are :mod:`bundle.workflows.common.authors_metrics`, reported next to these as ``authors_*``.
 
 Conventions chosen here (all documented in :data:`METRIC_DEFINITIONS`, which the report writes next to the numbers):
 

@@ -18,6 +18,12 @@ from typing import Any
 from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
 
+from bundle.workflows.common.authors_metrics import (
+    AUTHORS_METRIC_DEFINITIONS,
+    AUTHORS_POOLING,
+    WEAK_AUTHORS_METRICS,
+    weak_authors_metrics,
+)
 from bundle.workflows.common.case_report import CaseReport, case_id_from_meta, sources_from_meta
 from bundle.workflows.common.case_report import write_report as write_case_report
 from bundle.workflows.common.seg_metrics import METRIC_DEFINITIONS, SLICE_METRICS, VOLUME_METRICS, case_metrics
@@ -110,6 +116,38 @@ class SegmentationReport(CaseReport):
     info_columns = _INFO_COLUMNS
     title = "segmentation report"
 
-    def score_case(self, pred: Any, label: Any, class_names: Sequence[str], case_id: str) -> dict[str, Any]:
-        """The :func:`case_record` of one case."""
-        return case_record(pred, label, class_names=class_names, case_id=case_id)
+    def __init__(self, *args, authors_metrics: bool = False, authors_image_key: str | None = None, **kwargs) -> None:
+        """``authors_metrics`` adds the WeakMedSAM authors' slice distances (``authors_*``, pooled over slices; see
+        :mod:`bundle.workflows.common.authors_metrics`) next to the standard ones; ``authors_image_key`` names the
+        batch key of the image on the label's grid used for the authors' trim (``None``: untrimmed slices)."""
+        super().__init__(*args, **kwargs)
+        self.authors_metrics = bool(authors_metrics)
+        self.authors_image_key = authors_image_key
+        if self.authors_metrics:
+            self.metric_names = METRIC_NAMES + WEAK_AUTHORS_METRICS
+            self.metric_definitions = {**METRIC_DEFINITIONS,
+                                       **{k: AUTHORS_METRIC_DEFINITIONS[k] for k in WEAK_AUTHORS_METRICS}}
+            self.metric_pooling = {k: v for k, v in AUTHORS_POOLING.items() if k in WEAK_AUTHORS_METRICS}
+
+    def case_extras(self, data: Any) -> dict[str, Any]:
+        """The image for the authors' trim, when asked for; refuses when the batch does not hold it."""
+        if not (self.authors_metrics and self.authors_image_key):
+            return {}
+        if not isinstance(data, Mapping) or data.get(self.authors_image_key) is None:
+            raise ValueError(f"SegmentationReport: authors_image_key {self.authors_image_key!r} is not in the batch; "
+                             "load the image on the label's grid under that key, or set authors_image_key to null")
+        image = data[self.authors_image_key]
+        return {"image": image.detach().cpu().numpy() if hasattr(image, "detach") else image}
+
+    def score_case(self, pred: Any, label: Any, class_names: Sequence[str], case_id: str,
+                   image: Any = None) -> dict[str, Any]:
+        """The :func:`case_record` of one case, plus the authors' slice distances when asked for."""
+        record = case_record(pred, label, class_names=class_names, case_id=case_id)
+        if self.authors_metrics:
+            authors = weak_authors_metrics(_binary(pred), _binary(label), image=image, class_names=class_names)
+            record["metrics"] = {k: {**v, **authors[k]} for k, v in record["metrics"].items()}
+        return record
+
+
+def _binary(x: Any):
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else x

@@ -5,7 +5,9 @@
   from the image's affine).
 - **anchor**: the authors' protocol, comparable with their published numbers. Only the slices whose ground truth
   holds the organ, each prompted with the tight box of its ground truth; Dice per slice and HD95 per slice in
-  pixels, averaged over those slices.
+  pixels, averaged over those slices; next to them, labelled ``authors_*``, ADA-SAM's own HD (maximum Hausdorff in
+  pixels at 1024 x 1024, infinite for an empty prediction, pooled over slices:
+  :mod:`bundle.workflows.common.authors_metrics`).
 
 Each protocol is written as a report of its own (``fair/`` and ``anchor/`` under the evaluation folder, the files of
 :func:`bundle.workflows.common.case_report.write_report`, which ``scripts/compare_runs.py`` tabulates over seeds), and
@@ -23,11 +25,17 @@ from pathlib import Path
 import numpy as np
 
 from bundle.atomic import write_text_atomic
+from bundle.workflows.common.authors_metrics import (
+    AUTHORS_METRIC_DEFINITIONS,
+    AUTHORS_POOLING,
+    SAM_MIX_AUTHORS_METRICS,
+    sam_mix_authors_slice,
+)
 from bundle.workflows.common.case_report import format_summary_table, json_safe, write_report
 from bundle.workflows.common.seg_metrics import slice_surface_distances, volume_metrics
 from bundle.workflows.semisup.predictor import SamMixPredictor
 
-__all__ = ["PROTOCOLS", "PROTOCOL_METRICS", "METRIC_DEFINITIONS", "evaluate_case", "write_evaluation"]
+__all__ = ["PROTOCOLS", "PROTOCOL_METRICS", "PROTOCOL_POOLING", "METRIC_DEFINITIONS", "evaluate_case", "write_evaluation"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +47,16 @@ PROTOCOLS = {
               "truth (the SAM-Mix authors' evaluation; the U-Net takes no prompt); scored per slice and averaged "
               "over those slices",
 }
-PROTOCOL_METRICS = {"fair": ("dice", "hd95"), "anchor": ("slice_dice", "slice_hd95_px")}
+PROTOCOL_METRICS = {"fair": ("dice", "hd95"), "anchor": ("slice_dice", "slice_hd95_px", *SAM_MIX_AUTHORS_METRICS)}
+#: the anchor's authors_hd_px1024 is a mean over slices in each case, pooled over slices in the summary
+PROTOCOL_POOLING = {"fair": {}, "anchor": {k: v for k, v in AUTHORS_POOLING.items() if k in SAM_MIX_AUTHORS_METRICS}}
 METRIC_DEFINITIONS = {
     "dice": "3D Dice of the organ on the reassembled volume; 1.0 when prediction and truth are both empty",
     "hd95": "3D 95th-percentile Hausdorff distance in mm (MONAI); NaN if either side is empty",
     "slice_dice": "2D Dice per slice holding the organ in the ground truth, averaged over those slices",
     "slice_hd95_px": "2D HD95 in pixels (medpy definition) per slice holding the organ, averaged over the slices "
                      "where the prediction is not empty",
+    **{k: AUTHORS_METRIC_DEFINITIONS[k] for k in SAM_MIX_AUTHORS_METRICS},
 }
 
 
@@ -77,15 +88,21 @@ def evaluate_case(predictor: SamMixPredictor, image, truth, spacing: Sequence[fl
                        "empty_cams": len(fair["cam_empty"])}
     if "anchor" in pred:
         anchor = pred["anchor"]
-        dice, hd = [], []
+        dice, hd, hd_authors = [], [], []
         for d in anchor["slices"]:
             p, g = anchor["mask"][0, ..., d] > 0, truth[0, ..., d]
             dice.append(2.0 * np.logical_and(p, g).sum() / (p.sum() + g.sum()))
             hd.append(slice_surface_distances(p, g)[1])
+            hd_authors.append(sam_mix_authors_slice(p, g))
         hd = np.asarray(hd, float)
+        # ADA-SAM's convention: an empty prediction is infinitely far, and one such slice makes the mean infinite
+        hd_authors = np.asarray(hd_authors, float)
         out["anchor"] = {
             "metrics": {organ: {"slice_dice": float(np.mean(dice)) if dice else float("nan"),
-                                "slice_hd95_px": float(np.nanmean(hd)) if np.isfinite(hd).any() else float("nan")}},
+                                "slice_hd95_px": float(np.nanmean(hd)) if np.isfinite(hd).any() else float("nan"),
+                                "authors_hd_px1024": float(hd_authors.mean()) if hd_authors.size else float("nan"),
+                                "authors_slices": float(hd_authors.size),
+                                "authors_empty_pred_slices": float(np.isinf(hd_authors).sum())}},
             "seconds": seconds, "slices": len(anchor["slices"]),
         }
     return out
@@ -104,7 +121,8 @@ def write_evaluation(records: Mapping[str, Sequence[Mapping]], eval_dir: str | P
     for protocol, recs in records.items():
         summary = write_report(recs, eval_dir / protocol, [organ], PROTOCOL_METRICS[protocol],
                                {k: METRIC_DEFINITIONS[k] for k in PROTOCOL_METRICS[protocol]},
-                               {**tags, "protocol": protocol, "protocol_description": PROTOCOLS[protocol]})
+                               {**tags, "protocol": protocol, "protocol_description": PROTOCOLS[protocol]},
+                               pooling=PROTOCOL_POOLING[protocol])
         both["protocols"][protocol] = {"description": PROTOCOLS[protocol], "metrics": summary["metrics"],
                                        "n_cases": summary["n_cases"]}
         logger.info("%s", format_summary_table(summary, title=f"SAM-Mix evaluation ({protocol})"))

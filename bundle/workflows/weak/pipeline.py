@@ -181,6 +181,7 @@ class WeakPipeline:
         self.num_workers, self.cache_rate = int(num_workers), float(cache_rate)
         self.seg_labels = look_up_option(seg_labels, SEG_LABELS)
         self.resume = resume_flag(resume)
+        self.pseudo()  # refuses an unknown walk border / transition now, not after the SAM features and classifier
 
     # ---- data ----------------------------------------------------------------------------------------------------
     def entries(self, section: str, with_label: bool = False) -> list[dict]:
@@ -402,7 +403,9 @@ class WeakPipeline:
         metrics' gathering is a collective call that a rank evaluating alone would wait in for ever."""
         if self.eval_config_file is None:
             raise ValueError("no evaluation config given (eval_config_file)")
-        overrides = {**self._seg_overrides(), "datalist": self.datalist, "eval_section": "testing"}
+        # the authors' slice distances (authors_*, 256 trimmed frame, pooled over slices) next to the standard ones
+        overrides = {**self._seg_overrides(), "datalist": self.datalist, "eval_section": "testing",
+                     "authors_metrics": True}
         self._run_bundle([*self.seg_config_files, self.eval_config_file], "evaluating", "eval", overrides)
         return {"labels": self.seg_labels, "eval_dir": str(Path(overrides["output_dir"]))}
 

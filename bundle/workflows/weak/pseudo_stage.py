@@ -28,13 +28,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
+from monai.utils import look_up_option
 
 from bundle.data.case_ids import case_id_of
 from bundle.data.writers import to_file_grid
 from bundle.hashing import path_sha256
 from bundle.priors.cache import PriorCache
 from bundle.priors.pseudo_labels import class_map_to_label, class_values_for_groups, pseudo_label_slice
-from bundle.priors.random_walk import random_walk
+from bundle.priors.random_walk import BORDER_MODES, TRANSITIONS, random_walk
 from bundle.workflows.weak.classifier import load_classifier
 from bundle.workflows.weak.features import SamSliceFeatures, entry_files
 from bundle.workflows.weak.slices import class_groups
@@ -49,6 +50,14 @@ CAM_KIND = "cam_label"
 """The same pipeline without the random walk: the CAM alone, for comparison."""
 
 
+def _walk_option(name: str, value, options: Sequence[str]) -> str:
+    """``value`` when it is one of ``options``; else one line naming the config option and the closest valid value."""
+    try:
+        return look_up_option(value, options)
+    except ValueError as error:
+        raise ValueError(f"{name}: " + " ".join(str(error).split())) from None
+
+
 class PseudoLabels:
     """Pseudo-label volumes of datalist cases from a trained classifier and cached SAM features.
 
@@ -57,7 +66,9 @@ class PseudoLabels:
             prompts placed on the CAMs here).
         classifier_path: the classifier file of :func:`bundle.workflows.weak.classifier.train_classifier`.
         cache_dir: the cache folder (one partition per configuration).
-        beta, steps, radius, border: random-walk settings (METHODS.md §5: 4, 4, 5, every pixel).
+        beta, steps, radius, border, transition: random-walk settings (METHODS.md §5: 4, 4, 5, every pixel,
+            ``row`` = ``D^-1 A``; ``column`` = ``A D^-1`` as the authors' code); an unknown border or transition is
+            refused here, before any work.
         kernel_size, sigma: Gaussian blur after upsampling (21, 3.5).
         threshold: foreground threshold of a binary task's refined map (0.5).
         background_threshold: multi-class: a pixel is background when no class map exceeds it (0.5).
@@ -69,12 +80,15 @@ class PseudoLabels:
 
     def __init__(self, features: SamSliceFeatures, classifier_path: str | os.PathLike, cache_dir: str | os.PathLike,
                  beta: float = 4.0, steps: int = 4, radius: int = 5, border: str = "all", kernel_size: int = 21,
-                 sigma: float = 3.5, threshold: float = 0.5, background_threshold: float = 0.5,
+                 sigma: float = 3.5, transition: str = "row", threshold: float = 0.5, background_threshold: float = 0.5,
                  positive_threshold: float = 0.5, logit_scale: float = 1.0, batch_size: int = 16,
                  device="cpu") -> None:
         self.features = features
         self.classifier_path = os.fspath(classifier_path)
-        self.walk = {"beta": float(beta), "steps": int(steps), "radius": int(radius), "border": border}
+        # part of the cache signature: labels of another walk are never reused
+        self.walk = {"beta": float(beta), "steps": int(steps), "radius": int(radius),
+                     "border": _walk_option("walk_border", border, BORDER_MODES),
+                     "transition": _walk_option("walk_transition", transition, TRANSITIONS)}
         if not float(logit_scale) > 0:
             raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
         self.logit_scale = float(logit_scale)

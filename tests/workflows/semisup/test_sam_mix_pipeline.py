@@ -133,7 +133,11 @@ def test_evaluation_reports_fair_and_anchor_separately(lits, trained, tiny_sam_c
     anchor = json.loads((trained / "run" / "eval" / "anchor" / "metrics_summary.json").read_text())
     assert fair["tags"]["protocol"] == "fair" and anchor["tags"]["protocol"] == "anchor"
     assert set(fair["metrics"]["liver"]) == {"dice", "hd95"}
-    assert set(anchor["metrics"]["liver"]) == {"slice_dice", "slice_hd95_px"}
+    # the bundle's own anchor metrics, and next to them ADA-SAM's HD (1024 px, pooled over slices), labelled authors_
+    assert set(anchor["metrics"]["liver"]) == {"slice_dice", "slice_hd95_px", "authors_hd_px1024", "authors_slices",
+                                              "authors_empty_pred_slices"}
+    assert anchor["metrics"]["liver"]["authors_hd_px1024"]["pooled_by"] == "authors_slices"
+    assert "1024 x 1024" in anchor["metric_definitions"]["authors_hd_px1024"]
     assert fair["n_cases"] == len(lits.cases["testing"])
     assert 0.0 <= anchor["metrics"]["liver"]["slice_dice"]["mean"] <= 1.0
 

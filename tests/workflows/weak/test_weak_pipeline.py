@@ -71,6 +71,10 @@ def test_brats_pipeline_end_to_end_and_resume(phantom_set, tmp_path, shapes_sam_
     assert len(reports) == 1
     report = json.loads(reports[0].read_text())
     assert {"dice", "hd95", "slice_dice"} <= set(json.dumps(report).replace('"', " ").split())
+    # and the authors' slice distances next to them (256 trimmed frame, region-based, pooled over slices)
+    tumour = report["metrics"]["tumour"]
+    assert {"slice_hd95", "slice_assd", "authors_hd95", "authors_assd", "authors_slices"} <= set(tumour)
+    assert tumour["authors_hd95"]["pooled_by"] == "authors_slices"
 
     tags, _ = tensorboard_tags(tmp_path / "run")
     panels = {t.rsplit("/", 1)[-1] for t in tags["images"] if t.startswith("weak/")}
