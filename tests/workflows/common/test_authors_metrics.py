@@ -130,3 +130,9 @@ def test_segmentation_report_adds_the_authors_family_next_to_the_standard_one():
     assert metrics["authors_slices"] == 1.0 and metrics["authors_hd95"] > metrics["slice_hd95"]
     with pytest.raises(ValueError, match="authors_image_key 'img' is not in the batch"):
         report.case_extras({"image": image})
+
+
+def test_a_report_asked_for_the_trimmed_frame_without_the_image_refuses():
+    report = SegmentationReport("unused", authors_metrics=True, authors_image_key="input_grid_image")
+    with pytest.raises(ValueError, match="authors_image_key 'input_grid_image' is not in the batch"):
+        report.case_extras({"image": np.zeros((1, 4, 4, 1))})
