@@ -33,7 +33,8 @@ from typing import Any
 
 from bundle.errors import BundleError
 
-__all__ = ["OverrideError", "RUNNER_ARGS", "RANGES", "parse_command_line", "check_overrides", "check_command_line"]
+__all__ = ["OverrideError", "RUNNER_ARGS", "RANGES", "as_flag", "parse_command_line", "check_overrides",
+           "check_command_line"]
 
 #: arguments of MONAI's ``run`` / ``create_workflow`` / ``ConfigWorkflow`` that are not config ids
 RUNNER_ARGS = frozenset({"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking",
@@ -59,8 +60,8 @@ RANGES: dict[str, tuple[float | None, float | None, str]] = {
     "sw_overlap": (0.0, 0.99, "between 0 and 0.99"),
     "learning_rate": (1e-12, None, "above 0"),
 }
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
 _EXPRESSION_PREFIXES = ("$", "@", "%")
 _checked = False
 
@@ -178,12 +179,28 @@ def _range_problem(name: str, value: Any) -> str | None:
     return None
 
 
+def as_flag(value: Any, name: str = "value") -> bool:
+    """A boolean from a boolean or one of its usual spellings (``true``/``false``, ``yes``/``no``, ``on``/``off``,
+    ``1``/``0``, any case): the one reader of text booleans for the command line, the console scripts and the
+    MONAI Label app's parameters.
+
+    Raises:
+        ValueError: anything else, naming ``name``.
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(f"{name}: expected true or false, got {value!r}")
+
+
 def _as_bool(value: Any) -> Any:
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
-        return bool(value)
-    return value
+    """``value`` as a boolean when it spells one, else unchanged (the kind check then names it)."""
+    try:
+        return as_flag(value)
+    except ValueError:
+        return value
 
 
 def check_overrides(config_files: Sequence[str] | str, overrides: Mapping[str, Any]) -> dict[str, Any]:

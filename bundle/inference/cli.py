@@ -15,15 +15,16 @@ import sys
 from collections.abc import Sequence
 
 from bundle.errors import error_line
+from bundle.overrides import as_flag
 
 __all__ = ["main", "parser"]
 
 
 def _flag(text: str) -> bool:
-    value = text.strip().lower()
-    if value not in ("true", "false", "1", "0", "yes", "no"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return value in ("true", "1", "yes")
+    try:
+        return as_flag(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}") from None
 
 
 def parser() -> argparse.ArgumentParser:

@@ -26,12 +26,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from bundle.overrides import as_flag
+
 __all__ = ["KNOWN_KEYS", "REPO_ROOT", "AppSettings", "is_remote", "truthy"]
 
 #: the repository (apps/monailabel/lib/settings.py -> three levels up)
 REPO_ROOT = Path(__file__).resolve().parents[3]
 KNOWN_KEYS = ("seg_model", "cls_model", "preset", "work_dir", "prior_cache", "device", "dcmqi_download")
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 
 
 def is_remote(studies: str) -> bool:
@@ -45,14 +46,9 @@ def truthy(value: object, key: str = "value") -> bool:
     Raises:
         ValueError: any other text.
     """
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"{key}: expected true or false, got {value!r}")
+    if isinstance(value, str) and not value.strip():
+        return False  # an empty --conf value
+    return as_flag(value, key)
 
 
 def _path(value: str | None) -> Path | None:
