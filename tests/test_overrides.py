@@ -70,9 +70,13 @@ def test_parse_command_line_reads_as_fire_does():
 
 
 def test_other_programs_are_not_checked():
-    # pytest's own command line, or a workflow built in Python: nothing to check, nothing refused
-    check_command_line(["pytest", "-q", "--max_epoch", "2"])
-    check_command_line(["/x/monai/bundle/__main__.py", "verify_metadata", "--max_epoch", "2"])
+    # pytest's own command line, another bundle subcommand, or a workflow built in Python: nothing refused ...
+    words = ["--config_file", json.dumps(SEG), "--max_epoch", "2"]
+    check_command_line(["pytest", "-q", *words])
+    check_command_line(["/x/monai/bundle/__main__.py", "verify_metadata", *words])
+    # ... while the same words after `run` are
+    with pytest.raises(OverrideError, match="--max_epoch: no option of that name"):
+        check_command_line(["/x/monai/bundle/__main__.py", "run", "training", *words])
 
 
 def _run(config: Path, *words: str) -> subprocess.CompletedProcess:
