@@ -14,7 +14,7 @@ PRIOR_MODES = ("add", "channels", "concat", "none")
 """How SAMAug feeds the priors to the segmentation network (``bundle.workflows.segmentation.inputs``)."""
 INFER_MODES = ("aug_only", "raw", "entropy_select")
 """SAMAug's inference modes (``bundle.workflows.segmentation.inferer``)."""
-ENTROPY_MODES = ("binary", "margin")
+ENTROPY_MODES = ("binary", "margin", "margin_minmax")
 """The uncertainty score of ``entropy_select`` (``bundle.workflows.segmentation.inferer``)."""
 SPATIAL_DIMS = (2, 3)
 """Spatial dimensions of the segmentation networks (``bundle.workflows.segmentation.workflow``)."""

@@ -5,10 +5,11 @@ docs/methods.md §2, ``infer_mode``:
 - ``aug_only``: the network on the prior-augmented input.
 - ``raw``: the network on the raw input (priors zero, same layout), e.g. to measure what the priors add.
 - ``entropy_select``: run both and keep, per sample, the logits whose sigmoid probabilities have the lower mean
-  binary entropy (``entropy="binary"``), or the higher mean ``|p - 0.5|`` (``entropy="margin"``, the authors'
-  code). A sample is an image for 2D batches and a volume for 3D batches; ``selection="slice"`` selects per
-  axial slice (last spatial axis) instead, the authors' per-image rule for a 2D network run slice by slice on a
-  volume.
+  binary entropy (``entropy="binary"``), the higher mean ``|p - 0.5|`` (``entropy="margin"``), or the higher mean
+  ``|q - 0.5|`` of ``q`` the per-image min-max of ``p`` (``entropy="margin_minmax"``, exactly the authors' rule:
+  their test script min-max scales each sigmoid map before the margin). A sample is an image for 2D batches and a
+  volume for 3D batches; ``selection="slice"`` selects per axial slice (last spatial axis) instead, the authors'
+  per-image rule for a 2D network run slice by slice on a volume.
 
 The evaluator's batch is ``torch.cat([image, prior], dim=1)`` (:class:`SamAugPrepareBatch`) so that any MONAI
 inferer (``SimpleInferer``, ``SlidingWindowInferer``, ``SliceInferer``) can be wrapped: the wrapped inferer only
@@ -39,7 +40,12 @@ def selection_score(logits: torch.Tensor, entropy: str = "binary", selection: st
 
     Args:
         logits: network output before the sigmoid.
-        entropy: ``binary``: minus the mean binary entropy of ``sigmoid(logits)``; ``margin``: mean ``|p - 0.5|``.
+        entropy: ``binary``: minus the mean binary entropy of ``p = sigmoid(logits)``; ``margin``: mean
+            ``|p - 0.5|``; ``margin_minmax``: mean ``|q - 0.5|`` with ``q = (p - min p) / (max p - min p + 1e-8)``,
+            the minimum and maximum taken per output channel over the scored unit (the sample, or the slice), as
+            the authors' code does per image. Min-max moves the threshold 0.5 to the middle of the map's range, so
+            a confident but one-sided map (all ``p`` near 1) scores low; the two margins agree on most pairs, not
+            all (``docs/methods.md`` §2).
         selection: ``sample`` -> one score per sample ``[B]``; ``slice`` -> one per sample and slice along the last
             spatial axis ``[B, D]``.
 
@@ -53,13 +59,28 @@ def selection_score(logits: torch.Tensor, entropy: str = "binary", selection: st
         p = torch.sigmoid(logits)
         # H(p) = -p log p - (1 - p) log(1 - p), with log-sigmoid for stability at large |logits|
         per_voxel = p * torch.nn.functional.logsigmoid(logits) + (1 - p) * torch.nn.functional.logsigmoid(-logits)
-    else:
+    elif entropy == "margin":
         per_voxel = (torch.sigmoid(logits) - 0.5).abs()
+    else:
+        per_voxel = (_minmax_per_unit(torch.sigmoid(logits), selection) - 0.5).abs()
     if selection == "slice":
         if logits.ndim < 4:
             raise ValueError(f"selection='slice' needs at least two spatial dims, got shape {tuple(logits.shape)}.")
         return per_voxel.movedim(-1, 1).flatten(2).mean(dim=2)
     return per_voxel.flatten(1).mean(dim=1)
+
+
+def _minmax_per_unit(p: torch.Tensor, selection: str) -> torch.Tensor:
+    """``(p - min) / (max - min + 1e-8)`` per sample and channel, and per axial slice with ``selection="slice"``
+    (the authors' per-image scaling, with their epsilon)."""
+    if selection == "slice":
+        if p.ndim < 4:
+            raise ValueError(f"selection='slice' needs at least two spatial dims, got shape {tuple(p.shape)}.")
+        dims = tuple(range(2, p.ndim - 1))  # the in-slice axes; the last axis indexes the slices
+    else:
+        dims = tuple(range(2, p.ndim))
+    low, high = p.amin(dim=dims, keepdim=True), p.amax(dim=dims, keepdim=True)
+    return (p - low) / (high - low + 1e-8)
 
 
 class SamAugInferer(Inferer):
@@ -72,7 +93,8 @@ class SamAugInferer(Inferer):
         infer_mode: one of :data:`INFER_MODES`; with ``prior_mode="none"`` only ``raw`` / ``aug_only`` (identical).
         image_channels: channels of the image part of the inputs; the prior part follows.
         prior_scale: the segmentation prior is divided by it (as in training).
-        entropy: ``binary`` or ``margin``, the ``entropy_select`` criterion (see :func:`selection_score`).
+        entropy: ``binary``, ``margin`` or ``margin_minmax``, the ``entropy_select`` criterion (see
+            :func:`selection_score`).
         prior_channels: channels of the prior part.
         selection: ``sample`` (per image in 2D, per volume in 3D) or ``slice`` (per axial slice).
 

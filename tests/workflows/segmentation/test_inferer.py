@@ -59,6 +59,53 @@ def test_binary_entropy_and_margin_disagree():
     torch.testing.assert_close(margin(inputs, PriorNet()), torch.full((1, 1, 4, 4), RAW_LOGIT))
 
 
+def _authors_keeps_raw(p_raw, p_aug):
+    """The authors' test-time rule, written from their description: min-max each sigmoid map, then the raw
+    prediction is kept when its mean |q - 0.5| is strictly higher."""
+    def indicator(p):
+        q = (p - p.min()) / (p.max() - p.min() + 1e-8)
+        return (q - 0.5).abs().mean()
+    return bool(indicator(p_raw) > indicator(p_aug))
+
+
+def test_margin_minmax_picks_the_authors_answer_where_margin_does_not():
+    # raw: p = 0.8 everywhere: margin 0.3, after min-max q = 0 everywhere: 0.5
+    # aug: half p ~ 1, a quarter p = 0.5, a quarter p = 0.75: margin 0.3125 (> 0.3, aug kept);
+    #      min-max q = 1, 0, 0.5 -> 0.375 (< 0.5: raw kept, as the authors' code keeps it)
+    s = torch.full((4, 4), 1e-6)
+    s[:2] = 50.0
+    s[3] = math.log(3.0)  # p = 0.75
+    inputs = channels_inputs([s])
+    net = PriorNet()
+    p_aug, p_raw = torch.sigmoid(s), torch.full((4, 4), 0.8)
+    assert _authors_keeps_raw(p_raw, p_aug)
+    margin = SamAugInferer(SimpleInferer(), "channels", "entropy_select", entropy="margin")
+    torch.testing.assert_close(margin(inputs, net), inputs[:, 1:2])
+    authors = SamAugInferer(SimpleInferer(), "channels", "entropy_select", entropy="margin_minmax")
+    torch.testing.assert_close(authors(inputs, net), torch.full((1, 1, 4, 4), RAW_LOGIT))
+    assert authors.last_selection.tolist() == [False]
+    torch.testing.assert_close(selection_score(torch.logit(p_aug)[None, None], "margin_minmax"),
+                               torch.tensor([0.375]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("selection", ["sample", "slice"])
+def test_margin_minmax_matches_the_authors_rule_on_random_pairs(selection):
+    gen = torch.Generator().manual_seed(0)
+    shape = (40, 1, 6, 5, 3)  # 40 pairs of volumes with 3 slices; "sample" scores whole volumes
+    scale = torch.rand(40, 1, 1, 1, 1, generator=gen) * 6
+    raw = torch.randn(shape, generator=gen) * scale + torch.randn(40, 1, 1, 1, 1, generator=gen) * 3
+    aug = torch.randn(shape, generator=gen) * scale + torch.randn(40, 1, 1, 1, 1, generator=gen) * 3
+    keep_aug = selection_score(aug, "margin_minmax", selection) >= selection_score(raw, "margin_minmax", selection)
+    if selection == "sample":
+        units = [(b, ...) for b in range(40)]
+    else:
+        units = [(b, ..., d) for b in range(40) for d in range(3)]
+    expected = [not _authors_keeps_raw(torch.sigmoid(raw[u]), torch.sigmoid(aug[u])) for u in units]
+    assert keep_aug.flatten().tolist() == expected
+    margin = selection_score(aug, "margin", selection) >= selection_score(raw, "margin", selection)
+    assert margin.flatten().tolist() != expected  # the plain margin is another rule on these pairs
+
+
 def test_selection_score_values():
     logits = torch.zeros(1, 1, 2, 2)
     torch.testing.assert_close(selection_score(logits), torch.tensor([-math.log(2)]))
