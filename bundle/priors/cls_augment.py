@@ -3,9 +3,16 @@
 With ``x`` the image and the SAM prior channels of the same volume (picked by name from ``meta["channel_names"]``,
 as :class:`~bundle.priors.transforms.SamPrior` and the prior cache write them), ``mode`` chooses ``x_aug``:
 
-- ``emphasis`` (default): ``x_aug = x * (alpha + (1 - alpha) * P)`` with ``P`` the SAMAug-C prior map in
-  ``[0, 1]`` (``samaugc_prior``): pixels inside confident SAM masks keep their intensity, the background is scaled
-  down to ``alpha`` of it.
+- ``emphasis_min``: ``x_aug = m + (x - m) * (alpha + (1 - alpha) * P)`` with ``P`` the SAMAug-C prior map in
+  ``[0, 1]`` (``samaugc_prior``) and ``m`` the minimum of ``x`` over the image, per channel (a slice for a 2D
+  task, a volume for a 3D one): pixels inside confident SAM masks keep their intensity, the background moves towards
+  the image's darkest value, to ``alpha`` of its distance from it. This is the emphasis on the image min-max scaled
+  to ``[0, 1]`` and mapped back (the maximum cancels), so it dims whatever the normalisation: it commutes with any
+  intensity map ``a x + b`` with ``a > 0`` (z-scores, HU windows, the training's intensity shift and scale).
+- ``emphasis``: ``x_aug = x * (alpha + (1 - alpha) * P)``, the same with ``m = 0``. It dims only an image whose
+  minimum is 0 (e.g. a window scaled to ``[0, 1]``, where both emphases agree); on z-scored intensities it pulls
+  the background towards 0, the tissue mean (``-1.5 -> -0.75`` with ``alpha = 0.5``), brightening dark tissue.
+  Models trained before ``emphasis_min`` existed recorded ``emphasis`` and keep this formula.
 - ``add``: ``x_aug = x + P``.
 - ``samaug`` (ablation: the segmentation recipe, reported to hurt classification): ``x_aug = x + S + B`` with
   ``S`` / ``B`` the SAMAug segmentation and boundary priors (``sam_seg_prior`` / ``sam_boundary_prior``).
@@ -30,6 +37,7 @@ from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tenso
 
 __all__ = [
     "CLS_AUGMENT_MODES",
+    "EMPHASIS_MODES",
     "SAMAUGC_PRIOR",
     "SAMAUG_PRIORS",
     "SamAugCImage",
@@ -37,7 +45,9 @@ __all__ = [
     "required_priors",
 ]
 
-CLS_AUGMENT_MODES = ("emphasis", "add", "samaug")
+CLS_AUGMENT_MODES = ("emphasis", "emphasis_min", "add", "samaug")
+"""The first one is the default (docs/classification.md; chosen on the phantoms, docs/comparison_cls.md)."""
+EMPHASIS_MODES = ("emphasis", "emphasis_min")
 SAMAUGC_PRIOR = "samaugc_prior"
 SAMAUG_PRIORS = ("sam_seg_prior", "sam_boundary_prior")
 
@@ -49,8 +59,8 @@ def required_priors(mode: str) -> tuple[str, ...]:
         mode: one of :data:`CLS_AUGMENT_MODES`.
 
     Returns:
-        ``("samaugc_prior",)`` for ``emphasis`` / ``add``, ``("sam_seg_prior", "sam_boundary_prior")`` for
-        ``samaug``.
+        ``("samaugc_prior",)`` for ``emphasis`` / ``emphasis_min`` / ``add``, ``("sam_seg_prior",
+        "sam_boundary_prior")`` for ``samaug``.
     """
     mode = look_up_option(mode, CLS_AUGMENT_MODES)
     return SAMAUG_PRIORS if mode == "samaug" else (SAMAUGC_PRIOR,)
@@ -74,9 +84,10 @@ class SamAugCImage(Transform):
     """Build the SAMAug-C augmented image ``x_aug`` (or the dual input ``[x, x_aug]``) from an image and its priors.
 
     Args:
-        mode: ``"emphasis"``, ``"add"`` or ``"samaug"`` (see the module docstring for the formulas).
-        alpha: ``emphasis`` only: the factor the background (``P = 0``) is scaled by, in ``[0, 1]``; ``1`` leaves
-            the image unchanged, ``0`` keeps only the pixels SAM found salient.
+        mode: one of :data:`CLS_AUGMENT_MODES` (see the module docstring for the formulas).
+        alpha: ``emphasis`` / ``emphasis_min`` only: the factor the background's (``P = 0``) distance from the
+            anchor (0, or the image minimum) is scaled by, in ``[0, 1]``; ``1`` leaves the image unchanged, ``0``
+            keeps only the pixels SAM found salient.
         prior_names: names of the prior channels, used when the prior carries no ``meta["channel_names"]``
             (a plain tensor or array); names in the prior's meta take precedence.
         concat: return ``[x, x_aug]`` stacked along channels (``[2C, *spatial]``) instead of ``x_aug``.
@@ -115,7 +126,7 @@ class SamAugCImage(Transform):
     ) -> NdarrayOrTensor:
         """Args:
             img: image ``[C, *spatial]`` (2 or 3 spatial dimensions), MetaTensor, tensor or array.
-            prior: prior channels ``[K, *spatial]`` of the same volume; for ``emphasis`` the SAMAug-C map is
+            prior: prior channels ``[K, *spatial]`` of the same volume; for the emphases the SAMAug-C map is
                 expected in ``[0, 1]`` (it is used as it is, not clipped).
             prior_names: names of the ``K`` prior channels for this call; default: the prior's
                 ``meta["channel_names"]``, else the constructor's ``prior_names``.
@@ -142,8 +153,13 @@ class SamAugCImage(Transform):
             x = x.float()
         p = convert_to_tensor(prior, track_meta=False).to(device=x.device, dtype=x.dtype)
         chosen = p[index]  # [n_required, *spatial]
-        if self.mode == "emphasis":
-            x_aug = x * (self.alpha + (1.0 - self.alpha) * chosen)
+        if self.mode in EMPHASIS_MODES:
+            factor = self.alpha + (1.0 - self.alpha) * chosen
+            if self.mode == "emphasis":
+                x_aug = x * factor
+            else:
+                low = x.flatten(1).amin(dim=1).reshape(-1, *([1] * (x.ndim - 1)))  # per channel, over the image
+                x_aug = low + (x - low) * factor
         elif self.mode == "add":
             x_aug = x + chosen
         else:

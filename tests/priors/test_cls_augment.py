@@ -31,6 +31,11 @@ CASES_2D = [
     ("emphasis", 0.2, [[0.4, 4.0], [3.6, 3.2]]),  # factors 0.2, 1, 0.6, 0.4
     ("emphasis", 1.0, X),
     ("emphasis", 0.0, [[0.0, 4.0], [3.0, 2.0]]),
+    # emphasis_min, minimum m = 2: m + (x - m) * factor
+    ("emphasis_min", 0.5, [[2.0, 4.0], [5.0, 5.75]]),  # 2 + 0 * 0.5, 2 + 2 * 1, 2 + 4 * 0.75, 2 + 6 * 0.625
+    ("emphasis_min", 0.2, [[2.0, 4.0], [4.4, 4.4]]),  # 2 + 4 * 0.6, 2 + 6 * 0.4
+    ("emphasis_min", 1.0, X),
+    ("emphasis_min", 0.0, [[2.0, 4.0], [4.0, 3.5]]),
     ("add", 0.5, [[2.0, 5.0], [6.5, 8.25]]),
     ("samaug", 0.5, [[3.0, 5.9], [7.4, 8.0]]),  # x + S + B
 ]
@@ -46,7 +51,8 @@ def _prior(names=NAMES, meta=True):
 
 def test_names_match_prior_kinds():
     assert SAMAUGC_PRIOR in PRIOR_KINDS and set(SAMAUG_PRIORS) <= set(PRIOR_KINDS)
-    assert required_priors("emphasis") == required_priors("add") == ("samaugc_prior",)
+    assert required_priors("emphasis") == required_priors("emphasis_min") == required_priors("add") == (
+        "samaugc_prior",)
     assert required_priors("samaug") == ("sam_seg_prior", "sam_boundary_prior")
     assert CLS_AUGMENT_MODES[0] == "emphasis"
 
@@ -61,6 +67,40 @@ def test_modes_2d(mode, alpha, expected):
 def test_default_mode_is_emphasis_with_half_alpha():
     out = SamAugCImage()(torch.tensor([X]), _prior())
     np.testing.assert_allclose(np.asarray(out), [[[1.0, 4.0], [4.5, 5.0]]], atol=1e-6)
+
+
+def test_emphasis_min_dims_z_scored_tissue_towards_the_minimum():
+    # a z-scored slice: off-mask tissue at -1.5, the image minimum -2 (off-mask too), salient tissue at +1
+    x = torch.tensor([[[-1.5, -2.0], [1.0, 0.5]]])
+    p = MetaTensor(torch.tensor([[[0.0, 0.0], [1.0, 0.0]]]), meta={"channel_names": ["samaugc_prior"]})
+    dimmed = SamAugCImage("emphasis_min", alpha=0.5)(x, p)
+    # -2 + (-1.5 + 2) * 0.5 = -1.75: darker, towards the minimum; 0.5 -> -2 + 2.5 * 0.5 = -0.75
+    np.testing.assert_allclose(np.asarray(dimmed), [[[-1.75, -2.0], [1.0, -0.75]]], atol=1e-6)
+    assert dimmed[0, 0, 0] < x[0, 0, 0]
+    # the old formula brightens the same pixel towards 0, the mean
+    old = SamAugCImage("emphasis", alpha=0.5)(x, p)
+    np.testing.assert_allclose(np.asarray(old), [[[-0.75, -1.0], [1.0, 0.25]]], atol=1e-6)
+    assert old[0, 0, 0] > x[0, 0, 0]
+
+
+def test_emphasis_min_keeps_salient_pixels_and_follows_affine_intensity_maps():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 4, 3, generator=gen)
+    ones = MetaTensor(torch.ones(1, 5, 4, 3), meta={"channel_names": ["samaugc_prior"]})
+    torch.testing.assert_close(SamAugCImage("emphasis_min", alpha=0.3)(x, ones), x)  # P = 1 leaves x unchanged
+    p = MetaTensor(torch.rand(1, 5, 4, 3, generator=gen), meta={"channel_names": ["samaugc_prior"]})
+    aug = SamAugCImage("emphasis_min", alpha=0.3)
+    # the same result on the image scaled and shifted per channel (another normalisation)
+    scale, shift = torch.tensor([2.5, 0.1]).view(2, 1, 1, 1), torch.tensor([-7.0, 40.0]).view(2, 1, 1, 1)
+    torch.testing.assert_close(aug(x * scale + shift, p), aug(x, p) * scale + shift, atol=1e-4, rtol=1e-5)
+    # the minimum is per channel and over the whole image: no pixel goes below its channel's minimum
+    out = aug(x, p)
+    assert torch.all(out.flatten(1).amin(dim=1) >= x.flatten(1).amin(dim=1) - 1e-6)
+    # hand computation of one pixel in each channel
+    for c in range(2):
+        m = x[c].min()
+        expected = m + (x[c, 1, 2, 0] - m) * (0.3 + 0.7 * p[0, 1, 2, 0])
+        torch.testing.assert_close(out[c, 1, 2, 0], expected.as_tensor())
 
 
 def test_prior_is_shared_by_all_image_channels():

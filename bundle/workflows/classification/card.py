@@ -14,6 +14,7 @@ from typing import Any
 
 from bundle.errors import InputError
 from bundle.networks.dual_branch import DualBranchClassifier
+from bundle.priors.cls_augment import EMPHASIS_MODES
 from bundle.priors.transforms import SamPrior
 from bundle.sam.factory import make_mask_generator
 from bundle.workflows.common import model_card
@@ -25,6 +26,7 @@ __all__ = [
     "CARD_VERSION",
     "CardBestModelSaver",
     "card_volume_keys",
+    "check_augmentation",
     "describe_intensity",
     "intensity_from_card",
     "network_from_card",
@@ -49,6 +51,27 @@ def read_card(model_dir) -> dict:
     if kind != "classification":
         raise InputError(model_card.card_path(model_dir), f"is the card of a {kind} model, not of a SAMAug-C classifier")
     return card
+
+
+def check_augmentation(card: Mapping[str, Any], cls_aug_mode: str, cls_alpha: float, model_dir: str = "") -> dict:
+    """The card, once its augmentation is the one the evaluation config would build.
+
+    ``configs/evaluate_cls.json`` builds ``x_aug`` from the training config's ``cls_aug_mode`` / ``cls_alpha``, not
+    from the card, so a model trained with another formula (e.g. ``emphasis``, before ``emphasis_min`` became the
+    default) would be scored on images it never saw. Inference (``configs/inference_cls.json``) reads both from the
+    card and needs no check.
+
+    Raises:
+        InputError: the mode or alpha differ; names the card and the overrides that evaluate the model as trained.
+    """
+    trained, alpha = card["cls_aug_mode"], float(card["alpha"])
+    alpha_differs = trained in EMPHASIS_MODES and abs(alpha - float(cls_alpha)) > 1e-12  # only the emphases read it
+    if trained != cls_aug_mode or alpha_differs:
+        raise InputError(model_card.card_path(model_dir) if model_dir else CARD_NAME,
+                         f"the model was trained with cls_aug_mode {trained!r}, cls_alpha {alpha:g}; this evaluation "
+                         f"would build its images with {cls_aug_mode!r}, {float(cls_alpha):g}: add --cls_aug_mode "
+                         f"{trained} --cls_alpha {alpha:g}")
+    return dict(card)
 
 
 def card_volume_keys(card: Mapping[str, Any]) -> list[str]:

@@ -10,7 +10,9 @@ from cls_utils import INFER_CLS, META_CLS, TINY_CLS, TRAIN_CLS, cls_files, train
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
 from workflow_utils import PRECOMPUTE, PRESETS, SAM_PRIORS
 
+from bundle.errors import InputError
 from bundle.priors.cache import PriorCache
+from bundle.workflows.classification.card import check_augmentation
 from bundle.workflows.classification.workflow import prior_kinds_for, uses_priors
 
 
@@ -57,7 +59,7 @@ def test_precompute_and_training_share_the_partition(preset):
 
 
 def test_prior_helpers():
-    assert prior_kinds_for("emphasis") == prior_kinds_for("add") == ["samaugc_prior"]
+    assert prior_kinds_for("emphasis") == prior_kinds_for("emphasis_min") == prior_kinds_for("add") == ["samaugc_prior"]
     assert prior_kinds_for("samaug") == ["sam_seg_prior", "sam_boundary_prior"]
     assert not uses_priors("raw") and uses_priors("raw", aug_as_samples=True) and uses_priors("dual")
     with pytest.raises(ValueError, match="augmented"):
@@ -93,3 +95,15 @@ def test_branch_variants_train(overrides, phantom_set, tmp_path):
     if "fusion_weight" in overrides:
         import json
         assert json.loads((tmp_path / "models" / "model_card.json").read_text())["fusion_weight"] == 0.3
+
+
+def test_evaluation_refuses_another_augmentation_than_the_cards():
+    """A model trained with the old ``emphasis`` is not scored on ``emphasis_min`` images (or another alpha)."""
+    card = {"cls_aug_mode": "emphasis", "alpha": 0.5, "fusion_weight": 0.4}
+    assert check_augmentation(card, "emphasis", 0.5) == card
+    with pytest.raises(InputError, match="with cls_aug_mode 'emphasis'.*--cls_aug_mode emphasis --cls_alpha 0.5"):
+        check_augmentation(card, "emphasis_min", 0.5, "models/m")
+    with pytest.raises(InputError, match="cls_alpha 0.5; this evaluation would build its images with 'emphasis', 0.3"):
+        check_augmentation(card, "emphasis", 0.3)
+    # alpha is read by the emphases only
+    assert check_augmentation({**card, "cls_aug_mode": "add"}, "add", 0.3)["cls_aug_mode"] == "add"

@@ -11,6 +11,8 @@ from cls_utils import evaluate_cls, infer_cls, read_json, train_cls
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 from workflow_utils import tensorboard_tags
 
+from bundle.errors import InputError, exception_chain
+
 
 def _check_training(work, class_names, branches=("raw", "augmented"), prior_names=("samaugc_prior",)):
     card = read_json(work / "models" / "model_card.json")
@@ -69,6 +71,10 @@ def test_abdomenct_organs_multilabel_2d(phantom_set, tmp_path):
     names = ["liver", "kidney", "spleen", "pancreas"]
     train_cls(data, tmp_path, task="abdomenct_organs", cls_aug_mode="add")
     _check_training(tmp_path, names)
+    with pytest.raises(Exception) as refused:  # not scored on images of another formula
+        evaluate_cls(data, tmp_path, task="abdomenct_organs")
+    (error,) = [e for e in exception_chain(refused.value) if isinstance(e, InputError)]
+    assert "trained with cls_aug_mode 'add'" in str(error) and "--cls_aug_mode add" in str(error)
     summary, eval_dir = evaluate_cls(data, tmp_path, task="abdomenct_organs", cls_aug_mode="add")
     assert set(summary["per_class"]) == set(names) and set(summary["confusion"]) == set(names)
     items = read_json(eval_dir / "predictions.json")["items"]
