@@ -2,9 +2,11 @@ import math
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
 from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer, SliceInferer, SlidingWindowInferer
 from monai.networks.nets import UNet
+from workflow_utils import CONFIGS
 
 from bundle.workflows.segmentation.inferer import SamAugInferer, SamAugPrepareBatch, selection_score
 from bundle.workflows.segmentation.inputs import build_network_input, raw_network_input
@@ -104,6 +106,19 @@ def test_margin_minmax_matches_the_authors_rule_on_random_pairs(selection):
     assert keep_aug.flatten().tolist() == expected
     margin = selection_score(aug, "margin", selection) >= selection_score(raw, "margin", selection)
     assert margin.flatten().tolist() != expected  # the plain margin is another rule on these pairs
+
+
+@pytest.mark.parametrize("files, key", [(["inference.json"], "inferer"),
+                                        (["sam_priors.json", "train_samaug_seg.json"], "validate#inferer")])
+def test_configs_reach_the_authors_selection(files, key):
+    """``--infer_mode entropy_select --entropy margin_minmax --entropy_selection slice`` (docs/methods.md §2) reaches
+    the inferer of inference and of evaluation; the default selects per sample."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / f) for f in files])
+    assert parser.get_parsed_content(key).selection == "sample"
+    parser.update({"infer_mode": "entropy_select", "entropy": "margin_minmax", "entropy_selection": "slice"})
+    inferer = parser.get_parsed_content(key, lazy=False)
+    assert (inferer.infer_mode, inferer.entropy, inferer.selection) == ("entropy_select", "margin_minmax", "slice")
 
 
 def test_selection_score_values():
