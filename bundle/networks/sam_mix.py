@@ -7,8 +7,9 @@
     SAM(slice, box, CAM mask) --> mask logits
 
 :class:`SamMixNet` holds the two networks (so one module trains, checkpoints and moves between devices) and the
-steps between them; :meth:`SamMixNet.predict` runs them at inference with the box source chosen by the caller:
-the CAM (the fair setting) or boxes given from outside (ground-truth boxes: the authors' evaluation).
+steps between them; :meth:`SamMixNet.predict` runs them at inference with the box source chosen by the caller: the
+CAM (the fair setting) or boxes given from outside (ground-truth boxes: the authors' evaluation). The classifier's
+last stages can be dilated to a finer CAM (``output_stride``, :mod:`bundle.networks.dilated_resnet`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,34 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from bundle.networks.dilated_resnet import set_output_stride
 from bundle.networks.dual_branch import BACKBONES, build_backbone
 from bundle.networks.grad_cam import grad_cam
 from bundle.sam.cam_prompts import cam_boxes
 from bundle.sam.trainable import TrainableSam
 
-__all__ = ["SamMixNet", "SamMixOutput"]
+__all__ = ["SamMixNet", "SamMixOutput", "build_classifier", "classifier_stride"]
+
+
+def build_classifier(backbone: str = "resnet18", in_channels: int = 1, backbone_kwargs: Mapping | None = None,
+                     output_stride: int | None = None) -> tuple[nn.Module, str, int]:
+    """``(classifier, Grad-CAM layer, that layer's stride)``: the binary slice classifier of :class:`SamMixNet`
+    (arguments and errors there)."""
+    classifier = build_backbone(backbone, 2, in_channels, 2, backbone_kwargs)
+    layer = BACKBONES[backbone][1]
+    return classifier, layer, set_output_stride(classifier, output_stride, layer, 2, in_channels)
+
+
+def classifier_stride(backbone: str, in_channels: int = 1, backbone_kwargs: Mapping | None = None,
+                      output_stride: int | None = None) -> int:
+    """The stride of the CAM of :class:`SamMixNet`'s classifier with these arguments (building it once, the random
+    state kept: the classifier built afterwards gets the weights it would get without this call).
+
+    Raises:
+        ValueError: see :class:`SamMixNet`.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return build_classifier(backbone, in_channels, backbone_kwargs, output_stride)[2]
 
 
 class SamMixOutput(dict):
@@ -41,14 +64,24 @@ class SamMixNet(nn.Module):
         backbone_kwargs: extra arguments of the MONAI builder.
         cam_threshold: CAM mask threshold on the min-max scaled Grad-CAM (0.4).
         dense_guidance: add the CAM mask to SAM's image embedding (SAM-Mix: yes; the zero-shot baseline: no).
+        output_stride: stride of the feature map Grad-CAM weights, 8, 16 or 32 (the config's default 8: a 32 x 32
+            CAM at 256 x 256, as the paper's ResNet-38); lower than the backbone's own stride by dilation
+            (:func:`~bundle.networks.dilated_resnet.set_output_stride`); None keeps the backbone as MONAI builds it
+            (stride 16 for the ResNets with their default stem: what models trained before the option have).
+
+    Attributes:
+        output_stride: the stride the classifier has (measured).
+
+    Raises:
+        ValueError: an ``output_stride`` the backbone cannot have (one line naming the option).
     """
 
     def __init__(self, sam: TrainableSam, backbone: str = "resnet18", in_channels: int = 1,
                  backbone_kwargs: Mapping | None = None, cam_threshold: float = 0.4,
-                 dense_guidance: bool = True) -> None:
+                 dense_guidance: bool = True, output_stride: int | None = None) -> None:
         super().__init__()
-        self.classifier = build_backbone(backbone, 2, in_channels, 2, backbone_kwargs)
-        self.target_layer = BACKBONES[backbone][1]
+        self.classifier, self.target_layer, self.output_stride = build_classifier(backbone, in_channels,
+                                                                                  backbone_kwargs, output_stride)
         self.sam = sam
         self.cam_threshold = float(cam_threshold)
         self.dense_guidance = bool(dense_guidance)

@@ -254,6 +254,7 @@ def _schemas() -> dict[str, Validator]:
     # modules import the model card module
     from bundle.data.labels import DATASETS, DATASET_NAMES
     from bundle.data.tasks import TASK_NAMES
+    from bundle.networks.dilated_resnet import OUTPUT_STRIDES
     from bundle.networks.dual_branch import BACKBONES, BRANCH_MODES
     from bundle.priors.cls_augment import CLS_AUGMENT_MODES
     from bundle.priors.maps import COMBINE_MODES, SCORE_KEYS
@@ -321,7 +322,8 @@ def _schemas() -> dict[str, Validator]:
                        "multimask": one_of(*MULTIMASK_MODES), "guidance": one_of(*GUIDANCE_MODES),
                        "guidance_weight": number()}),
         "classifier": record({"backbone": one_of(*BACKBONES), "backbone_kwargs": backbone_kwargs,
-                              "cam_threshold": number(0, 1), "dense_guidance": boolean}),
+                              "cam_threshold": number(0, 1), "dense_guidance": boolean},
+                             {"output_stride": one_of(*OUTPUT_STRIDES)}),  # missing: as MONAI builds the backbone
         "unet": record({"in_channels": _POSITIVE, "channels": list_of(_POSITIVE, 2, 8),
                         "strides": list_of(_POSITIVE, 1, 7), "num_res_units": integer(0, 8)}),
         "modality": one_of(*MODALITIES)}

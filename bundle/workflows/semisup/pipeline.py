@@ -36,7 +36,7 @@ from bundle.data.slice_dataset import cached_slices, slice_items
 from bundle.data.writers import to_file_grid
 from bundle.errors import InputError
 from bundle.hashing import file_sha256, path_sha256
-from bundle.networks.sam_mix import SamMixNet
+from bundle.networks.sam_mix import SamMixNet, classifier_stride
 from bundle.sam.loading import load_sam, sam_info
 from bundle.sam.trainable import TrainableSam
 from bundle.workflows.common.case_report import json_safe
@@ -79,7 +79,8 @@ class SamMixWorkflow:
         volume_transform: loads ``image`` and ``label`` (checked, RAS, intensity-scaled, label -> organ mask).
         train_item_transform, val_item_transform: per-slice transforms (resize to ``roi_size``, augmentation).
         sam: ``{"model_type", "checkpoint", "lora_rank", "lora_alpha", "multimask", "guidance", "guidance_weight"}``.
-        classifier: ``{"backbone", "backbone_kwargs", "cam_threshold"}``.
+        classifier: ``{"backbone", "backbone_kwargs", "cam_threshold", "output_stride"}`` (``output_stride``: 8,
+            16 or 32, checked here, before any data is read; missing: the backbone as MONAI builds it).
         unet: the U-Net baseline's ``channels``, ``strides``, ``num_res_units``.
         training: :func:`~bundle.workflows.semisup.training.train_model` settings.
         card: fields recorded with the model (roi size, channel names, intensity).
@@ -106,6 +107,10 @@ class SamMixWorkflow:
         self.volume_transform = volume_transform
         self.train_item_transform, self.val_item_transform = train_item_transform, val_item_transform
         self.sam_args, self.classifier_args = dict(sam), dict(classifier)
+        if self.method != "unet":  # the stride the classifier will have, or the one-line refusal of the option
+            self.classifier_args["output_stride"] = classifier_stride(
+                self.classifier_args["backbone"], len(card["image_channel_names"]),
+                self.classifier_args.get("backbone_kwargs"), self.classifier_args.get("output_stride"))
         self.unet_args, self.training = dict(unet), dict(training)
         self.card_fields = dict(card)
         self.central_fraction = float(central_fraction)
@@ -165,7 +170,8 @@ class SamMixWorkflow:
             card["classifier"] = {"backbone": self.classifier_args["backbone"],
                                   "backbone_kwargs": dict(self.classifier_args.get("backbone_kwargs") or {}),
                                   "cam_threshold": float(self.classifier_args.get("cam_threshold", 0.4)),
-                                  "dense_guidance": self.method == "sam_mix"}
+                                  "dense_guidance": self.method == "sam_mix",
+                                  "output_stride": int(self.classifier_args["output_stride"])}
         return card
 
     def _network(self, card: Mapping) -> torch.nn.Module:
@@ -179,7 +185,7 @@ class SamMixWorkflow:
                             guidance_weight=rec["guidance_weight"])
         cls = card["classifier"]
         return SamMixNet(tsam, cls["backbone"], len(card["image_channel_names"]), cls["backbone_kwargs"],
-                         cls["cam_threshold"], cls["dense_guidance"])
+                         cls["cam_threshold"], cls["dense_guidance"], cls["output_stride"])
 
     # ---- stages --------------------------------------------------------------------------------------------------
     def train(self) -> dict:

@@ -34,7 +34,7 @@ from bundle.sam.cam_prompts import mask_boxes
 from bundle.sam.loading import load_sam, sam_info
 from bundle.sam.trainable import TrainableSam
 from bundle.workflows.common.card_schema import validate_card
-from bundle.workflows.semisup.training import ADAPTER_KEY, GAIN_KEY
+from bundle.workflows.semisup.training import ADAPTER_KEY, GAIN_KEY, upgrade_card
 
 __all__ = ["PROTOCOL_NAMES", "SamMixPredictor", "build_unet", "read_card"]
 
@@ -52,7 +52,8 @@ def build_unet(args: dict) -> UNet:
 
 def read_card(model_dir: str | os.PathLike) -> dict:
     """What ``model.pt`` of a trained model folder holds: the weights and the card (``card``), checked against the
-    card schema (:mod:`bundle.workflows.common.card_schema`) before any of its values is used.
+    card schema (:mod:`bundle.workflows.common.card_schema`) before any of its values is used, and read as this
+    version writes it (:func:`~bundle.workflows.semisup.training.upgrade_card`: ``gt_boxes`` as ``train_prompts``).
 
     Raises:
         InputError: not a SAM-Mix model file, or a card field that does not fit (names the file and the field).
@@ -62,7 +63,7 @@ def read_card(model_dir: str | os.PathLike) -> dict:
     if not isinstance(stored, dict) or not isinstance(stored.get("card"), dict):
         raise InputError(path, "not a SAM-Mix model file (no card); train one with configs/train_sam_mix.json")
     validate_card(stored["card"], "sam_mix_stored", path)
-    return stored
+    return {**stored, "card": upgrade_card(stored["card"])}
 
 
 class SamMixPredictor:
@@ -117,7 +118,7 @@ class SamMixPredictor:
         cls = self.card["classifier"]
         net = SamMixNet(tsam, backbone=cls["backbone"], in_channels=len(self.card["image_channel_names"]),
                         backbone_kwargs=cls["backbone_kwargs"], cam_threshold=cls["cam_threshold"],
-                        dense_guidance=cls["dense_guidance"])
+                        dense_guidance=cls["dense_guidance"], output_stride=cls.get("output_stride"))
         net.classifier.load_state_dict(classifier_state)
         return net
 

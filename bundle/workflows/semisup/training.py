@@ -4,8 +4,9 @@ One iteration of SAM-Mix (:class:`JointStep`):
 
 - a batch of training slices (all of them, labelled or not) -> classifier -> ``CE(class)``;
 - a batch of the ``N`` labelled slices (cycled: with N = 5 every iteration sees them) -> the classifier's Grad-CAM
-  (eval mode, detached) -> CAM mask and box; the box prompt is the ground-truth box (``gt_boxes``, what the authors
-  trained with) or the CAM box -> SAM with the CAM mask added to its embedding -> ``Dice(mask)``;
+  (eval mode, detached) -> CAM mask and box; the box prompt is the CAM box (``train_prompts cam``, the paper's
+  figure: what SAM is prompted with at test time) or the ground-truth box (``train_prompts gt``, ADA-SAM's code, the
+  authors' closest public code) -> SAM with the CAM mask added to its embedding -> ``Dice(mask)``;
 - loss ``CE + seg_weight * Dice`` (0.5), one Adam step (lr 1e-4) over the classifier, the LoRA adapters, SAM's
   prompt encoder and mask decoder.
 
@@ -59,8 +60,9 @@ from bundle.workflows.common.guards import StopOnNonFiniteLoss
 from bundle.workflows.common.model_card import CARD_NAME, write_card
 from bundle.workflows.common.run_settings import SETTINGS_KEY, plan_training, without_max_epochs
 
-__all__ = ["CHECKPOINT_NAME", "GAIN_KEY", "METHODS", "JointStep", "LabelledBatches", "SamTrainableState", "UNetStep",
-           "train_model", "trained_digest", "training_card", "training_plan"]
+__all__ = ["CHECKPOINT_NAME", "GAIN_KEY", "METHODS", "TRAIN_PROMPTS", "JointStep", "LabelledBatches",
+           "SamTrainableState", "UNetStep", "train_model", "train_prompts_option", "trained_digest", "training_card",
+           "training_plan", "upgrade_card"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,32 @@ CHECKPOINT_NAME = "sam_mix_last.pt"
 GAIN_KEY = "guidance_gain"
 """Where ``model.pt`` (and the resume checkpoint's SAM entry) keep the dense-guidance gain of the trained SAM."""
 """What a run trains: SAM-Mix, the classifier of the zero-shot baseline, or the U-Net baseline."""
+TRAIN_PROMPTS = ("cam", "gt")
+"""The box prompt of the labelled slices in training: the CAM box (the paper's figure, and what the ``fair`` protocol
+and inference prompt with) or the ground-truth box (ADA-SAM's code)."""
+
+
+def train_prompts_option(value) -> str:
+    """``train_prompts`` checked: one of :data:`TRAIN_PROMPTS`.
+
+    Raises:
+        ValueError: any other value, in one line naming the option.
+    """
+    if not isinstance(value, str) or value not in TRAIN_PROMPTS:
+        raise ValueError(f"train_prompts: {value!r} is not one of {list(TRAIN_PROMPTS)}")
+    return value
+
+
+def upgrade_card(card: Mapping) -> dict:
+    """A card as this version writes it: ``training.gt_boxes`` (cards before ``train_prompts``) read as
+    ``train_prompts`` (true: ``gt``, false: ``cam``). The classifier of a card without ``output_stride`` is rebuilt as
+    MONAI builds it (:class:`~bundle.networks.sam_mix.SamMixNet`), as it was trained."""
+    card = dict(card)
+    training = dict(card.get("training") or {})
+    if "gt_boxes" in training and "train_prompts" not in training:
+        training["train_prompts"] = "gt" if training.pop("gt_boxes") else "cam"
+        card["training"] = training
+    return card
 
 
 class LabelledBatches:
@@ -151,10 +179,11 @@ class _Step:
 class JointStep(_Step):
     """``iteration_update`` of the SAM-Mix trainer (and, with ``labelled=None``, of the classifier alone)."""
 
-    def __init__(self, labelled: LabelledBatches | None, seg_weight: float = 0.5, gt_boxes: bool = True,
+    def __init__(self, labelled: LabelledBatches | None, seg_weight: float = 0.5, train_prompts: str = "cam",
                  autocast: str = "none", device="cpu") -> None:
         super().__init__(autocast, device)
-        self.labelled, self.seg_weight, self.gt_boxes = labelled, float(seg_weight), bool(gt_boxes)
+        self.labelled, self.seg_weight = labelled, float(seg_weight)
+        self.train_prompts = train_prompts_option(train_prompts)
         self.ce = torch.nn.CrossEntropyLoss()
         self.dice = DiceLoss(sigmoid=True)
 
@@ -170,7 +199,7 @@ class JointStep(_Step):
             sample = next(self.labelled)
             xl, ml = _to(sample, "image", device), _to(sample, "label", device)
             _, cam_box, cam_mask, _ = net.prompts(xl)  # float32: the CAM threshold decides the box
-            boxes = mask_boxes(ml > 0.5)[0] if self.gt_boxes else cam_box
+            boxes = mask_boxes(ml > 0.5)[0] if self.train_prompts == "gt" else cam_box
             with self.autocast(device):
                 seg_logits = net.segment(xl, boxes, cam_mask)
             seg_loss = self.dice(seg_logits.float(), ml)
@@ -297,13 +326,13 @@ def _rank_record(method: str, network: torch.nn.Module, card: Mapping, trainer, 
 
 
 def training_card(card: Mapping, method: str, max_epochs: int = 10, batch_size: int = 16, seg_batch_size: int = 4,
-                  learning_rate: float = 1e-4, seg_weight: float = 0.5, gt_boxes: bool = True, autocast: str = "auto",
-                  device="cpu", seed: int = 0) -> dict:
+                  learning_rate: float = 1e-4, seg_weight: float = 0.5, train_prompts: str = "cam",
+                  autocast: str = "auto", device="cpu", seed: int = 0) -> dict:
     """The model's card: ``card`` with the method and the training settings (and, under ``torchrun``, the number of
     processes: it changes the effective batch size)."""
     training = {"max_epochs": int(max_epochs), "batch_size": int(batch_size), "seg_batch_size": int(seg_batch_size),
-                "learning_rate": float(learning_rate), "seg_weight": float(seg_weight), "gt_boxes": bool(gt_boxes),
-                "optimizer": "Adam", "seed": int(seed),
+                "learning_rate": float(learning_rate), "seg_weight": float(seg_weight),
+                "train_prompts": train_prompts_option(train_prompts), "optimizer": "Adam", "seed": int(seed),
                 "autocast": str(resolve_autocast(autocast, torch.device(device)) or "float32").replace("torch.", "")}
     if ddp.is_distributed():
         training["processes"] = distributed.world_size()
@@ -338,7 +367,7 @@ def train_model(
     seg_batch_size: int = 4,
     learning_rate: float = 1e-4,
     seg_weight: float = 0.5,
-    gt_boxes: bool = True,
+    train_prompts: str = "cam",
     autocast: str = "auto",
     device="cpu",
     seed: int = 0,
@@ -370,14 +399,16 @@ def train_model(
             with the same run settings is resumed; other settings are refused (:func:`training_plan`).
         data_settings: what the model trains on that the card does not say (the datalist digest).
         resume: False trains afresh, replacing what ``output_dir`` and ``model_dir`` hold.
+        train_prompts: the box prompt of the labelled slices: ``cam`` (the CAM box) or ``gt`` (the ground-truth
+            box); recorded in the card.
         autocast: mixed precision (``auto``: bf16 or fp16 on CUDA, float32 on the CPU; ``none``, ``bf16``,
             ``fp16``); recorded in the card.
         epoch_callback: called with the trainer after every epoch (TensorBoard panels).
         seed: seeds the initial weights, the shuffling and the labelled batches. With several processes the
             number of processes is recorded in the card too (it changes the effective batch size).
     """
-    card = training_card(card, method, max_epochs, batch_size, seg_batch_size, learning_rate, seg_weight, gt_boxes,
-                         autocast, device, seed)
+    card = training_card(card, method, max_epochs, batch_size, seg_batch_size, learning_rate, seg_weight,
+                         train_prompts, autocast, device, seed)
     model_path = os.path.join(os.fspath(model_dir), "model.pt")
     plan, stored, settings = training_plan(card, output_dir, model_dir, data_settings, resume)
     if plan == "reuse":
@@ -396,7 +427,7 @@ def train_model(
     if method == "unet":
         step, save_dict = UNetStep(labelled, autocast, device), {"network": network}
     else:
-        step = JointStep(labelled, seg_weight, gt_boxes, autocast, device)
+        step = JointStep(labelled, seg_weight, train_prompts, autocast, device)
         save_dict = {"classifier": network.classifier, "sam": SamTrainableState(network.sam)}
     trainable = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=learning_rate)

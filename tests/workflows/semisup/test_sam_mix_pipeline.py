@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from semisup_utils import infer_mix, mix_files, mix_overrides, run_mix
+from semisup_utils import TRAIN_SAM_MIX, infer_mix, mix_files, mix_overrides, run_mix
 from workflow_utils import METADATA, initialized_training, tensorboard_tags
 
 from bundle.errors import InputError, RunSettingsError, exception_chain
@@ -40,6 +40,10 @@ def test_training_writes_model_adapter_card_and_tensorboard(trained, tiny_sam_ch
     assert card["sam"]["model_type"] == "tiny" and card["sam"]["lora_rank"] == 4
     assert card["sam"]["guidance"] == "fixed" and torch.equal(stored["guidance_gain"], torch.ones(64))  # the paper's
     assert card["training"]["max_epochs"] == 2 and card["training"]["seg_weight"] == 0.5
+    config = json.loads(Path(TRAIN_SAM_MIX).read_text())
+    # the config's defaults, recorded so that evaluation and inference rebuild the same classifier
+    assert card["training"]["train_prompts"] == config["train_prompts"] and "gt_boxes" not in card["training"]
+    assert card["classifier"]["output_stride"] == config["output_stride"] == 8
     adapter = read_adapter(trained / "models" / "adapter.pt")
     assert adapter["base"]["checkpoint_sha256"] == card["sam"]["checkpoint_sha256"]
     assert any(".lora_" in k for k in adapter["state"])
@@ -259,6 +263,19 @@ def test_a_fractional_num_labelled_is_refused_before_any_model_is_built(lits, ti
         run_mix(lits, tmp_path, tiny_sam_checkpoint, num_labelled=2.5)
     assert any(str(e).startswith("num_labelled: 2.5") for e in exception_chain(info.value))
     assert not list(tmp_path.rglob("model.pt"))
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("output_stride", 12, "output_stride: 12 is not one of [8, 16, 32]"),
+    ("output_stride", 32, "output_stride: 32 is above the stride this ResNet has as built (16"),
+    ("train_prompts", "ground_truth", "train_prompts: 'ground_truth' is not one of ['cam', 'gt']"),
+])
+def test_bad_classifier_and_prompt_options_are_refused_before_any_model_is_built(lits, tiny_sam_checkpoint, tmp_path,
+                                                                                option, value, message):
+    with pytest.raises(Exception) as info:
+        run_mix(lits, tmp_path, tiny_sam_checkpoint, **{option: value})
+    assert any(str(e).startswith(message) for e in exception_chain(info.value)), exception_chain(info.value)
+    assert not list(tmp_path.rglob("model.pt")) and not list(tmp_path.rglob("*.pt"))
 
 
 def test_an_edited_label_is_refused_before_any_model_is_built(lits, tiny_sam_checkpoint, tmp_path):
