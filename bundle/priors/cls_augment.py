@@ -3,7 +3,7 @@
 With ``x`` the image and the SAM prior channels of the same volume (picked by name from ``meta["channel_names"]``,
 as :class:`~bundle.priors.transforms.SamPrior` and the prior cache write them), ``mode`` chooses ``x_aug``:
 
-- ``emphasis_min``: ``x_aug = m + (x - m) * (alpha + (1 - alpha) * P)`` with ``P`` the SAMAug-C prior map in
+- ``emphasis_min`` (default): ``x_aug = m + (x - m) * (alpha + (1 - alpha) * P)`` with ``P`` the SAMAug-C prior map in
   ``[0, 1]`` (``samaugc_prior``) and ``m`` the minimum of ``x`` over the image, per channel (a slice for a 2D
   task, a volume for a 3D one): pixels inside confident SAM masks keep their intensity, the background moves towards
   the image's darkest value, to ``alpha`` of its distance from it. This is the emphasis on the image min-max scaled
@@ -45,7 +45,7 @@ __all__ = [
     "required_priors",
 ]
 
-CLS_AUGMENT_MODES = ("emphasis", "emphasis_min", "add", "samaug")
+CLS_AUGMENT_MODES = ("emphasis_min", "emphasis", "add", "samaug")
 """The first one is the default (docs/classification.md; chosen on the phantoms, docs/comparison_cls.md)."""
 EMPHASIS_MODES = ("emphasis", "emphasis_min")
 SAMAUGC_PRIOR = "samaugc_prior"
@@ -100,7 +100,7 @@ class SamAugCImage(Transform):
 
     def __init__(
         self,
-        mode: str = "emphasis",
+        mode: str = "emphasis_min",
         alpha: float = 0.5,
         prior_names: Sequence[str] | None = None,
         concat: bool = False,
@@ -198,7 +198,7 @@ class SamAugCImaged(MapTransform):
         keys: KeysCollection,
         prior_postfix: str = "_prior",
         output_postfix: str = "_aug",
-        mode: str = "emphasis",
+        mode: str = "emphasis_min",
         alpha: float = 0.5,
         prior_names: Sequence[str] | None = None,
         concat: bool = False,

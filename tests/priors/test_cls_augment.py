@@ -22,6 +22,7 @@ X = [[2.0, 4.0], [6.0, 8.0]]
 P = [[0.0, 1.0], [0.5, 0.25]]  # SAMAug-C map
 S = [[0.0, 0.9], [1.4, 0.0]]  # SAMAug segmentation prior
 B = [[1.0, 1.0], [0.0, 0.0]]  # SAMAug boundary prior
+DEFAULT_OUT = [[2.0, 4.0], [5.0, 5.75]]  # emphasis_min, alpha 0.5 (CASES_2D)
 # the prior channels in an order that differs from the modes' order, so selection by name is exercised
 NAMES = ["sam_boundary_prior", "samaugc_prior", "sam_seg_prior"]
 
@@ -54,7 +55,7 @@ def test_names_match_prior_kinds():
     assert required_priors("emphasis") == required_priors("emphasis_min") == required_priors("add") == (
         "samaugc_prior",)
     assert required_priors("samaug") == ("sam_seg_prior", "sam_boundary_prior")
-    assert CLS_AUGMENT_MODES[0] == "emphasis"
+    assert CLS_AUGMENT_MODES[0] == "emphasis_min"  # the default
 
 
 @pytest.mark.parametrize("mode, alpha, expected", CASES_2D)
@@ -64,9 +65,9 @@ def test_modes_2d(mode, alpha, expected):
     np.testing.assert_allclose(np.asarray(out), [expected], atol=1e-6)
 
 
-def test_default_mode_is_emphasis_with_half_alpha():
+def test_default_mode_is_emphasis_min_with_half_alpha():
     out = SamAugCImage()(torch.tensor([X]), _prior())
-    np.testing.assert_allclose(np.asarray(out), [[[1.0, 4.0], [4.5, 5.0]]], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out), [DEFAULT_OUT], atol=1e-6)
 
 
 def test_emphasis_min_dims_z_scored_tissue_towards_the_minimum():
@@ -148,7 +149,7 @@ def test_prior_names_without_meta():
     plain = _prior(["samaugc_prior"], meta=False)
     with pytest.raises(ValueError, match="no names"):
         SamAugCImage()(torch.tensor([X]), plain)
-    expected = [[[1.0, 4.0], [4.5, 5.0]]]
+    expected = [DEFAULT_OUT]
     np.testing.assert_allclose(np.asarray(SamAugCImage(prior_names=["samaugc_prior"])(torch.tensor([X]), plain)),
                                expected, atol=1e-6)
     np.testing.assert_allclose(np.asarray(SamAugCImage()(torch.tensor([X]), plain, ["samaugc_prior"])),
@@ -159,7 +160,7 @@ def test_prior_names_without_meta():
 
 def test_meta_names_win_over_constructor_names():
     out = SamAugCImage(prior_names=["a", "b", "c"])(torch.tensor([X]), _prior())
-    np.testing.assert_allclose(np.asarray(out), [[[1.0, 4.0], [4.5, 5.0]]], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out), [DEFAULT_OUT], atol=1e-6)
 
 
 def test_spatial_mismatch():
@@ -190,7 +191,7 @@ def test_metatensor_meta_and_affine_kept():
 def test_integer_and_numpy_images():
     out = SamAugCImage()(np.array([[[2, 4], [6, 8]]], dtype=np.int16), _prior())
     assert isinstance(out, np.ndarray) and out.dtype == np.float32
-    np.testing.assert_allclose(out, [[[1.0, 4.0], [4.5, 5.0]]], atol=1e-6)
+    np.testing.assert_allclose(out, [DEFAULT_OUT], atol=1e-6)
 
 
 def test_concat_gives_dual_input():
@@ -208,7 +209,7 @@ def test_dictionary_wrapper():
     np.testing.assert_allclose(np.asarray(out["image_aug"]), [[[2.0, 5.0], [6.5, 8.25]]], atol=1e-6)
     torch.testing.assert_close(out["image_aug"].affine, affine)
     dual = SamAugCImaged("image", concat=True, output_postfix="_dual")(data)
-    np.testing.assert_allclose(np.asarray(dual["image_dual"]), [X, [[1.0, 4.0], [4.5, 5.0]]], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dual["image_dual"]), [X, DEFAULT_OUT], atol=1e-6)
 
 
 def test_dictionary_wrapper_missing_keys():

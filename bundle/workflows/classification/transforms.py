@@ -41,7 +41,7 @@ class ClassifierInputd(MapTransform):
         ValueError: unknown ``branches`` / ``mode`` / ``view`` (naming the closest valid one).
     """
 
-    def __init__(self, keys, branches: str = "dual", mode: str = "emphasis", alpha: float = 0.5,
+    def __init__(self, keys, branches: str = "dual", mode: str = "emphasis_min", alpha: float = 0.5,
                  prior_names: Sequence[str] | None = None, prior_key: str = "image_prior", aug_key: str = "image_aug",
                  output_key: str = CLS_INPUT_KEY, view_key: str = "view") -> None:
         super().__init__(keys)

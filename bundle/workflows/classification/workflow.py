@@ -6,7 +6,8 @@
   slice tasks train a 2D network on axial slices, volume tasks a 3D network on whole volumes);
 - ``cls_branches`` (``dual`` / ``raw`` / ``augmented``) and ``aug_as_samples``: which images the network sees and
   whether SAM is needed at all (:func:`uses_priors`: the raw baseline builds no SAM);
-- ``cls_aug_mode`` (``emphasis`` / ``add`` / ``samaug``): which prior kinds are computed (:func:`prior_kinds_for`).
+- ``cls_aug_mode`` (``emphasis_min`` / ``emphasis`` / ``add`` / ``samaug``): which prior kinds are computed
+  (:func:`prior_kinds_for`).
 
 Each helper validates its flag with ``look_up_option``, so a typo fails at parse time with the closest valid name.
 """
@@ -46,7 +47,7 @@ def spatial_dims_of(task: str | ClassificationTask) -> int:
 
 
 def prior_kinds_for(cls_aug_mode: str) -> list[str]:
-    """The prior kinds an augmentation mode reads: ``["samaugc_prior"]`` (emphasis / add) or SAMAug's two kinds."""
+    """The prior kinds an augmentation mode reads: ``["samaugc_prior"]`` (the emphases, add) or SAMAug's two kinds."""
     return list(required_priors(cls_aug_mode))
 
 
