@@ -23,7 +23,7 @@ from torch import nn
 
 from bundle.networks.dual_branch import BACKBONES, build_backbone
 
-__all__ = ["ParentChildClassifier", "ParentChildLoss", "feature_extractor"]
+__all__ = ["ParentChildClassifier", "ParentChildHeads", "ParentChildLoss", "feature_extractor"]
 
 # a CAM whose range is below this fraction of its magnitude is constant up to the rounding of the upsampling
 _FLAT_RTOL = 1e-5
@@ -78,7 +78,86 @@ def _minmax(cam: torch.Tensor) -> torch.Tensor:
     return torch.where(flat_map, torch.zeros_like(cam), ((cam - low) / safe_span).clamp(0.0, 1.0))
 
 
-class ParentChildClassifier(nn.Module):
+class ParentChildHeads(nn.Module):
+    """Global average pooling and bias-free parent (``C``) and child (``C * K + 1``) heads on a feature map.
+
+    The base of every WeakMedSAM classifier: a subclass sets ``parent_head``, ``child_head``, ``spatial_dims``,
+    ``num_classes``, ``num_subclasses``, ``num_children`` and ``feature_channels`` (with :meth:`_make_heads`) and
+    defines :meth:`features`, the map ``[B, F, *feature_spatial]`` of its input; the logits, the CAM and the
+    train/eval handling are shared.
+    """
+
+    def _make_heads(self, num_classes: int, num_subclasses: int, channels: int) -> None:
+        if int(num_classes) < 1 or int(num_subclasses) < 1:
+            raise ValueError(f"num_classes and num_subclasses must be >= 1, got {num_classes} and {num_subclasses}.")
+        self.num_classes: int = int(num_classes)
+        self.num_subclasses: int = int(num_subclasses)
+        self.num_children: int = self.num_classes * self.num_subclasses + 1
+        self.feature_channels: int = int(channels)
+        self.parent_head = nn.Linear(channels, self.num_classes, bias=False)
+        self.child_head = nn.Linear(channels, self.num_children, bias=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map ``[B, F, *feature_spatial]`` the heads act on (defined by each classifier)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no feature map")
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args:
+            x: the classifier's input (``[B, in_channels, H, W]`` slices, or SAM embeddings ``[B, E, g, g]``).
+
+        Returns:
+            ``(parent_logits [B, C], child_logits [B, C * K + 1])``.
+        """
+        return self.logits(self.features(x))
+
+    def logits(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(parent_logits, child_logits)`` of a feature map of :meth:`features`: global average pooling, heads."""
+        pooled = features.flatten(2).mean(dim=2)
+        return self.parent_head(pooled), self.child_head(pooled)
+
+    def cam(self, x: torch.Tensor, size: int | Sequence[int] | None = None) -> torch.Tensor:
+        """Class activation maps of the parent classes, scaled to ``[0, 1]`` per map.
+
+        The parent head's weights applied at every position of the feature map (not rectified: negative evidence
+        stays negative before scaling), upsampled (bilinear in 2D, trilinear in 3D) to the input's spatial size or
+        ``size``, then min-max scaled per sample and class. A map that is constant (up to a relative 1e-5, the
+        rounding of the upsampling) carries no location and becomes all zero rather than noise stretched to
+        ``[0, 1]``.
+
+        Runs without building a graph and always in eval mode (batch-norm running statistics, no dropout): a CAM
+        used for pseudo-labels must not depend on the other slices of its batch, nor update the running statistics.
+        The train/eval flag of every submodule is restored afterwards.
+
+        Args:
+            x: the classifier's input (see :meth:`forward`).
+            size: output spatial size (one int for all dimensions, or one per dimension); None for the input's.
+
+        Returns:
+            ``[B, C, H, W]`` float in ``[0, 1]`` (``[B, C, *size]`` when ``size`` is given).
+        """
+        modes = [(module, module.training) for module in self.modules()]
+        try:
+            self.eval()
+            with torch.no_grad():
+                return self.scaled_cam(self.features(x), tuple(x.shape[2:]) if size is None else size)
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    def scaled_cam(self, features: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
+        """The CAM of :meth:`cam` from a feature map already computed (mode and autograd as the caller has them):
+        the parent head at every position, resized to ``size``, min-max scaled per map."""
+        raw = torch.einsum("bf...,cf->bc...", features, self.parent_head.weight)
+        mode = _UPSAMPLE_MODES[self.spatial_dims]
+        return _minmax(F.interpolate(raw, size=size, mode=mode, align_corners=False))
+
+    def raw_cam(self, x: torch.Tensor) -> torch.Tensor:
+        """The unscaled CAM at feature resolution, ``[B, C, h, w]``, in the current mode and with autograd as the
+        caller has it; its spatial mean is the parent logit."""
+        return torch.einsum("bf...,cf->bc...", self.features(x), self.parent_head.weight)
+
+
+class ParentChildClassifier(ParentChildHeads):
     """Backbone + global average pooling + bias-free parent (``C``) and child (``C * K + 1``) heads.
 
     Args:
@@ -115,22 +194,14 @@ class ParentChildClassifier(nn.Module):
         self.backbone_name: str = look_up_option(backbone, tuple(BACKBONES))
         if int(spatial_dims) not in _UPSAMPLE_MODES:
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
-        if int(num_classes) < 1 or int(num_subclasses) < 1 or int(in_channels) < 1:
-            raise ValueError(
-                "num_classes, num_subclasses and in_channels must be >= 1, got "
-                f"{num_classes}, {num_subclasses} and {in_channels}."
-            )
-        self.num_classes: int = int(num_classes)
-        self.num_subclasses: int = int(num_subclasses)
-        self.num_children: int = self.num_classes * self.num_subclasses + 1
+        if int(in_channels) < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}.")
         self.spatial_dims: int = int(spatial_dims)
         self.in_channels: int = int(in_channels)
         # the builder's own classifier is discarded, so its output size does not matter
         network = build_backbone(self.backbone_name, self.spatial_dims, self.in_channels, 1, backbone_kwargs)
         self.encoder, channels = feature_extractor(network)
-        self.feature_channels: int = channels
-        self.parent_head = nn.Linear(channels, self.num_classes, bias=False)
-        self.child_head = nn.Linear(channels, self.num_children, bias=False)
+        self._make_heads(num_classes, num_subclasses, channels)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map ``[B, F, h, w]`` (``[B, F, h, w, d]`` in 3D) of an input ``[B, in_channels, H, W]``.
@@ -144,53 +215,6 @@ class ParentChildClassifier(nn.Module):
                 + " spatial dims, got " + str(list(x.shape)) + "."
             )
         return self.encoder(x)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Args:
-            x: ``[B, in_channels, H, W]``.
-
-        Returns:
-            ``(parent_logits [B, C], child_logits [B, C * K + 1])``.
-        """
-        pooled = self.features(x).flatten(2).mean(dim=2)
-        return self.parent_head(pooled), self.child_head(pooled)
-
-    def cam(self, x: torch.Tensor, size: int | Sequence[int] | None = None) -> torch.Tensor:
-        """Class activation maps of the parent classes, scaled to ``[0, 1]`` per map.
-
-        The parent head's weights applied at every position of the feature map (not rectified: negative evidence
-        stays negative before scaling), upsampled (bilinear in 2D, trilinear in 3D) to the input's spatial size or
-        ``size``, then min-max scaled per sample and class. A map that is constant (up to a relative 1e-5, the
-        rounding of the upsampling) carries no location and becomes all zero rather than noise stretched to
-        ``[0, 1]``.
-
-        Runs without building a graph and always in eval mode (batch-norm running statistics, no dropout): a CAM
-        used for pseudo-labels must not depend on the other slices of its batch, nor update the running statistics.
-        The train/eval flag of every submodule is restored afterwards.
-
-        Args:
-            x: ``[B, in_channels, H, W]``.
-            size: output spatial size (one int for all dimensions, or one per dimension); None for the input's.
-
-        Returns:
-            ``[B, C, H, W]`` float in ``[0, 1]`` (``[B, C, *size]`` when ``size`` is given).
-        """
-        modes = [(module, module.training) for module in self.modules()]
-        try:
-            self.eval()
-            with torch.no_grad():
-                raw = self.raw_cam(x)
-                out_size = tuple(x.shape[2:]) if size is None else size
-                mode = _UPSAMPLE_MODES[self.spatial_dims]
-                return _minmax(F.interpolate(raw, size=out_size, mode=mode, align_corners=False))
-        finally:
-            for module, training in modes:
-                module.training = training
-
-    def raw_cam(self, x: torch.Tensor) -> torch.Tensor:
-        """The unscaled CAM at feature resolution, ``[B, C, h, w]``, in the current mode and with autograd as the
-        caller has it; its spatial mean is the parent logit."""
-        return torch.einsum("bf...,cf->bc...", self.features(x), self.parent_head.weight)
 
 
 def _pair(outputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

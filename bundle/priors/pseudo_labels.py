@@ -122,11 +122,12 @@ def pseudo_label_slice(
     kernel_size: int = 21,
     sigma: float = 3.5,
     multi_class: bool = False,
+    frame: int = 0,
 ) -> torch.Tensor:
     """Pseudo label of one slice from its refined maps (WeakMedSAM step 6).
 
-    The maps are upsampled bilinearly (``align_corners=False``) to ``size``, blurred (:func:`gaussian_blur`) and set to
-    0 for the classes the classifier calls negative, then:
+    The maps are upsampled bilinearly (``align_corners=False``) to ``size`` (or to ``frame x frame``), blurred
+    (:func:`gaussian_blur`) and set to 0 for the classes the classifier calls negative, then:
 
     - binary (``multi_class=False``): class ``c``'s mask is ``map_c > threshold`` (classes may overlap, as BraTS
       regions do);
@@ -142,6 +143,9 @@ def pseudo_label_slice(
         kernel_size: odd size of the Gaussian kernel.
         sigma: standard deviation of the Gaussian in pixels (of the slice).
         multi_class: return one class map instead of per-class masks.
+        frame: 0 (default): blur and threshold at the slice's size, so ``sigma`` is in the slice's pixels; ``N > 0``:
+            in an ``N x N`` frame (the authors': 256, their slices' trimmed frame), the label then resized to ``size``
+            by nearest neighbour, so the blur's reach is a fixed fraction of the slice whatever its resolution.
 
     Returns:
         ``multi_class=False``: uint8 ``[C, H, W]`` masks (0/1); ``multi_class=True``: int64 ``[H, W]`` class map
@@ -161,13 +165,21 @@ def pseudo_label_slice(
     for name, value in (("threshold", threshold), ("background_threshold", background_threshold)):
         if not math.isfinite(value):
             raise ValueError(f"{name} must be finite, got {value!r}.")
-    maps = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
+    if isinstance(frame, bool) or int(frame) != frame or frame < 0:
+        raise ValueError(f"frame must be 0 (the slice's size) or a positive size, got {frame!r}.")
+    work = (int(frame), int(frame)) if frame else size
+    maps = F.interpolate(maps[None], size=work, mode="bilinear", align_corners=False)[0]
     maps = gaussian_blur(maps, kernel_size, sigma)
     maps = maps * positive[:, None, None]
     if not multi_class:
-        return (maps > threshold).to(torch.uint8)
-    best, index = maps.max(dim=0)
-    return torch.where(best > background_threshold, index + 1, torch.zeros_like(index))
+        label = (maps > threshold).to(torch.uint8)
+    else:
+        best, index = maps.max(dim=0)
+        label = torch.where(best > background_threshold, index + 1, torch.zeros_like(index))
+    if work == tuple(size):
+        return label
+    resized = F.interpolate(label.reshape(-1, 1, *work).float(), size=size, mode="nearest")
+    return resized.reshape(*label.shape[:-2], *size).to(label.dtype)
 
 
 def class_values_for_groups(groups: Sequence[Sequence[int]]) -> tuple[int, ...]:

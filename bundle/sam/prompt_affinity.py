@@ -35,9 +35,12 @@ from bundle.sam.box_grid import foreground_box
 from bundle.sam.engine import SamEngine, SliceEmbeddings
 from bundle.sam.factory import resolve_prompt_mode
 
-__all__ = ["PLACEMENTS", "PromptAffinityMiner", "default_placement", "pooled_embedding", "prompt_placement"]
+__all__ = ["PLACEMENTS", "RESIZE_MODES", "PromptAffinityMiner", "default_placement", "embedding_cells",
+           "pooled_embedding", "prompt_placement"]
 
 PLACEMENTS = ("grid", "boxes", "cam_peaks", "grid_compat")
+RESIZE_MODES = ("bilinear", "nearest")
+"""How ``M`` is resized to the affinity grid: bilinear (default) or nearest (the authors' code)."""
 #: pixel pitch of the authors' point coordinates (``grid_compat``)
 COMPAT_PITCH = 4.0
 
@@ -174,21 +177,26 @@ def default_placement(engine_or_info) -> str:
     return "boxes" if resolve_prompt_mode("auto", info.prompts) == "boxes" else "grid"
 
 
-def pooled_embedding(emb: SliceEmbeddings) -> torch.Tensor:
-    """``[B, C]`` float32: the mean of each slice's image embedding over the embedding cells that hold the slice.
+def embedding_cells(emb: SliceEmbeddings) -> tuple[int, int]:
+    """``(rows, cols)``: the first rows and columns of the ``h x w`` embedding grid that hold the slice.
 
     The encoder's input is the resized slice zero-padded to a square whose side is the resized slice's longest side
     (``longest_side`` preprocessing; ``square`` resizing has no padding), so the slice covers the first
-    ``ceil(h * H' / max(H', W'))`` rows and ``ceil(w * W' / max(H', W'))`` columns of the ``h x w`` grid (a cell
-    partly over the slice counts). Cells over the padding only would pull every feature towards the padding's
-    embedding; they are left out.
+    ``ceil(h * H' / max(H', W'))`` rows and ``ceil(w * W' / max(H', W'))`` columns of the grid (a cell partly over the
+    slice counts); the other cells see only the padding.
     """
-    x = emb.embeddings
     in_h, in_w = emb.input_size
     side = max(in_h, in_w)
-    h, w = x.shape[-2:]
-    rows, cols = min(h, -(-in_h * h // side)), min(w, -(-in_w * w // side))
-    return x[..., :rows, :cols].float().mean(dim=(-2, -1))
+    h, w = emb.embeddings.shape[-2:]
+    return min(h, -(-in_h * h // side)), min(w, -(-in_w * w // side))
+
+
+def pooled_embedding(emb: SliceEmbeddings) -> torch.Tensor:
+    """``[B, C]`` float32: the mean of each slice's image embedding over the embedding cells that hold the slice
+    (:func:`embedding_cells`); cells over the padding only would pull every feature towards the padding's embedding.
+    """
+    rows, cols = embedding_cells(emb)
+    return emb.embeddings[..., :rows, :cols].float().mean(dim=(-2, -1))
 
 
 class PromptAffinityMiner:
@@ -198,7 +206,8 @@ class PromptAffinityMiner:
         engine: the SAM engine (a box-trained SAM wants ``boxes``, SAM ViT-B/L/H ``grid`` or ``cam_peaks``).
         placement: one of :data:`PLACEMENTS`, or ``auto`` (:func:`default_placement` of the engine's model).
         grid: ``G``: ``G x G`` prompts per slice (at most ``G * G`` for ``cam_peaks``).
-        affinity_size: side of the square affinity grid ``M`` is resized to (bilinear, ``align_corners=False``).
+        affinity_size: side of the square affinity grid ``M`` is resized to.
+        affinity_resize: how: ``bilinear`` (``align_corners=False``; default) or ``nearest`` (the authors' code).
         prompt_batch: prompts decoded together (from several slices); memory grows linearly with it, the output
             does not change.
         box_margin: see :func:`prompt_placement` (``boxes``).
@@ -214,8 +223,13 @@ class PromptAffinityMiner:
         prompt_batch: int = 64,
         box_margin: float = 1.0,
         peak_distance: float | None = None,
+        affinity_resize: str = "bilinear",
     ) -> None:
         placement = look_up_option(placement, ("auto",) + PLACEMENTS)
+        try:
+            self.affinity_resize = look_up_option(affinity_resize, RESIZE_MODES)
+        except ValueError as error:
+            raise ValueError("pam_resize: " + " ".join(str(error).split())) from None
         if grid < 1 or affinity_size < 1 or prompt_batch < 1:
             raise ValueError(f"grid, affinity_size and prompt_batch must be >= 1, got {grid}, {affinity_size}, "
                              f"{prompt_batch}")
@@ -232,7 +246,8 @@ class PromptAffinityMiner:
     def signature(self) -> dict:
         """Everything that changes :meth:`logit_maps` (a cache key); never builds the model."""
         sig = {"engine": self.engine.signature(), "placement": self.placement, "grid": self.grid,
-               "affinity_size": self.affinity_size, "logits": "sum of single-mask logits, upscaled, bilinear"}
+               "affinity_size": self.affinity_size,
+               "logits": f"sum of single-mask logits, upscaled, {self.affinity_resize}"}
         if self.placement == "boxes":
             sig["box_margin"] = self.box_margin
         if self.placement == "cam_peaks":
@@ -280,4 +295,6 @@ class PromptAffinityMiner:
         # postprocess_masks is linear: upscaling the sum equals summing the upscaled logits of every prompt
         full = self.engine.upscale(sums, emb)
         size = (self.affinity_size, self.affinity_size)
+        if self.affinity_resize == "nearest":
+            return F.interpolate(full, size=size, mode="nearest")[:, 0].float()
         return F.interpolate(full, size=size, mode="bilinear", align_corners=False)[:, 0].float()

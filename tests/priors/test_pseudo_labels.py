@@ -223,3 +223,19 @@ def test_class_map_to_label_keeps_tensors():
 def test_class_map_to_label_errors(class_map, message):
     with pytest.raises(ValueError, match=message):
         class_map_to_label(class_map, (2, 1, 4))
+
+
+@pytest.mark.parametrize("multi_class", [False, True])
+def test_blur_in_the_authors_256_frame_then_nearest_to_the_slice(multi_class):
+    rng = np.random.default_rng(3)
+    refined = torch.as_tensor(rng.random((2, 16, 16)), dtype=torch.float32)
+    positive = [True, True]
+    framed = pseudo_label_slice(refined, positive, (256, 256), multi_class=multi_class)  # the authors' frame
+    expected = torch.nn.functional.interpolate(framed.reshape(-1, 1, 256, 256).float(), size=(64, 48),
+                                               mode="nearest").reshape(*framed.shape[:-2], 64, 48).to(framed.dtype)
+    out = pseudo_label_slice(refined, positive, (64, 48), multi_class=multi_class, frame=256)
+    assert torch.equal(out, expected)
+    # the native blur (sigma 3.5 in a 64 x 48 slice's pixels) is four times wider: another label
+    assert not torch.equal(pseudo_label_slice(refined, positive, (64, 48), multi_class=multi_class), out)
+    with pytest.raises(ValueError, match="frame"):
+        pseudo_label_slice(refined, positive, (64, 48), frame=-1)

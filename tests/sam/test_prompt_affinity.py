@@ -173,7 +173,7 @@ def test_the_encoder_runs_once_per_slice(engine, images, grid):
     assert maps.shape == (3, 64, 64) and maps.dtype == torch.float32
 
 
-def _reference(engine, images, miner, cams=None, foreground=None):
+def _reference(engine, images, miner, cams=None, foreground=None, mode="bilinear"):
     """The authors' M: every prompt decoded on its own (``engine.predict``), upscaled logits summed, resized."""
     out = []
     for b, image in enumerate(images):
@@ -185,7 +185,8 @@ def _reference(engine, images, miner, cams=None, foreground=None):
             logits, _, _ = engine.predict(emb, [0], multimask_output=False, return_logits=True, **one)
             total += logits
         size = (miner.affinity_size, miner.affinity_size)
-        out.append(F.interpolate(total, size=size, mode="bilinear", align_corners=False)[0, 0])
+        resize = {"mode": "nearest"} if mode == "nearest" else {"mode": "bilinear", "align_corners": False}
+        out.append(F.interpolate(total, size=size, **resize)[0, 0])
     return torch.stack(out)
 
 
@@ -249,3 +250,16 @@ def test_lite_medsam_boxes_separate_a_disc_better_than_points():
     (auc_boxes, gap_boxes), (auc_grid, _) = auc("boxes"), auc("grid")
     assert auc_boxes > 0.98 and gap_boxes > 0
     assert auc_grid < auc_boxes - 0.05
+
+
+def test_nearest_resize_of_m_is_the_authors_and_changes_the_signature(engine, images):
+    bilinear = PromptAffinityMiner(engine, "grid", affinity_size=16)
+    nearest = PromptAffinityMiner(engine, "grid", affinity_size=16, affinity_resize="nearest")
+    expected = _reference(engine, images, nearest, mode="nearest")
+    torch.testing.assert_close(nearest.logit_maps(images), expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(bilinear.logit_maps(images), expected)
+    # the default's cache key is what it was before the option existed; nearest maps are never reused as bilinear
+    assert bilinear.signature()["logits"] == "sum of single-mask logits, upscaled, bilinear"
+    assert nearest.signature() != bilinear.signature()
+    with pytest.raises(ValueError, match=r"^pam_resize: .*'nearest'"):
+        PromptAffinityMiner(engine, "grid", affinity_resize="nearst")

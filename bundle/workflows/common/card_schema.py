@@ -331,8 +331,13 @@ def _schemas() -> dict[str, Validator]:
     sam_mix = record({**mix_fields, **binding, "kind": one_of("sam_mix")}, mix_optional)
     weak_classifier = record(
         {"roi_size": _SIZE, "image_channel_names": _NAMES, "intensity": _intensity, "task": one_of(*TASK_NAMES),
-         "class_names": _NAMES, "network": record({**classifier_net, "num_classes": _POSITIVE,
-                                                   "num_subclasses": _POSITIVE}),
+         "class_names": _NAMES, "network": either(
+             record({**classifier_net, "num_classes": _POSITIVE, "num_subclasses": _POSITIVE},
+                    {"kind": one_of("resnet")}),
+             record({"kind": one_of("sam_frozen"), "embedding_channels": _POSITIVE, "block_channels": integer(0),
+                     "num_classes": _POSITIVE, "num_subclasses": _POSITIVE}),
+             record({"kind": one_of("sam_lora"), "sam_model_type": one_of(*SAM_MODELS), "lora_rank": _POSITIVE,
+                     "block_channels": integer(0), "num_classes": _POSITIVE, "num_subclasses": _POSITIVE})),
          "training": settings},
         # what the features and subclasses were made from (the user's feature network and its weights file among
         # them): recorded for the resume comparison, never used to build anything, so any plain value

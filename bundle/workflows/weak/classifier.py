@@ -35,7 +35,9 @@ from bundle.checkpoint_files import load_checkpoint
 from bundle.errors import InputError
 from bundle.data.slice_dataset import AxialSliceDataset, cached_slices
 from bundle.networks.fusion import mean_roc_auc
-from bundle.networks.parent_child import ParentChildClassifier, ParentChildLoss
+from bundle.networks.embedding_classifier import EmbeddingClassifier
+from bundle.networks.parent_child import ParentChildClassifier, ParentChildHeads, ParentChildLoss
+from bundle.networks.sam_encoder_classifier import SamEncoderClassifier
 from bundle.workflows.common import ddp
 from bundle.workflows.common.checkpoints import EpochCheckpointSaver, ResumeFromCheckpoint, save_atomic
 from bundle.workflows.common.card_schema import validate_card
@@ -45,17 +47,24 @@ from bundle.workflows.common.run_settings import SETTINGS_KEY, plan_training, wi
 from bundle.workflows.weak.ranks import on_main
 from bundle.workflows.weak.slices import TARGET_KEY
 
-__all__ = ["CHECKPOINT_NAME", "TargetBatch", "classifier_card", "classifier_plan", "classifier_settings",
+__all__ = ["CHECKPOINT_NAME", "CLASSIFIERS", "TargetBatch", "build_classifier", "classifier_card", "classifier_plan",
+           "classifier_settings",
            "load_classifier", "parent_probabilities", "slice_dataset", "train_classifier"]
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "classifier_last.pt"
+CLASSIFIERS = ("sam_frozen", "sam_lora", "resnet")
+"""The classifier kinds (``network["kind"]`` of the card; a card without it is a ``resnet``): ``sam_frozen``, heads on
+the cached SAM image embeddings (:class:`~bundle.networks.embedding_classifier.EmbeddingClassifier`); ``sam_lora``, the
+SAM image encoder itself tuned with LoRA, whose embedding also gives ``M`` (the paper's design,
+:class:`~bundle.networks.sam_encoder_classifier.SamEncoderClassifier`); ``resnet``, a MONAI backbone trained from
+scratch on the slices (:class:`~bundle.networks.parent_child.ParentChildClassifier`)."""
 _NOT_SETTINGS = ("validation", "subclasses")  # results, and the sub-class record (its inputs are in the settings)
 
 
 def slice_dataset(entries: Sequence[Mapping], items: Sequence[Mapping], volume_transform, item_transform=None,
-                  cache_rate: float = 1.0, num_workers: int = 0) -> AxialSliceDataset:
+                  cache_rate: float = 1.0, num_workers: int = 0) -> AxialSliceDataset:  # the resnet classifier
     """Slices of the entries' image volumes (loaded once, cached) with each item's ``target``."""
     return cached_slices(entries, items, volume_transform, item_transform, keys="image", label_key=TARGET_KEY,
                          cache_rate=cache_rate, num_workers=num_workers)
@@ -85,7 +94,25 @@ def parent_probabilities(network: torch.nn.Module, loader, device) -> tuple[np.n
     return torch.cat(probs).numpy(), torch.cat(targets).numpy()
 
 
-def load_classifier(path: str | os.PathLike, device="cpu") -> tuple[ParentChildClassifier, dict]:
+def build_classifier(network_args: Mapping, sam: torch.nn.Module | None = None) -> ParentChildHeads:
+    """The untrained classifier of a card's ``network`` arguments (its ``kind``, :data:`CLASSIFIERS`).
+
+    Args:
+        sam: ``sam_lora`` only: the loaded SAM whose image encoder starts the classifier (it is adapted in place:
+            pass a copy); None builds the architecture untrained, for loading a trained classifier's weights.
+    """
+    args = dict(network_args)
+    kind = args.pop("kind", "resnet")
+    if kind == "sam_frozen":
+        return EmbeddingClassifier(**args)
+    if kind == "sam_lora":
+        return SamEncoderClassifier(**args, sam=sam)
+    if kind == "resnet":
+        return ParentChildClassifier(**args)
+    raise ValueError(f"classifier kind {kind!r} is not one of {', '.join(CLASSIFIERS)}")
+
+
+def load_classifier(path: str | os.PathLike, device="cpu") -> tuple[ParentChildHeads, dict]:
     """The trained classifier and its card from ``model_path`` (eval mode); the card is checked against its schema
     (:mod:`bundle.workflows.common.card_schema`) before the network is built from it.
 
@@ -96,7 +123,7 @@ def load_classifier(path: str | os.PathLike, device="cpu") -> tuple[ParentChildC
     if not isinstance(stored, dict) or not isinstance(stored.get("card"), dict):
         raise InputError(path, "not a WeakMedSAM classifier file (no card); run the classifier stage again")
     card = validate_card(stored["card"], "weak_classifier", path)
-    network = ParentChildClassifier(**card["network"])
+    network = build_classifier(card["network"])
     network.load_state_dict(stored["network"])
     return network.to(device).eval(), card
 
@@ -164,18 +191,22 @@ def train_classifier(
     summary_writer=None,
     data_settings: Mapping | None = None,
     resume: bool = True,
+    initial_sam: torch.nn.Module | None = None,
 ) -> dict:
     """Train (or resume, or reuse) the classifier; returns the card with the validation AUC.
 
     Args:
-        network_args: :class:`~bundle.networks.parent_child.ParentChildClassifier` arguments.
-        train_data, val_data: slice datasets (:func:`slice_dataset`); validation may be None.
+        network_args: the classifier's arguments (:func:`build_classifier`).
+        train_data, val_data: slice datasets (:func:`slice_dataset`, or
+            :class:`~bundle.workflows.weak.embedding_slices.EmbeddingSlices` for ``sam_frozen``); validation may be
+            None.
         output_dir: folder of the resume checkpoint (``classifier_last.pt``).
         model_path: the finished model (``{"network": state_dict, "card": card}``).
         card: what the model is (task, class names, K, channels, roi size, intensity, ...); the network arguments and
             the training settings are added to it (:func:`classifier_card`).
         data_settings: what the run trains on that the card does not say (datalist digest, feature source); with the
             card they are the run settings (:func:`classifier_settings`).
+        initial_sam: ``sam_lora``: the loaded SAM the encoder starts from (adapted in place: pass a copy).
         resume: False trains afresh, replacing a finished model or checkpoint made with other settings. With True,
             :func:`classifier_plan` decides: reuse the finished model, resume its checkpoint, or train from scratch
             when there is neither; other settings raise a :class:`~bundle.errors.RunSettingsError`.
@@ -189,7 +220,7 @@ def train_classifier(
         return dict(stored["card"])
     torch.manual_seed(int(seed))
     device = torch.device(device)
-    network = ddp.wrap_network(ParentChildClassifier(**network_args), device)  # DDP on several processes
+    network = ddp.wrap_network(build_classifier(network_args, sam=initial_sam), device)  # DDP on several processes
     plain = ddp.unwrap(network)
     generator = torch.Generator().manual_seed(int(seed))
     sampler = ddp.train_sampler(train_data, seed=int(seed))  # None in one process: the loader shuffles
@@ -197,7 +228,8 @@ def train_classifier(
     drop_last = samples > batch_size and samples % batch_size == 1  # batch norm needs 2 samples
     loader = DataLoader(train_data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
                         generator=generator, drop_last=drop_last, num_workers=num_workers)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    trainable = [p for p in network.parameters() if p.requires_grad]  # sam_lora: LoRA, block and heads only
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate,
                                                     total_steps=max(1, max_epochs * len(loader)))
     last = os.path.join(output_dir, CHECKPOINT_NAME)

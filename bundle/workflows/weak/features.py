@@ -38,16 +38,18 @@ from monai.data import MetaTensor
 from bundle.data.case_ids import case_id_of
 from bundle.errors import InputError
 from bundle.priors.cache import PriorCache
-from bundle.sam.prompt_affinity import PromptAffinityMiner, pooled_embedding
+from bundle.sam.prompt_affinity import PromptAffinityMiner, embedding_cells, pooled_embedding
 from bundle.sam.slices import SliceWindow
 
-__all__ = ["EMBEDDING_ARRAY", "PAM_KIND", "SAM_SLICES_ARRAY", "SamSliceFeatures", "entry_files", "grid_affine"]
+__all__ = ["EMBEDDING_ARRAY", "IMAGE_EMBEDDING_ARRAY", "PAM_KIND", "SAM_SLICES_ARRAY", "SamSliceFeatures",
+           "entry_files", "grid_affine"]
 
 logger = logging.getLogger(__name__)
 
 PAM_KIND = "pam_logits"
 EMBEDDING_ARRAY = "pooled_embedding"
 SAM_SLICES_ARRAY = "sam_slices"
+IMAGE_EMBEDDING_ARRAY = "image_embedding"
 EMBEDDING_DIM = 256
 """Channels of every SAM image embedding (ViT-B/L/H, MedSAM, LiteMedSAM): the pooled feature's length."""
 
@@ -80,16 +82,21 @@ class SamSliceFeatures:
         cache_dir: the cache folder; the partition is named after the SAM model and the configuration digest.
         slices_per_batch: slices embedded and decoded at once.
         with_maps: also decode the prompt grid (False for the ``cam_peaks`` placement, whose prompts come from CAMs).
+        with_embeddings: also store every SAM slice's whole image embedding (``image_embedding.<hex12>.npy``,
+            ``[S, E, rows, cols]`` float16 for the ``S`` slices SAM ran on, cropped to the cells over the slice), the
+            input of the frozen-encoder classifier (:class:`~bundle.networks.embedding_classifier.EmbeddingClassifier`):
+            about 2 MB per slice for LiteMedSAM's 256 x 64 x 64 embedding.
     """
 
     def __init__(self, miner: PromptAffinityMiner, window: SliceWindow | Mapping, cache_dir: str | os.PathLike,
-                 slices_per_batch: int = 8, with_maps: bool = True) -> None:
+                 slices_per_batch: int = 8, with_maps: bool = True, with_embeddings: bool = False) -> None:
         self.miner = miner
         self.window = window if isinstance(window, SliceWindow) else SliceWindow(**dict(window))
         if slices_per_batch < 1:
             raise ValueError(f"slices_per_batch must be >= 1, got {slices_per_batch}")
         self.slices_per_batch = int(slices_per_batch)
         self.with_maps = bool(with_maps)
+        self.with_embeddings = bool(with_embeddings)
         self.cache = PriorCache(cache_dir, self.signature(), label=f"features-{miner.engine.info.model_type}",
                                 what="WeakMedSAM feature cache")
 
@@ -98,6 +105,8 @@ class SamSliceFeatures:
         sig = {"weak_features": 1, "window": self.window.signature(), "kinds": [PAM_KIND] if self.with_maps else []}
         sig["miner" if self.with_maps else "engine"] = (self.miner.signature() if self.with_maps
                                                         else self.miner.engine.signature())
+        if self.with_embeddings:  # only then: the partitions without them keep their digest
+            sig["image_embeddings"] = "float16, cropped to the slice's cells"
         return sig
 
     def is_current(self, entry: Mapping, image_key: str = "image") -> bool:
@@ -118,12 +127,17 @@ class SamSliceFeatures:
 
     def compute(self, image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(maps [a, a, D] float32, embeddings [D, F] float32, sam_slices [D] bool)`` of a ``[C, H, W, D]`` volume."""
+        return self._compute(image)[:3]
+
+    def _compute(self, image) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`compute` and, with ``with_embeddings``, the ``[S, E, rows, cols]`` float16 image embeddings."""
         fitted = self.window.fit(image)
         keep = self.window.nonempty(image, fitted)
         depth = int(image.shape[-1])
         size = self.miner.affinity_size
         maps = np.zeros((size, size, depth), np.float32)
         embeddings = None
+        whole = [] if self.with_embeddings else None
         level = self.window.foreground_level * 255.0
         for start in range(0, int(keep.sum()), self.slices_per_batch):
             chunk = np.flatnonzero(keep)[start : start + self.slices_per_batch]
@@ -133,13 +147,18 @@ class SamSliceFeatures:
             if embeddings is None:
                 embeddings = np.zeros((depth, pooled.shape[1]), np.float32)
             embeddings[chunk] = pooled
+            if whole is not None:
+                rows, cols = embedding_cells(emb)
+                whole.append(emb.embeddings[:, :, :rows, :cols].to(torch.float16).cpu().numpy())
             if self.with_maps:
                 foreground = rgb.max(axis=-1) > level
                 m = self.miner.logit_maps_from_embeddings(emb, foreground=foreground)
                 maps[..., chunk] = m.float().cpu().numpy().transpose(1, 2, 0)
         if embeddings is None:  # no slice with foreground: nothing for SAM to see
             embeddings = np.zeros((depth, EMBEDDING_DIM), np.float32)
-        return maps, embeddings, keep
+        if whole is not None:
+            whole = np.concatenate(whole) if whole else np.zeros((0, embeddings.shape[1], 1, 1), np.float16)
+        return maps, embeddings, keep, whole
 
     def ensure(self, entry: Mapping, loader, image_key: str = "image") -> bool:
         """Compute and store the features of one datalist entry unless they are current (verified); True when
@@ -148,15 +167,17 @@ class SamSliceFeatures:
             return False
         start = time.perf_counter()
         image = loader(dict(entry))[image_key]
-        maps, embeddings, keep = self.compute(image)
+        maps, embeddings, keep, whole = self._compute(image)
         affine = grid_affine(image.affine, image.shape[1:3], maps.shape[:2]) if isinstance(image, MetaTensor) \
             else np.eye(4)
         data = maps[None] if self.with_maps else np.zeros((0, *maps.shape), np.float32)
         prior = MetaTensor(torch.from_numpy(data), affine=torch.as_tensor(affine),
                            meta={"channel_names": list(self.cache.kinds), "sam_prior_slices": int(keep.sum())})
         case_id = case_id_of(entry, image_key)
-        self.cache.store(case_id, entry_files(entry, image_key), prior, time.perf_counter() - start,
-                         arrays={EMBEDDING_ARRAY: embeddings, SAM_SLICES_ARRAY: keep})
+        arrays = {EMBEDDING_ARRAY: embeddings, SAM_SLICES_ARRAY: keep}
+        if whole is not None:
+            arrays[IMAGE_EMBEDDING_ARRAY] = whole
+        self.cache.store(case_id, entry_files(entry, image_key), prior, time.perf_counter() - start, arrays=arrays)
         return True
 
     def maps(self, case_id: str) -> np.ndarray:
@@ -166,6 +187,13 @@ class SamSliceFeatures:
     def embeddings(self, case_id: str) -> np.ndarray:
         """The cached ``[D, F]`` pooled embeddings of a case (zero rows for slices SAM did not see)."""
         return self.cache.load_array(case_id, EMBEDDING_ARRAY)
+
+    def image_embeddings(self, case_id: str) -> np.ndarray:
+        """The cached ``[S, E, rows, cols]`` float16 image embeddings of the slices SAM ran on (in slice order;
+        :meth:`sam_slices` says which), stored with ``with_embeddings``."""
+        if not self.with_embeddings:
+            raise ValueError("the SAM features were configured without whole image embeddings (with_embeddings)")
+        return self.cache.load_array(case_id, IMAGE_EMBEDDING_ARRAY)
 
     def sam_slices(self, case_id: str) -> np.ndarray:
         """The cached ``[D]`` flags of the slices SAM was run on."""

@@ -29,6 +29,7 @@ cases, reports written by rank 0). ``weak_summary.json`` is written by rank 0. O
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -52,7 +53,9 @@ from bundle.folders import CONFIGS_DIR
 from bundle.workflows.common import ddp
 from bundle.workflows.common.case_report import json_safe
 from bundle.workflows.common.run_settings import datalist_digest, resume_flag
-from bundle.workflows.weak.classifier import classifier_card, classifier_plan, slice_dataset, train_classifier
+from bundle.workflows.weak.classifier import (CLASSIFIERS, classifier_card, classifier_plan, slice_dataset,
+                                              train_classifier)
+from bundle.workflows.weak.embedding_slices import EmbeddingSlices, WindowSlices
 from bundle.workflows.weak.features import SamSliceFeatures
 from bundle.workflows.weak.panels import write_panels
 from bundle.workflows.weak.pseudo_stage import CAM_KIND, PSEUDO_KIND, PseudoLabels, pseudo_label_quality
@@ -128,7 +131,10 @@ class WeakPipeline:
         volume_transform: the classifier's volume transform (``sam_loader`` + intensity scaling).
         train_item_transform, val_item_transform: per-slice transforms (resize to ``roi_size``, augmentation).
         classifier_args: :func:`~bundle.workflows.weak.classifier.train_classifier` settings (``max_epochs``,
-            ``batch_size``, ``learning_rate``, ``weight_decay``, ``child_weight``) and ``network`` arguments.
+            ``batch_size``, ``learning_rate``, ``weight_decay``, ``child_weight``) and ``network`` arguments: its
+            ``kind`` (:data:`~bundle.workflows.weak.classifier.CLASSIFIERS`), ``block_channels`` for ``sam_frozen``
+            (heads on the SAM image embeddings that ``features`` caches: ``features`` must be built
+            ``with_embeddings``), the backbone's arguments for ``resnet``.
         card: fields recorded with the classifier (roi size, channel names, intensity, ...).
         pseudo_args: :class:`~bundle.workflows.weak.pseudo_stage.PseudoLabels` settings.
         pseudo_cache_dir: the pseudo-label cache folder.
@@ -170,6 +176,17 @@ class WeakPipeline:
         self.sam_loader, self.volume_transform = sam_loader, volume_transform
         self.train_item_transform, self.val_item_transform = train_item_transform, val_item_transform
         self.classifier_args, self.card = dict(classifier_args), dict(card)
+        network = dict(self.classifier_args.get("network") or {})
+        try:
+            self.classifier_kind = look_up_option(network.get("kind", "resnet"), CLASSIFIERS)
+        except ValueError as error:
+            raise ValueError("classifier_network: " + " ".join(str(error).split())) from None
+        if self.classifier_kind == "sam_lora" and features.with_maps:
+            raise ValueError("classifier_network sam_lora decodes M from its own tuned encoder: build the SAM "
+                             "features without maps (with_maps false)")
+        if self.classifier_kind == "sam_frozen" and not features.with_embeddings:
+            raise ValueError("classifier_network sam_frozen trains on the cached SAM image embeddings: build the "
+                             "SAM features with_embeddings")
         self.pseudo_args, self.pseudo_cache_dir = dict(pseudo_args), pseudo_cache_dir
         self.subclasses = SubclassTargets(self.output_dir / "subclasses.json", features, self.task.name,
                                           num_subclasses, seed, extractor=feature_extractor)
@@ -277,8 +294,18 @@ class WeakPipeline:
         """``(network arguments, card, training arguments, data settings)`` of the classifier: all known before the
         earlier stages run (the sub-class record is added to the card by :meth:`classifier`)."""
         args = dict(self.classifier_args)
-        network = {**args.pop("network"), "num_classes": len(class_groups(self.task)),
-                   "num_subclasses": self.subclasses.num_subclasses}
+        network = dict(args.pop("network"))
+        if self.classifier_kind == "sam_frozen":  # heads on the embeddings: no backbone, no image channels
+            channels = int(self.features.miner.engine.info.config.get("prompt_embed_dim", 256))
+            network = {"kind": "sam_frozen", "embedding_channels": channels,
+                       "block_channels": int(network.get("block_channels", 128))}
+        elif self.classifier_kind == "sam_lora":  # the features' SAM, its encoder tuned
+            network = {"kind": "sam_lora", "sam_model_type": self.features.miner.engine.info.model_type,
+                       "lora_rank": int(network.get("lora_rank", 4)),
+                       "block_channels": int(network.get("block_channels", 128))}
+        else:
+            network = {k: v for k, v in network.items() if k not in ("kind", "block_channels", "lora_rank")}
+        network.update(num_classes=len(class_groups(self.task)), num_subclasses=self.subclasses.num_subclasses)
         card = {**self.card, "task": self.task.name, "class_names": list(class_groups(self.task))}
         extractor = self.subclasses.extractor
         data = {"datalist": datalist_digest(self.datalist),
@@ -300,15 +327,24 @@ class WeakPipeline:
         record, train_entries, train_items, val_entries, val_items = self._subclass_record()
         train_items = with_targets(train_items, self.task, self.subclasses.child_targets(record, train_items))
         val_items = with_targets(val_items, self.task, self.subclasses.child_targets(record, val_items))
-        train = slice_dataset(train_entries, train_items, self.volume_transform, self.train_item_transform,
-                              self.cache_rate, self.num_workers)
-        val = slice_dataset(val_entries, val_items, self.volume_transform, self.val_item_transform,
-                            self.cache_rate, self.num_workers) if val_items else None
+        initial_sam = None
+        if self.classifier_kind == "sam_frozen":  # the cached embeddings: no volume is loaded, no encoder run
+            train = EmbeddingSlices(self.features, train_items)
+            val = EmbeddingSlices(self.features, val_items) if val_items else None
+        elif self.classifier_kind == "sam_lora":  # the slices as SAM sees them; a copy of its weights is tuned
+            train = WindowSlices(self.features, train_entries, train_items, self.sam_loader)
+            val = WindowSlices(self.features, val_entries, val_items, self.sam_loader) if val_items else None
+            initial_sam = copy.deepcopy(self.features.miner.engine.model).cpu()
+        else:
+            train = slice_dataset(train_entries, train_items, self.volume_transform, self.train_item_transform,
+                                  self.cache_rate, self.num_workers)
+            val = slice_dataset(val_entries, val_items, self.volume_transform, self.val_item_transform,
+                                self.cache_rate, self.num_workers) if val_items else None
         network, card, args, data = self._classifier_run()
         card["subclasses"] = record["signature"]
         card = train_classifier(network, train, val, self.output_dir, self.classifier_path, card, device=self.device,
                                 seed=self.seed, num_workers=self.num_workers, summary_writer=self.summary_writer,
-                                data_settings=data, resume=self.resume, **args)
+                                data_settings=data, resume=self.resume, initial_sam=initial_sam, **args)
         return {"model": str(self.classifier_path), "validation": card.get("validation", {})}
 
     @property

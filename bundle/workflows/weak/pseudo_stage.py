@@ -37,6 +37,7 @@ from bundle.priors.cache import PriorCache
 from bundle.priors.pseudo_labels import class_map_to_label, class_values_for_groups, pseudo_label_slice
 from bundle.priors.random_walk import BORDER_MODES, TRANSITIONS, random_walk
 from bundle.workflows.weak.classifier import load_classifier
+from bundle.workflows.weak.embedding_slices import case_embeddings
 from bundle.workflows.weak.features import SamSliceFeatures, entry_files
 from bundle.workflows.weak.slices import class_groups
 
@@ -70,6 +71,9 @@ class PseudoLabels:
             ``row`` = ``D^-1 A``; ``column`` = ``A D^-1`` as the authors' code); an unknown border or transition is
             refused here, before any work.
         kernel_size, sigma: Gaussian blur after upsampling (21, 3.5).
+        blur_frame: 0: blur at the slice's size (``sigma`` in its pixels); ``N``: in an ``N x N`` frame, the label
+            resized back by nearest neighbour (the authors: 256); see
+            :func:`~bundle.priors.pseudo_labels.pseudo_label_slice`.
         threshold: foreground threshold of a binary task's refined map (0.5).
         background_threshold: multi-class: a pixel is background when no class map exceeds it (0.5).
         positive_threshold: a slice is positive for a class when the classifier's probability exceeds it.
@@ -82,7 +86,7 @@ class PseudoLabels:
                  beta: float = 4.0, steps: int = 4, radius: int = 5, border: str = "all", kernel_size: int = 21,
                  sigma: float = 3.5, transition: str = "row", threshold: float = 0.5, background_threshold: float = 0.5,
                  positive_threshold: float = 0.5, logit_scale: float = 1.0, batch_size: int = 16,
-                 device="cpu") -> None:
+                 blur_frame: int = 0, device="cpu") -> None:
         self.features = features
         self.classifier_path = os.fspath(classifier_path)
         # part of the cache signature: labels of another walk are never reused
@@ -93,6 +97,10 @@ class PseudoLabels:
             raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
         self.logit_scale = float(logit_scale)
         self.blur = {"kernel_size": int(kernel_size), "sigma": float(sigma)}
+        if isinstance(blur_frame, bool) or int(blur_frame) != blur_frame or blur_frame < 0:
+            raise ValueError(f"blur_frame: {blur_frame!r} is not 0 (the slice's size) or a positive frame size")
+        if blur_frame:  # only then: the labels of the native blur keep their cache key
+            self.blur["frame"] = int(blur_frame)
         self.threshold, self.background_threshold = float(threshold), float(background_threshold)
         self.positive_threshold = float(positive_threshold)
         self.batch_size, self.device = int(batch_size), torch.device(device)
@@ -130,9 +138,20 @@ class PseudoLabels:
         return class_groups(self.card["task"])
 
     @torch.no_grad()
-    def cams(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cams [D, C, a, a] on the affinity grid, probabilities [D, C])`` of a ``[Cin, H, W, D]`` volume."""
+    def cams(self, image: torch.Tensor, case_id: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cams [D, C, a, a] on the affinity grid, probabilities [D, C])`` of a ``[Cin, H, W, D]`` volume.
+
+        A ``resnet`` classifier sees the volume's slices resized to its ``roi_size``; a ``sam_frozen`` one the cached
+        SAM image embeddings of case ``case_id`` (no encoder run), and the slices SAM did not run on (no foreground)
+        get probability 0 and an empty CAM.
+        """
         self._load()
+        kind = self._card["network"].get("kind")
+        if kind == "sam_frozen":
+            return self._embedding_cams(case_id, int(image.shape[-1]))
+        if kind == "sam_lora":
+            cams, probs, _ = self._tuned_sam_maps(image)  # image: the volume SAM sees (sam_loader)
+            return cams, probs
         roi = [int(s) for s in self._card["roi_size"]]
         size = self.features.miner.affinity_size
         volume = torch.as_tensor(image).float().permute(3, 0, 1, 2)  # [D, Cin, H, W]
@@ -145,17 +164,39 @@ class PseudoLabels:
             cams.append(self._network.cam(x, size=(size, size)).cpu())  # min-max per map, on the affinity grid
         return torch.cat(cams), torch.cat(probs)
 
+    def _embedding_cams(self, case_id: str | None, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if case_id is None:
+            raise ValueError("the sam_frozen classifier's CAMs come from a case's cached embeddings: give its case_id")
+        embeddings, rows = case_embeddings(self.features, case_id)
+        if len(rows) != depth:
+            raise ValueError(f"case {case_id}: the cached SAM features have {len(rows)} slices, the volume {depth}")
+        size = self.features.miner.affinity_size
+        num_classes = self._network.num_classes
+        cams, probs = torch.zeros(depth, num_classes, size, size), torch.zeros(depth, num_classes)
+        ran = np.flatnonzero(rows >= 0)
+        for start in range(0, len(ran), self.batch_size):
+            chunk = ran[start : start + self.batch_size]
+            x = torch.from_numpy(embeddings[rows[chunk]].astype(np.float32)).to(self.device)
+            parent, _ = self._network(x)
+            probs[chunk] = torch.sigmoid(parent).cpu()
+            cams[chunk] = self._network.cam(x, size=(size, size)).cpu()  # the embedding grid covers the slice
+        return cams, probs
+
     def refine(self, image, case_id: str, rgb_source=None) -> dict[str, np.ndarray]:
         """Per-slice maps of a case: ``cams``, ``probabilities``, ``logits`` (M), ``refined`` and the class maps
         ``pseudo`` / ``cam`` (``[H, W, D]`` int64, 0 = background, c + 1 = class c), in the oriented grid."""
-        cams, probs = self.cams(image)
+        self._load()
+        if self._card["network"].get("kind") == "sam_lora":  # one tuned-encoder pass gives the CAMs and M
+            cams, probs, maps = self._tuned_sam_maps(rgb_source if rgb_source is not None else image)
+        else:
+            cams, probs = self.cams(image, case_id)
+            if self.features.with_maps:
+                maps = torch.from_numpy(self.features.maps(case_id))  # [a, a, D]
+            else:
+                maps = self._cam_peak_maps(rgb_source if rgb_source is not None else image, cams)
         depth, num_classes = probs.shape
         h, w = int(image.shape[1]), int(image.shape[2])
         positive = (probs > self.positive_threshold).numpy()
-        if self.features.with_maps:
-            maps = torch.from_numpy(self.features.maps(case_id))  # [a, a, D]
-        else:
-            maps = self._cam_peak_maps(rgb_source if rgb_source is not None else image, cams)
         refined = cams.clone()
         pseudo = np.zeros((h, w, depth), np.int64)
         cam_only = np.zeros((h, w, depth), np.int64)
@@ -170,6 +211,36 @@ class PseudoLabels:
                 out[..., d] = label.astype(np.int64) if multi else label[0].astype(np.int64)
         return {"cams": cams.numpy(), "probabilities": probs.numpy(), "logits": maps.numpy(),
                 "refined": refined.numpy(), "pseudo": pseudo, "cam": cam_only}
+
+    @torch.no_grad()
+    def _tuned_sam_maps(self, image) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(cams, probabilities, M)`` of a ``sam_lora`` classifier: each slice SAM runs on goes through the tuned
+        encoder once, whose embedding gives the CAM (heads) and ``M`` (SAM's prompt decoder, the miner's prompts);
+        the other slices get probability 0, an empty CAM and ``M = 0``, as in the ``sam_features`` stage."""
+        features, network = self.features, self._network
+        fitted = features.window.fit(image)
+        keep = features.window.nonempty(image, fitted)
+        size, depth = features.miner.affinity_size, int(image.shape[-1])
+        cams = torch.zeros(depth, network.num_classes, size, size)
+        probs, maps = torch.zeros(depth, network.num_classes), torch.zeros((size, size, depth))
+        level = features.window.foreground_level * 255.0
+        for start in range(0, int(keep.sum()), features.slices_per_batch):
+            chunk = np.flatnonzero(keep)[start : start + features.slices_per_batch]
+            rgb = features.window.slices(image, fitted, chunk)
+            x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float().div(255.0).to(self.device)
+            embedding = network.embed(x)
+            feats = network.features_of_embedding(embedding, rgb.shape[1:3])
+            parent, _ = network.logits(feats)
+            probs[chunk] = torch.sigmoid(parent).cpu()
+            cams[chunk] = network.scaled_cam(feats, (size, size)).cpu()
+            slice_cams = None
+            if features.miner.placement == "cam_peaks":
+                slice_cams = F.interpolate(cams[chunk], size=rgb.shape[1:3], mode="bilinear", align_corners=False)
+                slice_cams = slice_cams.numpy()
+            m = features.miner.logit_maps_from_embeddings(network.slice_embeddings(embedding, rgb.shape[1:3]),
+                                                          cams=slice_cams, foreground=rgb.max(axis=-1) > level)
+            maps[..., chunk] = m.float().cpu().permute(1, 2, 0)
+        return cams, probs, maps
 
     def _cam_peak_maps(self, image, cams: torch.Tensor) -> torch.Tensor:
         """``M`` for the ``cam_peaks`` placement: prompts at the CAM maxima of each slice (one embedding per slice)."""

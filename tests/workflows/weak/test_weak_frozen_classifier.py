@@ -1,0 +1,112 @@
+"""WeakMedSAM's default classifier: heads on the cached SAM image embeddings (no second encoder pass, fine CAM)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from monai.bundle import ConfigParser
+from weak_utils import TRAIN_WEAK, run_weak
+from workflow_utils import SAM_PRIORS
+
+from bundle.networks.embedding_classifier import EmbeddingClassifier
+from bundle.sam.engine import SamEngine
+from bundle.sam.loading import load_sam
+from bundle.workflows.weak.classifier import load_classifier
+
+
+def _config(**overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([SAM_PRIORS, TRAIN_WEAK])
+    parser.update(overrides)
+    return parser
+
+
+def test_the_default_classifier_has_a_64_x_64_cam_for_a_256_x_256_slice_with_lite_medsam():
+    parser = _config()
+    assert parser.get_parsed_content("classifier_network") == "sam_frozen"
+    assert parser.get_parsed_content("classifier_args")["network"]["kind"] == "sam_frozen"
+    engine = SamEngine(load_sam("lite_medsam"), batch_size=1)
+    rng = np.random.default_rng(0)
+    emb = engine.embed(rng.integers(0, 255, (1, 256, 256, 3), dtype=np.uint8)).embeddings
+    net = EmbeddingClassifier(num_classes=1, num_subclasses=8, embedding_channels=emb.shape[1])
+    assert net.cam(emb).shape == (1, 1, 64, 64)  # the paper's SAMUS: 32 x 32; the old ResNet-18 at 128: 16 x 16
+
+
+def test_the_frozen_classifier_trains_and_labels_without_a_second_encoder_pass(phantom_set, tmp_path,
+                                                                               shapes_sam_checkpoint, monkeypatch):
+    data = phantom_set("brats")
+    sam = {"sam_checkpoint": str(shapes_sam_checkpoint)}
+    run_weak(data, tmp_path, "sam_features", **sam)
+    partition = next((tmp_path / "priors" / "weak").glob("features-*/partition.json"))
+    assert "image_embeddings" in json.loads(partition.read_text())["signature"]["prior"]
+    calls = []
+
+    def no_encoder(self, images):
+        calls.append(len(images))
+        raise AssertionError("the image encoder ran again after the sam_features stage")
+
+    monkeypatch.setattr(SamEngine, "embed", no_encoder)
+    for stage in ("subclasses", "classifier", "pseudo_labels", "pseudo_quality"):
+        run_weak(data, tmp_path, stage, **sam)
+    assert calls == []
+    network, card = load_classifier(tmp_path / "models" / "classifier.pt")
+    assert card["network"]["kind"] == "sam_frozen" and isinstance(network, EmbeddingClassifier)
+    quality = json.loads((tmp_path / "run" / "pseudo_label_quality.json").read_text())
+    assert quality["mean"]["pseudo_label"]["tumour"] is not None
+
+
+def test_the_resnet_classifier_stays_an_option_with_its_old_card(phantom_set, tmp_path, shapes_sam_checkpoint):
+    data = phantom_set("brats")
+    for stage in ("sam_features", "subclasses", "classifier"):
+        run_weak(data, tmp_path, stage, sam_checkpoint=str(shapes_sam_checkpoint), classifier_network="resnet")
+    partition = next((tmp_path / "priors" / "weak").glob("features-*/partition.json"))
+    assert "image_embeddings" not in json.loads(partition.read_text())["signature"]["prior"]
+    network, card = load_classifier(tmp_path / "models" / "classifier.pt")
+    # the card of a ResNet classifier is what it was before the kinds: models trained then are reused, not retrained
+    assert "kind" not in card["network"] and card["network"]["backbone"] == "resnet18"
+    assert type(network).__name__ == "ParentChildClassifier"
+
+
+def test_an_unknown_classifier_network_is_refused_before_any_sam_work(phantom_set, tmp_path, tiny_sam_checkpoint):
+    data = phantom_set("brats")
+    with pytest.raises(RuntimeError) as failed:
+        run_weak(data, tmp_path, "sam_features", sam_checkpoint=str(tiny_sam_checkpoint),
+                 classifier_network="sam_frozn")
+    chain, error = [], failed.value
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__ or error.__context__
+    assert any(m.startswith("classifier_network:") and "'sam_frozen'" in m and "\n" not in m for m in chain), chain
+    assert not list(tmp_path.rglob("partition.json"))  # no feature was computed
+
+
+def test_the_lora_classifier_gives_cam_and_m_from_one_tuned_encoder_pass_per_slice(phantom_set, tmp_path,
+                                                                                   shapes_sam_checkpoint, monkeypatch):
+    from bundle.networks.sam_encoder_classifier import SamEncoderClassifier
+    from bundle.sam.lora import has_lora
+
+    data = phantom_set("brats")
+    sam = {"sam_checkpoint": str(shapes_sam_checkpoint), "classifier_network": "sam_lora", "classifier_lora_rank": 2}
+    for stage in ("sam_features", "subclasses", "classifier"):
+        run_weak(data, tmp_path, stage, **sam)
+    network, card = load_classifier(tmp_path / "models" / "classifier.pt")
+    assert card["network"]["kind"] == "sam_lora" and isinstance(network, SamEncoderClassifier) and has_lora(network)
+    trained = [n for n, p in network.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n or not n.startswith("encoder.") for n in trained)  # the rest stays frozen
+    seen, embed = [], SamEncoderClassifier.embed
+
+    def counted(self, x):
+        seen.append(int(x.shape[0]))
+        return embed(self, x)
+
+    def frozen_encoder(self, images):
+        raise AssertionError("the pseudo labels must use the tuned encoder, not the frozen one")
+
+    monkeypatch.setattr(SamEncoderClassifier, "embed", counted)
+    monkeypatch.setattr(SamEngine, "embed", frozen_encoder)
+    run_weak(data, tmp_path, "pseudo_labels", **sam)
+    partition = next((tmp_path / "priors" / "weak").glob("features-*/partition.json")).parent
+    sam_slices = sum(int(np.load(f).sum()) for f in partition.glob("*/sam_slices.*.npy"))
+    assert sam_slices > 0 and sum(seen) == sam_slices  # every SAM slice once: CAM and M from the same pass
