@@ -7,9 +7,11 @@
 #
 #   bash scripts/run_comparison_sam_mix.sh                    # everything under runs/comparison_sam_mix (git-ignored)
 #   ROOT=/tmp/cmp SEEDS="0" NS="5" bash scripts/run_comparison_sam_mix.sh
+#   ROOT=/tmp/cmp METHODS=sam_mix NS=5 EXTRA="--output_stride 16 --train_prompts gt" bash scripts/run_comparison_sam_mix.sh
 #
-# Environment: ROOT, PYTHON, SEEDS, NS (labelled slices), CASES and SIZE (phantoms), ROI (slice size of the
-# classifier and the U-Net), SAM_MODEL_TYPE (default lite_medsam), EXTRA (more overrides for every run). Each run
+# Environment: ROOT, PYTHON, SEEDS, NS (labelled slices), METHODS (default "sam_mix unet zero_shot"), CASES and SIZE
+# (phantoms), ROI (slice size of the classifier and the U-Net), SAM_MODEL_TYPE (default lite_medsam), EXTRA (more
+# overrides for every run). Each run
 # resumes where an interrupted one stopped, and a finished model or evaluation is not run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +20,7 @@ ROOT=${ROOT:-runs/comparison_sam_mix}
 PYTHON=${PYTHON:-python}
 SEEDS=${SEEDS:-"0 1 2"}
 NS=${NS:-"5 50"}
+METHODS=${METHODS:-"sam_mix unet zero_shot"}
 CASES=${CASES:-12}
 SIZE=${SIZE:-64}
 ROI=${ROI:-64}
@@ -48,7 +51,7 @@ fair=()
 anchor=()
 first_n=${NS%% *}
 for n in $NS; do
-    for method in sam_mix unet zero_shot; do
+    for method in $METHODS; do
         # zero-shot SAM uses no labelled slice (only the classifier, which N does not change): run it once
         [[ $method == zero_shot && $n != "$first_n" ]] && continue
         folders=()
