@@ -5,12 +5,16 @@
 #
 #   bash scripts/run_comparison_cls.sh                         # everything under runs/comparison (git-ignored)
 #   ROOT=/tmp/cmp SEEDS="0 1" VARIANTS="raw dual" bash scripts/run_comparison_cls.sh
+#   VARIANTS=augmented MODES="emphasis emphasis_min add" bash scripts/run_comparison_cls.sh   # the emphases
 #
 # It shares ROOT, phantoms and datalists with scripts/run_comparison.sh (made here when missing). Runs whose
 # evaluation exists are skipped, and an interrupted training resumes from its last epoch.
 #
 # Environment: ROOT, PYTHON, SEEDS, VARIANTS (subset of "raw augmented dual"), TASKS (subset of "brats_wt
-# lits_tumour"), CASES and SIZE (phantoms), ROI (in-plane size the slices are resized to), SAM_MODEL_TYPE (default
+# lits_tumour"), MODES (cls_aug_mode values of the augmented and dual variants, default the config's default
+# emphasis_min; with one mode the runs are named TASK_VARIANT_sSEED and the table columns VARIANT, with several
+# TASK_VARIANT_MODE_sSEED and VARIANT_MODE), CASES and SIZE (phantoms), ROI (in-plane size the slices are resized
+# to), SAM_MODEL_TYPE (default
 # lite_medsam), GRID (box-grid overrides; default side-by-side boxes without refinement, the README main job's grid),
 # EXTRA (more overrides for every training and evaluation, e.g. "--max_epochs 30").
 set -euo pipefail
@@ -20,6 +24,7 @@ ROOT=${ROOT:-runs/comparison}
 PYTHON=${PYTHON:-python}
 SEEDS=${SEEDS:-"0 1 2"}
 VARIANTS=${VARIANTS:-"raw augmented dual"}
+read -r -a MODE_LIST <<< "${MODES:-emphasis_min}"
 TASKS=${TASKS:-"brats_wt lits_tumour"}
 CASES=${CASES:-10}
 SIZE=${SIZE:-64}
@@ -51,21 +56,28 @@ for task in $TASKS; do
 
     specs=()
     for variant in $VARIANTS; do
-        folders=()
-        for seed in $SEEDS; do
-            run="${task}_${variant}_s${seed}"
-            keys=(--bundle_root "$ROOT" --task "$task" --cls_branches "$variant" --seed "$seed" --run_name "$run"
-                  --roi_size "[$ROI,$ROI,$ROI]" "${SAM[@]}")
-            if [[ ! -f "$ROOT/runs/cls_$run/eval_testing/metrics_summary.json" ]]; then
-                # an interrupted training resumes from its checkpoint_last.pt
-                # shellcheck disable=SC2086
-                timed "train_$run" "$PYTHON" -m monai.bundle run training --config_file "$train_files" "${keys[@]}" $EXTRA
-                # shellcheck disable=SC2086
-                timed "eval_$run" "$PYTHON" -m monai.bundle run evaluating --config_file "$eval_files" "${keys[@]}" $EXTRA
-            fi
-            folders+=("$ROOT/runs/cls_$run/eval_testing")
+        # the raw variant sees no prior: one set of runs, whatever MODES holds
+        modes=("${MODE_LIST[@]}")
+        [[ $variant == raw ]] && modes=("${MODE_LIST[0]}")
+        for mode in "${modes[@]}"; do
+            label=$variant
+            (( ${#modes[@]} > 1 )) && label="${variant}_${mode}"
+            folders=()
+            for seed in $SEEDS; do
+                run="${task}_${label}_s${seed}"
+                keys=(--bundle_root "$ROOT" --task "$task" --cls_branches "$variant" --cls_aug_mode "$mode"
+                      --seed "$seed" --run_name "$run" --roi_size "[$ROI,$ROI,$ROI]" "${SAM[@]}")
+                if [[ ! -f "$ROOT/runs/cls_$run/eval_testing/metrics_summary.json" ]]; then
+                    # an interrupted training resumes from its checkpoint_last.pt
+                    # shellcheck disable=SC2086
+                    timed "train_$run" "$PYTHON" -m monai.bundle run training --config_file "$train_files" "${keys[@]}" $EXTRA
+                    # shellcheck disable=SC2086
+                    timed "eval_$run" "$PYTHON" -m monai.bundle run evaluating --config_file "$eval_files" "${keys[@]}" $EXTRA
+                fi
+                folders+=("$ROOT/runs/cls_$run/eval_testing")
+            done
+            specs+=(--run "$label=$(IFS=,; echo "${folders[*]}")")
         done
-        specs+=(--run "$variant=$(IFS=,; echo "${folders[*]}")")
     done
     timed "${task}_table" "$PYTHON" scripts/compare_runs.py "${specs[@]}" --metric auc --metric balanced_accuracy \
         --metric f1 --metric sensitivity --metric specificity --out "$ROOT/${task}_cls_table.md"
