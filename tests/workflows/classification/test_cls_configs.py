@@ -3,7 +3,9 @@ and the branch variants (each builds and trains)."""
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import pytest
 from cls_utils import INFER_CLS, META_CLS, TINY_CLS, TRAIN_CLS, cls_files, train_cls
@@ -13,6 +15,7 @@ from workflow_utils import PRECOMPUTE, PRESETS, SAM_PRIORS
 from bundle.errors import InputError
 from bundle.priors.cache import PriorCache
 from bundle.workflows.classification.card import check_augmentation
+from bundle.workflows.classification.transforms import ClassifierInputd
 from bundle.workflows.classification.workflow import prior_kinds_for, uses_priors
 
 
@@ -107,3 +110,14 @@ def test_evaluation_refuses_another_augmentation_than_the_cards():
         check_augmentation(card, "emphasis", 0.3)
     # alpha is read by the emphases only
     assert check_augmentation({**card, "cls_aug_mode": "add"}, "add", 0.3)["cls_aug_mode"] == "add"
+
+
+@pytest.mark.parametrize("mode", ["emphasis", "emphasis_min"])
+def test_inference_builds_the_cards_augmentation(mode):
+    """A card written before ``emphasis_min`` existed (``emphasis``) is served with its own formula, not the new
+    default; a new card with its own."""
+    card = json.loads((Path(__file__).parents[1] / "common" / "cards" / "classification.json").read_text())
+    card = {**card, "cls_aug_mode": mode, "network": {**card["network"], "branches": "dual"}}
+    parser = _parser([INFER_CLS], card=card)
+    (inputs,) = [t for t in parser.get_parsed_content("item_transforms").transforms if isinstance(t, ClassifierInputd)]
+    assert inputs.augment.mode == mode and inputs.augment.alpha == card["alpha"]
