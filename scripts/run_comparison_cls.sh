@@ -49,10 +49,13 @@ for task in $TASKS; do
     phantom_data "$preset" "$layout"
     train_files="['configs/sam_priors.json','configs/train_samaug_cls.json','configs/presets/$preset.json']"
     eval_files="['configs/sam_priors.json','configs/train_samaug_cls.json','configs/presets/$preset.json','configs/evaluate_cls.json']"
-    # the priors of the augmented branch, computed once (up-to-date cases are skipped)
-    timed "${task}_cls_priors" "$PYTHON" -m monai.bundle run precompute \
-        --config_file "['configs/sam_priors.json','configs/precompute_priors.json','configs/train_samaug_cls.json','configs/presets/$preset.json']" \
-        --bundle_root "$ROOT" --task "$task" "${SAM[@]}"
+    # the priors of the augmented branch, computed once per mode's prior kinds (up-to-date cases are skipped: the
+    # emphases and add share one partition, samaug has its own)
+    for mode in "${MODE_LIST[@]}"; do
+        timed "${task}_${mode}_cls_priors" "$PYTHON" -m monai.bundle run precompute \
+            --config_file "['configs/sam_priors.json','configs/precompute_priors.json','configs/train_samaug_cls.json','configs/presets/$preset.json']" \
+            --bundle_root "$ROOT" --task "$task" --cls_aug_mode "$mode" "${SAM[@]}"
+    done
 
     specs=()
     for variant in $VARIANTS; do
