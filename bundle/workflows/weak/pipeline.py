@@ -132,9 +132,10 @@ class WeakPipeline:
         train_item_transform, val_item_transform: per-slice transforms (resize to ``roi_size``, augmentation).
         classifier_args: :func:`~bundle.workflows.weak.classifier.train_classifier` settings (``max_epochs``,
             ``batch_size``, ``learning_rate``, ``weight_decay``, ``child_weight``) and ``network`` arguments: its
-            ``kind`` (:data:`~bundle.workflows.weak.classifier.CLASSIFIERS`), ``block_channels`` for ``sam_frozen``
-            (heads on the SAM image embeddings that ``features`` caches: ``features`` must be built
-            ``with_embeddings``), the backbone's arguments for ``resnet``.
+            ``kind`` (:data:`~bundle.workflows.weak.classifier.CLASSIFIERS`), ``block_channels`` for the SAM
+            classifiers (``sam_frozen`` trains on the image embeddings that ``features`` caches: build it
+            ``with_embeddings``; ``sam_lora``, with ``lora_rank``, tunes a copy of the features' SAM encoder and makes
+            its own ``M``: build ``features`` without maps), the backbone's arguments for ``resnet``.
         card: fields recorded with the classifier (roi size, channel names, intensity, ...).
         pseudo_args: :class:`~bundle.workflows.weak.pseudo_stage.PseudoLabels` settings.
         pseudo_cache_dir: the pseudo-label cache folder.

@@ -68,8 +68,8 @@ class PseudoLabels:
         classifier_path: the classifier file of :func:`bundle.workflows.weak.classifier.train_classifier`.
         cache_dir: the cache folder (one partition per configuration).
         beta, steps, radius, border, transition: random-walk settings (METHODS.md §5: 4, 4, 5, every pixel,
-            ``row`` = ``D^-1 A``; ``column`` = ``A D^-1`` as the authors' code); an unknown border or transition is
-            refused here, before any work.
+            ``column`` = ``A D^-1`` as the authors' code, the default; ``row`` = ``D^-1 A``, the usual form); an unknown
+            border or transition is refused here, before any work.
         kernel_size, sigma: Gaussian blur after upsampling (21, 3.5).
         blur_frame: 0: blur at the slice's size (``sigma`` in its pixels); ``N``: in an ``N x N`` frame, the label
             resized back by nearest neighbour (the authors: 256); see
@@ -84,8 +84,9 @@ class PseudoLabels:
 
     def __init__(self, features: SamSliceFeatures, classifier_path: str | os.PathLike, cache_dir: str | os.PathLike,
                  beta: float = 4.0, steps: int = 4, radius: int = 5, border: str = "all", kernel_size: int = 21,
-                 sigma: float = 3.5, transition: str = "row", threshold: float = 0.5, background_threshold: float = 0.5,
-                 positive_threshold: float = 0.5, logit_scale: float = 1.0, batch_size: int = 16,
+                 sigma: float = 3.5, transition: str = "column", threshold: float = 0.5,
+                 background_threshold: float = 0.5, positive_threshold: float = 0.5, logit_scale: float = 1.0,
+                 batch_size: int = 16,
                  blur_frame: int = 0, device="cpu") -> None:
         self.features = features
         self.classifier_path = os.fspath(classifier_path)

@@ -1,4 +1,5 @@
-"""WeakMedSAM's default classifier: heads on the cached SAM image embeddings (no second encoder pass, fine CAM)."""
+"""WeakMedSAM's classifiers: the default ResNet's CAM resolution, the SAM-encoder ones (frozen: no second encoder
+pass; LoRA: one tuned pass gives CAM and M), the option's refusal."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from monai.bundle import ConfigParser
 from weak_utils import TRAIN_WEAK, run_weak
 from workflow_utils import SAM_PRIORS
 
 from bundle.networks.embedding_classifier import EmbeddingClassifier
+from bundle.networks.parent_child import ParentChildClassifier
 from bundle.sam.engine import SamEngine
 from bundle.sam.loading import load_sam
 from bundle.workflows.weak.classifier import load_classifier
@@ -23,21 +26,30 @@ def _config(**overrides) -> ConfigParser:
     return parser
 
 
-def test_the_default_classifier_has_a_64_x_64_cam_for_a_256_x_256_slice_with_lite_medsam():
+def test_the_default_classifier_has_a_32_x_32_cam_for_a_256_x_256_slice():
     parser = _config()
-    assert parser.get_parsed_content("classifier_network") == "sam_frozen"
-    assert parser.get_parsed_content("classifier_args")["network"]["kind"] == "sam_frozen"
+    assert parser.get_parsed_content("classifier_network") == "resnet"
+    network = parser.get_parsed_content("classifier_args")["network"]
+    args = {k: v for k, v in network.items() if k not in ("kind", "block_channels", "lora_rank")}
+    net = ParentChildClassifier(num_classes=1, num_subclasses=8, **args)
+    roi = parser.get_parsed_content("roi_size")
+    assert roi == [256, 256]  # the slices are resized to it: a 256 x 256 slice keeps its resolution
+    with torch.no_grad():
+        assert net.eval().raw_cam(torch.rand(1, args["in_channels"], *roi)).shape[-2:] == (32, 32)  # stride 8
+
+
+def test_the_sam_classifiers_have_a_64_x_64_cam_for_a_256_x_256_slice_with_lite_medsam():
     engine = SamEngine(load_sam("lite_medsam"), batch_size=1)
     rng = np.random.default_rng(0)
     emb = engine.embed(rng.integers(0, 255, (1, 256, 256, 3), dtype=np.uint8)).embeddings
     net = EmbeddingClassifier(num_classes=1, num_subclasses=8, embedding_channels=emb.shape[1])
-    assert net.cam(emb).shape == (1, 1, 64, 64)  # the paper's SAMUS: 32 x 32; the old ResNet-18 at 128: 16 x 16
+    assert net.cam(emb).shape == (1, 1, 64, 64)  # the paper's SAMUS: 32 x 32
 
 
 def test_the_frozen_classifier_trains_and_labels_without_a_second_encoder_pass(phantom_set, tmp_path,
                                                                                shapes_sam_checkpoint, monkeypatch):
     data = phantom_set("brats")
-    sam = {"sam_checkpoint": str(shapes_sam_checkpoint)}
+    sam = {"sam_checkpoint": str(shapes_sam_checkpoint), "classifier_network": "sam_frozen"}
     run_weak(data, tmp_path, "sam_features", **sam)
     partition = next((tmp_path / "priors" / "weak").glob("features-*/partition.json"))
     assert "image_embeddings" in json.loads(partition.read_text())["signature"]["prior"]
@@ -57,7 +69,7 @@ def test_the_frozen_classifier_trains_and_labels_without_a_second_encoder_pass(p
     assert quality["mean"]["pseudo_label"]["tumour"] is not None
 
 
-def test_the_resnet_classifier_stays_an_option_with_its_old_card(phantom_set, tmp_path, shapes_sam_checkpoint):
+def test_the_resnet_classifier_keeps_its_old_card(phantom_set, tmp_path, shapes_sam_checkpoint):
     data = phantom_set("brats")
     for stage in ("sam_features", "subclasses", "classifier"):
         run_weak(data, tmp_path, stage, sam_checkpoint=str(shapes_sam_checkpoint), classifier_network="resnet")
