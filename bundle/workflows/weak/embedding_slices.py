@@ -35,7 +35,42 @@ def case_embeddings(features, case_id: str) -> tuple[np.ndarray, np.ndarray]:
     return embeddings, rows
 
 
-class EmbeddingSlices(torch.utils.data.Dataset):
+class _CaseSlices(torch.utils.data.Dataset):
+    """Slice items over per-case arrays ``{case_id: (array [S, ...], row of each slice [D], -1: none)}``: the items
+    whose slice has a row, each sample the row's image (:meth:`_image`) with the item's target."""
+
+    def _keep(self, cases: dict[str, tuple[np.ndarray, np.ndarray]], items: Sequence[Mapping], what: str) -> None:
+        self._cases = cases
+        self.items = [dict(item) for item in items if self._row(item) >= 0]
+        dropped = len(items) - len(self.items)
+        positive = sum(1 for item in items if self._row(item) < 0 and np.any(np.asarray(item["class_label"]) > 0))
+        if positive:  # the SAM window found no foreground on a slice labelled positive
+            logger.warning("%s: %d positive slice(s) have no foreground in the SAM window and are left out", what,
+                           positive)
+        if dropped:
+            logger.info("%s: %d of %d slices have no foreground in the SAM window and are left out", what, dropped,
+                        len(items))
+
+    def _row(self, item: Mapping) -> int:
+        _, rows = self._cases[str(item["case_id"])]
+        index = int(item["slice_index"])
+        return int(rows[index]) if 0 <= index < len(rows) else -1
+
+    def _image(self, array: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.items[i]
+        array, _ = self._cases[str(item["case_id"])]
+        return {"image": self._image(array[self._row(item)]),
+                TARGET_KEY: torch.as_tensor(item[TARGET_KEY], dtype=torch.float32),
+                "case_id": str(item["case_id"]), "slice_index": int(item["slice_index"])}
+
+
+class EmbeddingSlices(_CaseSlices):
     """The cached SAM image embeddings of slice items, ``{"image": [E, g, g] float32, "target": [...], ...}``.
 
     Every case's embeddings are read (and verified) once, when the dataset is built, and held as float16 (about 2 MB
@@ -50,40 +85,20 @@ class EmbeddingSlices(torch.utils.data.Dataset):
     """
 
     def __init__(self, features, items: Sequence[Mapping]) -> None:
-        self._cases: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for case_id in dict.fromkeys(str(item["case_id"]) for item in items):
-            self._cases[case_id] = case_embeddings(features, case_id)
-        self.items = [dict(item) for item in items if self._row(item) >= 0]
-        dropped = len(items) - len(self.items)
-        positive = sum(1 for item in items if self._row(item) < 0 and np.any(np.asarray(item["class_label"]) > 0))
-        if positive:  # the SAM window found no foreground on a slice labelled positive
-            logger.warning("frozen-encoder classifier: %d positive slice(s) have no SAM embedding and are left out",
-                           positive)
-        if dropped:
-            logger.info("frozen-encoder classifier: %d of %d slices have no SAM embedding (no foreground) and are "
-                        "left out", dropped, len(items))
-        shapes = [arr.shape[-2:] for arr, _ in self._cases.values() if len(arr)]
+        cases = {case_id: case_embeddings(features, case_id)
+                 for case_id in dict.fromkeys(str(item["case_id"]) for item in items)}
+        self._keep(cases, items, "frozen-encoder classifier")
+        shapes = [arr.shape[-2:] for arr, _ in cases.values() if len(arr)]
         self.grid = tuple(int(s) for s in max(shapes)) if shapes else (1, 1)
 
-    def _row(self, item: Mapping) -> int:
-        _, rows = self._cases[str(item["case_id"])]
-        index = int(item["slice_index"])
-        return int(rows[index]) if 0 <= index < len(rows) else -1
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        item = self.items[i]
-        embeddings, _ = self._cases[str(item["case_id"])]
-        x = torch.from_numpy(embeddings[self._row(item)].astype(np.float32))
+    def _image(self, array: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(array.astype(np.float32))
         if tuple(x.shape[-2:]) != self.grid:
             x = F.interpolate(x[None], size=self.grid, mode="bilinear", align_corners=False)[0]
-        return {"image": x, TARGET_KEY: torch.as_tensor(item[TARGET_KEY], dtype=torch.float32),
-                "case_id": str(item["case_id"]), "slice_index": int(item["slice_index"])}
+        return x
 
 
-class WindowSlices(torch.utils.data.Dataset):
+class WindowSlices(_CaseSlices):
     """The SAM-window slices of slice items, ``{"image": [3, H, W] float32 in [0, 1], "target": [...], ...}``: the
     input of the ``sam_lora`` classifier, which runs SAM's encoder itself.
 
@@ -100,7 +115,7 @@ class WindowSlices(torch.utils.data.Dataset):
 
     def __init__(self, features, entries: Sequence[Mapping], items: Sequence[Mapping], sam_loader) -> None:
         wanted = set(str(item["case_id"]) for item in items)
-        self._cases: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        cases: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         window = features.window
         for entry in entries:
             if str(entry["case_id"]) not in wanted:
@@ -111,23 +126,11 @@ class WindowSlices(torch.utils.data.Dataset):
             rows = np.full(len(keep), -1, np.int64)
             rows[keep] = np.arange(int(keep.sum()))
             slices = window.slices(image, fitted, np.flatnonzero(keep)) if keep.any() else np.zeros((0, 1, 1, 3))
-            self._cases[str(entry["case_id"])] = (np.asarray(slices, np.uint8), rows)
-        missing = wanted - set(self._cases)
+            cases[str(entry["case_id"])] = (np.asarray(slices, np.uint8), rows)
+        missing = wanted - set(cases)
         if missing:
             raise ValueError(f"slice items of cases with no entry: {sorted(missing)[:3]}")
-        self.items = [dict(item) for item in items if self._row(item) >= 0]
+        self._keep(cases, items, "LoRA classifier")
 
-    def _row(self, item: Mapping) -> int:
-        _, rows = self._cases[str(item["case_id"])]
-        index = int(item["slice_index"])
-        return int(rows[index]) if 0 <= index < len(rows) else -1
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        item = self.items[i]
-        slices, _ = self._cases[str(item["case_id"])]
-        x = torch.from_numpy(slices[self._row(item)]).permute(2, 0, 1).float() / 255.0
-        return {"image": x, TARGET_KEY: torch.as_tensor(item[TARGET_KEY], dtype=torch.float32),
-                "case_id": str(item["case_id"]), "slice_index": int(item["slice_index"])}
+    def _image(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
