@@ -1,9 +1,11 @@
 """WeakMedSAM stage 3: the parent/child slice classifier, trained with MONAI's ``SupervisedTrainer`` on slice labels.
 
 The samples are axial slices of the training volumes (image only: the datalist's segmentation path is dropped from
-the items, :func:`bundle.workflows.weak.slices.weak_slice_items`), resized to ``roi_size``, with the target
-``[parent | child]`` of :mod:`bundle.workflows.weak.slices`. Optimisation follows METHODS.md §5: AdamW (lr 1e-4,
-weight decay 0.01) with a OneCycle schedule stepped every iteration, ``BCE(parent) + 0.5 * BCE(child)``.
+the items, :func:`bundle.workflows.weak.slices.weak_slice_items`) with the target ``[parent | child]`` of
+:mod:`bundle.workflows.weak.slices`: for the ``resnet`` classifier the slices resized to ``roi_size``, for the SAM
+ones their cached SAM embeddings or SAM-window slices (:mod:`bundle.workflows.weak.embedding_slices`; the kinds:
+:data:`CLASSIFIERS`). Optimisation follows METHODS.md §5: AdamW (lr 1e-4, weight decay 0.01, the trainable
+parameters only) with a OneCycle schedule stepped every iteration, ``BCE(parent) + 0.5 * BCE(child)``.
 
 Every epoch ends with an atomic checkpoint (network, optimizer, scheduler, trainer state) that a rerun resumes from;
 the finished model is written to ``model_path`` with the model card the pseudo-label stage rebuilds it from. Both
@@ -198,8 +200,8 @@ def train_classifier(
     Args:
         network_args: the classifier's arguments (:func:`build_classifier`).
         train_data, val_data: slice datasets (:func:`slice_dataset`, or
-            :class:`~bundle.workflows.weak.embedding_slices.EmbeddingSlices` for ``sam_frozen``); validation may be
-            None.
+            :class:`~bundle.workflows.weak.embedding_slices.EmbeddingSlices` for ``sam_frozen``, ``WindowSlices`` for
+            ``sam_lora``); validation may be None.
         output_dir: folder of the resume checkpoint (``classifier_last.pt``).
         model_path: the finished model (``{"network": state_dict, "card": card}``).
         card: what the model is (task, class names, K, channels, roi size, intensity, ...); the network arguments and

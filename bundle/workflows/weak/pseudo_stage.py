@@ -86,8 +86,7 @@ class PseudoLabels:
                  beta: float = 4.0, steps: int = 4, radius: int = 5, border: str = "all", kernel_size: int = 21,
                  sigma: float = 3.5, transition: str = "column", threshold: float = 0.5,
                  background_threshold: float = 0.5, positive_threshold: float = 0.5, logit_scale: float = 1.0,
-                 batch_size: int = 16,
-                 blur_frame: int = 0, device="cpu") -> None:
+                 batch_size: int = 16, blur_frame: int = 0, device="cpu") -> None:
         self.features = features
         self.classifier_path = os.fspath(classifier_path)
         # part of the cache signature: labels of another walk are never reused
@@ -178,9 +177,10 @@ class PseudoLabels:
         for start in range(0, len(ran), self.batch_size):
             chunk = ran[start : start + self.batch_size]
             x = torch.from_numpy(embeddings[rows[chunk]].astype(np.float32)).to(self.device)
-            parent, _ = self._network(x)
+            feats = self._network.features(x)  # eval mode (load_classifier), no graph (cams)
+            parent, _ = self._network.logits(feats)
             probs[chunk] = torch.sigmoid(parent).cpu()
-            cams[chunk] = self._network.cam(x, size=(size, size)).cpu()  # the embedding grid covers the slice
+            cams[chunk] = self._network.scaled_cam(feats, (size, size)).cpu()  # the embedding grid covers the slice
         return cams, probs
 
     def refine(self, image, case_id: str, rgb_source=None) -> dict[str, np.ndarray]:
