@@ -73,8 +73,8 @@ class _CaseSlices(torch.utils.data.Dataset):
 class EmbeddingSlices(_CaseSlices):
     """The cached SAM image embeddings of slice items, ``{"image": [E, g, g] float32, "target": [...], ...}``.
 
-    Every case's embeddings are read (and verified) once, when the dataset is built, and held as float16 (about 2 MB
-    per slice for LiteMedSAM). Embeddings of another grid than the largest one (a case whose slices are not square)
+    Every case's embeddings file is verified once, when the dataset is built, and memory-mapped: a sample reads its
+    slice (float16, about 2 MB for LiteMedSAM) from disk, so the training set need not fit in memory. Embeddings of another grid than the largest one (a case whose slices are not square)
     are resized bilinearly to it, so that any slices batch together; the classifier pools and its CAM is per slice,
     so this only changes the aspect of non-square slices, as the ResNet path's ``roi_size`` resize does.
 

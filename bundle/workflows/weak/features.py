@@ -190,10 +190,19 @@ class SamSliceFeatures:
 
     def image_embeddings(self, case_id: str) -> np.ndarray:
         """The cached ``[S, E, rows, cols]`` float16 image embeddings of the slices SAM ran on (in slice order;
-        :meth:`sam_slices` says which), stored with ``with_embeddings``."""
+        :meth:`sam_slices` says which), stored with ``with_embeddings``.
+
+        The file is verified, then memory-mapped (read-only): a slice is read from disk when it is used, so a
+        training set of many cases (about 2 MB per slice) need not fit in memory. Cached files are named after their
+        content and replaced by renaming, so a mapped file never changes under its reader.
+        """
         if not self.with_embeddings:
             raise ValueError("the SAM features were configured without whole image embeddings (with_embeddings)")
-        return self.cache.load_array(case_id, IMAGE_EMBEDDING_ARRAY)
+        path = self.cache.file(case_id, IMAGE_EMBEDDING_ARRAY)
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise InputError(path, f"cached array cannot be read ({type(err).__name__}: {err})") from err
 
     def sam_slices(self, case_id: str) -> np.ndarray:
         """The cached ``[D]`` flags of the slices SAM was run on."""
