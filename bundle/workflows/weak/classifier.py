@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -193,7 +193,7 @@ def train_classifier(
     summary_writer=None,
     data_settings: Mapping | None = None,
     resume: bool = True,
-    initial_sam: torch.nn.Module | None = None,
+    initial_sam: Callable[[], torch.nn.Module] | None = None,
 ) -> dict:
     """Train (or resume, or reuse) the classifier; returns the card with the validation AUC.
 
@@ -208,7 +208,8 @@ def train_classifier(
             the training settings are added to it (:func:`classifier_card`).
         data_settings: what the run trains on that the card does not say (datalist digest, feature source); with the
             card they are the run settings (:func:`classifier_settings`).
-        initial_sam: ``sam_lora``: the loaded SAM the encoder starts from (adapted in place: pass a copy).
+        initial_sam: ``sam_lora``: returns the loaded SAM the encoder starts from (adapted in place: return a copy);
+            called only when a classifier is trained, not when a finished one is reused.
         resume: False trains afresh, replacing a finished model or checkpoint made with other settings. With True,
             :func:`classifier_plan` decides: reuse the finished model, resume its checkpoint, or train from scratch
             when there is neither; other settings raise a :class:`~bundle.errors.RunSettingsError`.
@@ -222,7 +223,8 @@ def train_classifier(
         return dict(stored["card"])
     torch.manual_seed(int(seed))
     device = torch.device(device)
-    network = ddp.wrap_network(build_classifier(network_args, sam=initial_sam), device)  # DDP on several processes
+    sam = initial_sam() if initial_sam is not None else None
+    network = ddp.wrap_network(build_classifier(network_args, sam=sam), device)  # DDP on several processes
     plain = ddp.unwrap(network)
     generator = torch.Generator().manual_seed(int(seed))
     sampler = ddp.train_sampler(train_data, seed=int(seed))  # None in one process: the loader shuffles

@@ -335,7 +335,8 @@ class WeakPipeline:
         elif self.classifier_kind == "sam_lora":  # the slices as SAM sees them; a copy of its weights is tuned
             train = WindowSlices(self.features, train_entries, train_items, self.sam_loader)
             val = WindowSlices(self.features, val_entries, val_items, self.sam_loader) if val_items else None
-            initial_sam = copy.deepcopy(self.features.miner.engine.model).cpu()
+            engine = self.features.miner.engine
+            initial_sam = lambda: copy.deepcopy(engine.model).cpu()  # noqa: E731 (only when it trains)
         else:
             train = slice_dataset(train_entries, train_items, self.volume_transform, self.train_item_transform,
                                   self.cache_rate, self.num_workers)

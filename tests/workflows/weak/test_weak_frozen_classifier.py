@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
-from weak_utils import TRAIN_WEAK, run_weak
+from weak_utils import TRAIN_WEAK, error_messages, run_weak
 from workflow_utils import SAM_PRIORS
 
 from bundle.networks.embedding_classifier import EmbeddingClassifier
@@ -86,10 +86,7 @@ def test_an_unknown_classifier_network_is_refused_before_any_sam_work(phantom_se
     with pytest.raises(RuntimeError) as failed:
         run_weak(data, tmp_path, "sam_features", sam_checkpoint=str(tiny_sam_checkpoint),
                  classifier_network="sam_frozn")
-    chain, error = [], failed.value
-    while error is not None:
-        chain.append(str(error))
-        error = error.__cause__ or error.__context__
+    chain = error_messages(failed.value)
     assert any(m.startswith("classifier_network:") and "'sam_frozen'" in m and "\n" not in m for m in chain), chain
     assert not list(tmp_path.rglob("partition.json"))  # no feature was computed
 

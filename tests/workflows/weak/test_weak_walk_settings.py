@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 from monai.bundle import ConfigParser
-from weak_utils import TRAIN_WEAK, run_weak
+from weak_utils import TRAIN_WEAK, error_messages, run_weak
 from workflow_utils import SAM_PRIORS
 
 from bundle.workflows.weak.pseudo_stage import PseudoLabels
@@ -42,9 +42,6 @@ def test_an_unknown_transition_is_refused_before_any_sam_work(phantom_set, tmp_p
     data = phantom_set("brats")
     with pytest.raises(RuntimeError) as failed:
         run_weak(data, tmp_path, "sam_features", sam_checkpoint=str(tiny_sam_checkpoint), walk_transition="colum")
-    chain, error = [], failed.value
-    while error is not None:
-        chain.append(str(error))
-        error = error.__cause__ or error.__context__
+    chain = error_messages(failed.value)
     assert any(m.startswith("walk_transition:") and "'column'" in m and "\n" not in m for m in chain), chain
     assert not list(tmp_path.rglob("partition.json"))  # no feature was computed

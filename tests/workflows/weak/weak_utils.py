@@ -43,3 +43,12 @@ def weak_overrides(data: PhantomSet, work: Path, **overrides) -> dict:
 def run_weak(data: PhantomSet, work: Path, run_id: str = "weak_training", **overrides):
     """Run one stage (or the whole pipeline) of the weak config on ``data``, outputs under ``work``."""
     return run_workflow(weak_files(data.preset), run_id, "train", **weak_overrides(data, work, **overrides))
+
+
+def error_messages(error: BaseException) -> list[str]:
+    """The messages of an error and of every error it was raised from (the bundle parser wraps a stage's error)."""
+    chain = []
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__ or error.__context__
+    return chain
