@@ -40,11 +40,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.bundle import ConfigWorkflow
+from monai.transforms import Compose
 from monai.utils import look_up_option
 
 from bundle import distributed
 from bundle.atomic import write_text_atomic
 from bundle.data.case_ids import case_id_of
+from bundle.data.channel_select import SelectChannelsd
 from bundle.data.datalist_io import load_checked_section, read_datalist
 from bundle.data.summaries import SUMMARY_KEY
 from bundle.data.tasks import get_task
@@ -136,7 +138,11 @@ class WeakPipeline:
             classifiers (``sam_frozen`` trains on the image embeddings that ``features`` caches: build it
             ``with_embeddings``; ``sam_lora``, with ``lora_rank``, tunes a copy of the features' SAM encoder and makes
             its own ``M``: build ``features`` without maps), the backbone's arguments for ``resnet``.
-        card: fields recorded with the classifier (roi size, channel names, intensity, ...).
+        card: fields recorded with the classifier (roi size, channel names, intensity, ...); its
+            ``image_channel_names`` name the channels of the loaded volume.
+        classifier_channels: the channels the ``resnet`` classifier sees, by name (e.g. ``["FLAIR"]``, the authors'
+            BraTS input); None (default) for all. The card records them; the SAM classifiers refuse a selection
+            (they see the SAM window's channel).
         pseudo_args: :class:`~bundle.workflows.weak.pseudo_stage.PseudoLabels` settings.
         pseudo_cache_dir: the pseudo-label cache folder.
         num_subclasses, seed: sub-class exploration.
@@ -167,7 +173,8 @@ class WeakPipeline:
                  seg_overrides: Mapping | None = None, eval_config_file: str | None = None,
                  meta_file: str | None = None, summary_writer=None, panels: int = 2, device="cpu",
                  num_workers: int = 0, cache_rate: float = 1.0, seg_labels: str = PSEUDO_KIND,
-                 feature_extractor=None, multi_gpu_config_file: str | None = None, resume: bool = True) -> None:
+                 feature_extractor=None, multi_gpu_config_file: str | None = None, resume: bool = True,
+                 classifier_channels: Sequence[str] | None = None) -> None:
         self.task = get_task(task)
         if self.task.level != "slice":
             raise ValueError(f"task {self.task.name!r} has volume labels; WeakMedSAM needs slice labels")
@@ -188,6 +195,7 @@ class WeakPipeline:
         if self.classifier_kind == "sam_frozen" and not features.with_embeddings:
             raise ValueError("classifier_network sam_frozen trains on the cached SAM image embeddings: build the "
                              "SAM features with_embeddings")
+        self._select_channels(classifier_channels)
         self.pseudo_args, self.pseudo_cache_dir = dict(pseudo_args), pseudo_cache_dir
         self.subclasses = SubclassTargets(self.output_dir / "subclasses.json", features, self.task.name,
                                           num_subclasses, seed, extractor=feature_extractor)
@@ -200,6 +208,22 @@ class WeakPipeline:
         self.seg_labels = look_up_option(seg_labels, SEG_LABELS)
         self.resume = resume_flag(resume)
         self.pseudo()  # refuses an unknown walk border / transition now, not after the SAM features and classifier
+
+    def _select_channels(self, keep: Sequence[str] | None) -> None:
+        """Narrow the classifier's volume transform and card to the channels ``keep`` (see the class)."""
+        names = [str(n) for n in self.card.get("image_channel_names") or []]
+        if keep is None or [str(k) for k in ([keep] if isinstance(keep, str) else keep)] == names:
+            return
+        if self.classifier_kind != "resnet":
+            raise ValueError(f"classifier_channels selects the input of classifier_network resnet; "
+                             f"{self.classifier_kind} sees the SAM window's channel (set sam_window channels "
+                             f"instead, or leave classifier_channels null)")
+        try:
+            select = SelectChannelsd("image", names, keep)
+        except ValueError as error:
+            raise ValueError(f"classifier_channels: {error}") from None
+        self.volume_transform = Compose([self.volume_transform, select])
+        self.card["image_channel_names"] = [names[i] for i in select.indices]
 
     # ---- data ----------------------------------------------------------------------------------------------------
     def entries(self, section: str, with_label: bool = False) -> list[dict]:
@@ -306,6 +330,7 @@ class WeakPipeline:
                        "block_channels": int(network.get("block_channels", 128))}
         else:
             network = {k: v for k, v in network.items() if k not in ("kind", "block_channels", "lora_rank")}
+            network["in_channels"] = len(self.card.get("image_channel_names") or []) or network.get("in_channels", 1)
         network.update(num_classes=len(class_groups(self.task)), num_subclasses=self.subclasses.num_subclasses)
         card = {**self.card, "task": self.task.name, "class_names": list(class_groups(self.task))}
         extractor = self.subclasses.extractor

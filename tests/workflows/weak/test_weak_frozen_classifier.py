@@ -119,3 +119,35 @@ def test_the_lora_classifier_gives_cam_and_m_from_one_tuned_encoder_pass_per_sli
     partition = next((tmp_path / "priors" / "weak").glob("features-*/partition.json")).parent
     sam_slices = sum(int(np.load(f).sum()) for f in partition.glob("*/sam_slices.*.npy"))
     assert sam_slices > 0 and sum(seen) == sam_slices  # every SAM slice once: CAM and M from the same pass
+
+
+def test_the_resnet_classifier_sees_flair_alone_when_asked_and_refuses_to_reuse_it_for_four_channels(
+        phantom_set, tmp_path, shapes_sam_checkpoint):
+    data = phantom_set("brats")
+    flair = {"sam_checkpoint": str(shapes_sam_checkpoint), "classifier_channels": ["FLAIR"]}
+    for stage in ("sam_features", "subclasses", "classifier", "pseudo_labels"):
+        run_weak(data, tmp_path, stage, **flair)
+    network, card = load_classifier(tmp_path / "models" / "classifier.pt")
+    assert card["image_channel_names"] == ["FLAIR"] and card["network"]["in_channels"] == 1
+    first_conv = next(m for m in network.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.in_channels == 1
+    assert list((tmp_path / "priors" / "weak").glob("pseudo-labels-*/*/pseudo_label.*.nii.gz"))
+    # the same run folders with all four channels: the FLAIR classifier is not what was asked for
+    with pytest.raises(RuntimeError) as failed:
+        run_weak(data, tmp_path, "classifier", sam_checkpoint=str(shapes_sam_checkpoint))
+    chain, change = error_messages(failed.value), 'image_channel_names ["FLAIR"] -> ["FLAIR","T1","T1ce","T2"]'
+    assert any(change in m and "\n" not in m for m in chain), chain
+
+
+def test_a_channel_selection_is_refused_for_the_sam_classifiers_before_any_sam_work(phantom_set, tmp_path,
+                                                                                    tiny_sam_checkpoint):
+    data = phantom_set("brats")
+    for overrides, words in (({"classifier_network": "sam_frozen"}, "classifier_network resnet"),
+                             ({}, "['DWI']")):
+        channels = ["FLAIR"] if overrides else ["DWI"]
+        with pytest.raises(RuntimeError) as failed:
+            run_weak(data, tmp_path, "sam_features", sam_checkpoint=str(tiny_sam_checkpoint),
+                     classifier_channels=channels, **overrides)
+        chain = error_messages(failed.value)
+        assert any(m.startswith("classifier_channels") and words in m and "\n" not in m for m in chain), chain
+    assert not list(tmp_path.rglob("partition.json"))
