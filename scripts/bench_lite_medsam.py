@@ -55,7 +55,7 @@ import bundle.sam  # noqa: F401  (makes segment_anything, torchvision and so tim
 from bundle.data.phantoms import bench_phantom
 from bundle.hashing import file_sha256
 from bundle.priors.maps import samaug_prior_maps
-from bundle.priors.quality import prior_agreement
+from bundle.workflows.common.prior_quality import prior_agreement
 from bundle.sam.automatic import SamAutomaticMasks
 from bundle.sam.box_grid import SamBoxGridMasks
 from bundle.sam.engine import SamEngine

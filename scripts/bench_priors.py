@@ -56,7 +56,7 @@ import bundle.sam  # noqa: E402, F401  (makes segment_anything importable withou
 import bundle.sam.automatic as automatic  # noqa: E402
 from bundle.data.phantoms import brain_phantom, ct_phantom  # noqa: E402
 from bundle.priors.maps import samaug_prior_maps  # noqa: E402
-from bundle.priors.quality import prior_agreement  # noqa: E402
+from bundle.workflows.common.prior_quality import prior_agreement  # noqa: E402
 from bundle.sam.engine import SamEngine  # noqa: E402
 from bundle.sam.loading import load_sam  # noqa: E402
 from bundle.sam.slices import SliceWindow  # noqa: E402

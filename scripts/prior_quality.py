@@ -7,8 +7,8 @@ Example::
     python scripts/prior_quality.py --datasets lits --cases 1 --slices-per-case 2 --box-grid '{"box_stride": 1.0}'
 
 For every labelled structure (the dataset's regions: BraTS WT/TC/ET, LiTS liver/tumour, AbdomenCT-1K's four organs)
-on every sampled slice, the coverage is the Dice of the best-matching mask (:mod:`bundle.priors.quality`). Phantom
-cases are written to disk and read back through the bundle's own loader and slice window, as precompute reads them.
+on every sampled slice, the coverage is the Dice of the best-matching mask
+(:mod:`bundle.workflows.common.prior_quality`). Phantom cases are written to disk and read back through the bundle's own loader and slice window, as precompute reads them.
 
 Generators, all on the same slices:
 - ``lite_medsam_boxes``: LiteMedSAM, box-grid masks with the box-grid settings of ``configs/sam_priors.json``
@@ -41,7 +41,7 @@ if __name__ == "__main__":
 from bundle.data.labels import DATASETS  # noqa: E402
 from bundle.data.phantom_writers import make_phantoms  # noqa: E402
 from bundle.priors.precompute import default_loader  # noqa: E402
-from bundle.priors.quality import coverage_summary, structure_coverage  # noqa: E402
+from bundle.workflows.common.prior_quality import coverage_summary, structure_coverage  # noqa: E402
 from bundle.sam.automatic import SamAutomaticMasks  # noqa: E402
 from bundle.sam.box_grid import SamBoxGridMasks  # noqa: E402
 from bundle.sam.engine import SamEngine  # noqa: E402

@@ -135,3 +135,66 @@ def test_the_package_imports_only_leftward_and_tasks_never_import_each_other():
         names = imported_names(path.read_text(encoding="utf-8"), module, is_package=path.name == "__init__.py")
         breaks += rule_breaks(module, names)
     assert not breaks, "imports against the room order of docs/design.md:\n" + "\n".join(breaks)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the ``bundle`` modules it imports (a name ``bundle.a.b.f`` counts as its longest module prefix)."""
+    files = _source_files()
+    modules = {module_name(p): p for p in files}
+    graph = {}
+    for module, path in modules.items():
+        names = imported_names(path.read_text(encoding="utf-8"), module, is_package=path.name == "__init__.py")
+        targets = set()
+        for name in names:
+            parts = name.split(".")
+            while parts and ".".join(parts) not in modules:
+                parts.pop()
+            if parts and ".".join(parts) != module:
+                targets.add(".".join(parts))
+        graph[module] = targets
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The circles of an import graph (one list of modules per strongly connected group of two or more)."""
+    index, low, stack, on_stack, circles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return circles
+
+
+def test_the_circle_finder_on_a_toy_graph():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert import_circles(graph) == [["a", "b", "c"]]
+    assert import_circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_package_has_no_import_circle():
+    # imports inside functions count: a late import hides a circle from Python, not from a reader
+    circles = import_circles(_module_graph())
+    assert not circles, "modules that import each other (directly or round a circle):\n" + "\n".join(
+        " <-> ".join(c) for c in circles)

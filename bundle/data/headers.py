@@ -27,6 +27,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.spatialimages import HeaderDataError
 
+from bundle.data.image_files import check_image_file
 from bundle.errors import InputError, MissingInputError
 
 __all__ = ["ImageHeader", "read_header"]
@@ -200,8 +201,6 @@ def _sitk_header(path: str) -> ImageHeader:
 
 
 def _full_read_header(path: str) -> ImageHeader:
-    from bundle.data.checks import check_image_file  # the full read lives there; imported late (it imports us)
-
     image = check_image_file(path)
     meta = image.meta
     spatial = tuple(int(s) for s in np.asarray(meta.get("spatial_shape", image.shape[:3])).ravel())

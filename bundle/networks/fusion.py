@@ -7,6 +7,7 @@ branch only, ``w = 0`` the augmented branch only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -24,6 +25,7 @@ __all__ = [
     "choose_fusion_weight",
     "fuse_probabilities",
     "fusion_weight_scores",
+    "class_roc_aucs",
     "mean_roc_auc",
 ]
 
@@ -71,8 +73,8 @@ def fuse_probabilities(logits: torch.Tensor, w: float = 0.5, multi_label: bool =
     return float(w) * probs[:, 0] + (1.0 - float(w)) * probs[:, 1]
 
 
-def mean_roc_auc(probs: torch.Tensor, targets: torch.Tensor, multi_label: bool = False) -> float:
-    """Mean one-vs-rest ROC AUC over the classes that have both positives and negatives in ``targets``.
+def class_roc_aucs(probs: torch.Tensor, targets: torch.Tensor, multi_label: bool = False) -> list[float]:
+    """The bundle's one ROC AUC: one-vs-rest per class, NaN for a class without both positives and negatives.
 
     Args:
         probs: ``[N, K]`` scores.
@@ -80,16 +82,22 @@ def mean_roc_auc(probs: torch.Tensor, targets: torch.Tensor, multi_label: bool =
         multi_label: which target form is given.
 
     Returns:
-        the mean AUC (scikit-learn's ``roc_auc_score`` per class; ties in the scores count one half).
+        ``K`` AUCs (scikit-learn's ``roc_auc_score``; ties in the scores count one half).
+    """
+    probs = torch.as_tensor(probs).detach().double().cpu().numpy()
+    targets = class_targets(torch.as_tensor(targets), probs.shape[0], multi_label, probs.shape[1]).cpu().numpy()
+    onehot = targets >= 0.5 if multi_label else targets[:, None] == np.arange(probs.shape[1])[None]
+    return [float(roc_auc_score(onehot[:, k], probs[:, k])) if 0 < onehot[:, k].sum() < len(onehot) else math.nan
+            for k in range(probs.shape[1])]
+
+
+def mean_roc_auc(probs: torch.Tensor, targets: torch.Tensor, multi_label: bool = False) -> float:
+    """Mean of :func:`class_roc_aucs` over the classes where it is defined.
 
     Raises:
         ValueError: when no class has both positive and negative samples (the AUC is undefined).
     """
-    probs = torch.as_tensor(probs).detach().double().cpu().numpy()
-    targets = class_targets(targets, probs.shape[0], multi_label, probs.shape[1]).cpu().numpy()
-    onehot = targets >= 0.5 if multi_label else targets[:, None] == np.arange(probs.shape[1])[None]
-    defined = [k for k in range(probs.shape[1]) if 0 < onehot[:, k].sum() < len(onehot)]
-    aucs = [roc_auc_score(onehot[:, k], probs[:, k]) for k in defined]
+    aucs = [a for a in class_roc_aucs(probs, targets, multi_label) if not math.isnan(a)]
     if not aucs:
         raise ValueError("ROC AUC is undefined: no class has both positive and negative samples in the targets.")
     return float(np.mean(aucs))

@@ -25,6 +25,7 @@ from bundle.networks import (
     grad_cam,
     mean_roc_auc,
 )
+from bundle.networks.fusion import class_roc_aucs
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
@@ -272,6 +273,8 @@ def test_mean_roc_auc_by_hand():
     probs = torch.tensor([[0.9, 0.1, 0.0], [0.6, 0.4, 0.0], [0.65, 0.35, 0.0], [0.2, 0.8, 0.0]])
     # class 0: positives {0.9, 0.6} vs negatives {0.65, 0.2}: 3 of 4 pairs ordered; class 1 likewise; class 2 absent
     assert mean_roc_auc(probs, torch.tensor([0, 0, 1, 1])) == pytest.approx(0.75)
+    aucs = class_roc_aucs(probs.numpy(), [0, 0, 1, 1])  # numpy scores and a list of targets as well
+    assert aucs[:2] == pytest.approx([0.75, 0.75]) and math.isnan(aucs[2])
     with pytest.raises(ValueError, match="undefined"):
         mean_roc_auc(probs, torch.tensor([0, 0, 0, 0]))
 

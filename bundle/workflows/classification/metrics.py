@@ -21,10 +21,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from ignite.metrics import Metric
-from sklearn.metrics import confusion_matrix, roc_auc_score
+from sklearn.metrics import confusion_matrix
 
 from bundle import distributed
-from bundle.networks.fusion import choose_fusion_weight, fuse_probabilities
+from bundle.networks.fusion import choose_fusion_weight, class_roc_aucs, fuse_probabilities
 from bundle.networks.losses import class_targets
 
 __all__ = ["METRIC_NAMES", "METRIC_DEFINITIONS", "one_vs_rest", "classification_metrics", "FusedClassificationMetric"]
@@ -74,17 +74,17 @@ def classification_metrics(probs, targets, class_names: Sequence[str], multi_lab
     """
     truth, decision = one_vs_rest(probs, targets, multi_label, threshold)
     scores = np.asarray(torch.as_tensor(probs).detach().double().cpu())
+    aucs = class_roc_aucs(scores, targets, multi_label)
     per_class = {}
     for k, name in enumerate(class_names):
         t, d = truth[:, k], decision[:, k]
         tp, tn = int((t & d).sum()), int((~t & ~d).sum())
         fp, fn = int((~t & d).sum()), int((t & ~d).sum())
         sens, spec = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
-        defined = 0 < t.sum() < len(t)
         per_class[str(name)] = {
             "accuracy": _ratio(tp + tn, len(t)),
             "balanced_accuracy": (sens + spec) / 2 if not (math.isnan(sens) or math.isnan(spec)) else math.nan,
-            "auc": float(roc_auc_score(t, scores[:, k])) if defined else math.nan,
+            "auc": aucs[k],
             "f1": _ratio(2 * tp, 2 * tp + fp + fn),
             "sensitivity": sens,
             "specificity": spec,

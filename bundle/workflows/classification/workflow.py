@@ -22,6 +22,7 @@ from monai.data import CacheDataset
 from monai.transforms import Compose
 from monai.utils import look_up_option
 
+from bundle.data.case_ids import case_id_of
 from bundle.data.datalist_io import load_checked_section, read_datalist
 from bundle.data.slice_dataset import AxialSliceDataset, class_balanced_weights, slice_items, volume_items
 from bundle.data.tasks import ClassificationTask, get_task
@@ -129,7 +130,7 @@ class ClassificationData:
         if self.task.level == "slice":
             volumes = [{k: e[k] for k in ("case_id", "image") if k in e} for e in entries]
             for v, e in zip(volumes, entries):
-                v["case_id"] = os.path.basename(os.path.normpath(str(e.get("case_id", v["case_id"]))))
+                v["case_id"] = case_id_of(e)
             cached = CacheDataset(volumes, volume_transform, cache_rate=cache_rate, num_workers=num_workers,
                                   progress=False)
             self.dataset = _SliceViewDataset(cached, self.items, keys, item_transform)
@@ -220,8 +221,7 @@ def input_entries(input_files, datalist=None, section: str = "testing", data_roo
     if datalist is None or data_root is None:
         raise ValueError("give input_files, or a datalist and its data root.")
     entries = load_checked_section(datalist, section, data_root, required=("image",), label_key="label")
-    return [{"case_id": os.path.basename(os.path.normpath(str(e.get("case_id", "")))) or None, "image": e["image"]}
-            for e in entries]
+    return [{"case_id": case_id_of(e), "image": e["image"]} for e in entries]
 
 
 class InferenceData:
@@ -237,8 +237,6 @@ class InferenceData:
 
     def __init__(self, entries: Sequence[Mapping], level: str, volume_transform, item_transform,
                  keys: Sequence[str] = ("image",)) -> None:
-        from bundle.data.case_ids import case_id_of
-
         entries = [{**e, "case_id": e.get("case_id") or case_id_of(e)} for e in entries]
         if look_up_option(level, ("slice", "volume")) == "slice":
             volumes = CacheDataset(entries, volume_transform, cache_rate=1.0, progress=False)

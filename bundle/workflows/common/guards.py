@@ -86,7 +86,7 @@ def batch_case_ids(batch: Any, image_key: str = CommonKeys.IMAGE, case_id_key: s
             ids = [case_id_of({image_key: batch.get(image_key)}, image_key)]
         except ValueError:
             return []
-    return list(dict.fromkeys(os.path.basename(os.path.normpath(str(i))) for i in ids))
+    return list(dict.fromkeys(case_id_of({case_id_key: str(i)}, image_key, case_id_key) for i in ids if str(i)))
 
 
 def _loss_value(output: Any) -> float | None:

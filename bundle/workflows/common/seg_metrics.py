@@ -41,6 +41,7 @@ __all__ = [
     "SLICE_METRICS",
     "METRIC_DEFINITIONS",
     "default_class_names",
+    "dice",
     "volume_metrics",
     "slice_metrics",
     "case_metrics",
@@ -113,6 +114,27 @@ def _overlap_scores(p: np.ndarray, g: np.ndarray, axes: tuple[int, ...]) -> tupl
     dice = np.where(empty, 1.0, 2.0 * inter / np.maximum(total, 1))
     jaccard = np.where(empty, 1.0, inter / np.maximum(union, 1))
     return dice, jaccard
+
+
+def dice(pred, truth, slice_axis: int | None = None) -> float | np.ndarray:
+    """The bundle's one Dice of two binary masks of one shape (numpy or torch, 0/1 or bool): 1.0 when both are
+    empty, 0.0 when only one is.
+
+    Args:
+        pred, truth: the masks.
+        slice_axis: None (default): one Dice over the whole array (the 3D convention); an axis: one Dice per index
+            along it (the per-slice convention, e.g. ``slice_axis=-1`` for ``[H, W, D]`` axial slices).
+
+    Returns:
+        a float, or a float64 array of one Dice per slice.
+    """
+    p, g = _as_binary(pred, "pred"), _as_binary(truth, "truth")
+    if p.shape != g.shape:
+        raise ValueError(f"pred and truth must have the same shape, got {p.shape} and {g.shape}")
+    if slice_axis is None:
+        return float(_overlap_scores(p, g, tuple(range(p.ndim)))[0])
+    axis = int(slice_axis) % p.ndim
+    return _overlap_scores(p, g, tuple(a for a in range(p.ndim) if a != axis))[0]
 
 
 def _union_bbox(mask: np.ndarray, axes: Sequence[int]) -> tuple[slice, ...]:

@@ -22,6 +22,7 @@ from typing import Any
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.utils import look_up_option
 
+from bundle.data.case_ids import case_id_of
 from bundle.data.datalist_io import load_checked_section
 from bundle.workflows.common import options
 from bundle.workflows.common.inputs import file_cases
@@ -146,7 +147,7 @@ def load_datalist(
     for entry in entries:
         item = {k: entry[k] for k in keys if k in entry}
         if "case_id" in item:
-            item["case_id"] = os.path.basename(os.path.normpath(str(item["case_id"])))
+            item["case_id"] = case_id_of(item)
         out.append(item)
     return out
 

@@ -32,7 +32,7 @@ from bundle.workflows.common.authors_metrics import (
     sam_mix_authors_slice,
 )
 from bundle.workflows.common.case_report import format_summary_table, json_safe, write_report
-from bundle.workflows.common.seg_metrics import slice_surface_distances, volume_metrics
+from bundle.workflows.common.seg_metrics import dice, slice_surface_distances, volume_metrics
 from bundle.workflows.semisup.predictor import SamMixPredictor
 
 __all__ = ["PROTOCOLS", "PROTOCOL_METRICS", "PROTOCOL_POOLING", "METRIC_DEFINITIONS", "evaluate_case", "write_evaluation"]
@@ -88,17 +88,17 @@ def evaluate_case(predictor: SamMixPredictor, image, truth, spacing: Sequence[fl
                        "empty_cams": len(fair["cam_empty"])}
     if "anchor" in pred:
         anchor = pred["anchor"]
-        dice, hd, hd_authors = [], [], []
+        slice_dice, hd, hd_authors = [], [], []
         for d in anchor["slices"]:
             p, g = anchor["mask"][0, ..., d] > 0, truth[0, ..., d]
-            dice.append(2.0 * np.logical_and(p, g).sum() / (p.sum() + g.sum()))
+            slice_dice.append(dice(p, g))
             hd.append(slice_surface_distances(p, g)[1])
             hd_authors.append(sam_mix_authors_slice(p, g))
         hd = np.asarray(hd, float)
         # ADA-SAM's convention: an empty prediction is infinitely far, and one such slice makes the mean infinite
         hd_authors = np.asarray(hd_authors, float)
         out["anchor"] = {
-            "metrics": {organ: {"slice_dice": float(np.mean(dice)) if dice else float("nan"),
+            "metrics": {organ: {"slice_dice": float(np.mean(slice_dice)) if slice_dice else float("nan"),
                                 "slice_hd95_px": float(np.nanmean(hd)) if np.isfinite(hd).any() else float("nan"),
                                 "authors_hd_px1024": float(hd_authors.mean()) if hd_authors.size else float("nan"),
                                 "authors_slices": float(hd_authors.size),

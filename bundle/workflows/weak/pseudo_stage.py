@@ -36,6 +36,7 @@ from bundle.hashing import path_sha256
 from bundle.priors.cache import PriorCache
 from bundle.priors.pseudo_labels import class_map_to_label, class_values_for_groups, pseudo_label_slice
 from bundle.priors.random_walk import BORDER_MODES, TRANSITIONS, random_walk
+from bundle.workflows.common.seg_metrics import dice
 from bundle.workflows.weak.classifier import load_classifier
 from bundle.workflows.weak.embedding_slices import case_embeddings
 from bundle.workflows.weak.features import SamSliceFeatures, entry_files
@@ -297,11 +298,6 @@ class PseudoLabels:
         return os.path.abspath(self.cache.file(case_id, kind))
 
 
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    total = pred.sum() + truth.sum()
-    return 1.0 if total == 0 else float(2.0 * np.logical_and(pred, truth).sum() / total)
-
-
 def pseudo_label_quality(pseudo: PseudoLabels, entries: Sequence[Mapping], image_key: str = "image") -> dict:
     """Per-class 3D Dice of the pseudo labels (with and without the walk) against the entries' ground truth.
 
@@ -321,7 +317,7 @@ def pseudo_label_quality(pseudo: PseudoLabels, entries: Sequence[Mapping], image
             if pred.shape != truth.shape[: pred.ndim]:
                 raise ValueError(f"{entry['label']}: shape {truth.shape} differs from its pseudo label {pred.shape}")
             for name, values in groups.items():
-                score = _dice(np.isin(pred, values), np.isin(truth.reshape(pred.shape), values))
+                score = dice(np.isin(pred, values), np.isin(truth.reshape(pred.shape), values))
                 record[f"{kind}/{name}"] = score
                 sums[kind][name].append(score)
         cases.append(record)

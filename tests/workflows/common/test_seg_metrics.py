@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from bundle.workflows.common.seg_metrics import case_metrics, slice_metrics, volume_metrics
+from bundle.workflows.common.seg_metrics import case_metrics, dice, slice_metrics, volume_metrics
 
 
 def _zeros(shape=(1, 6, 6, 6)):
@@ -145,3 +145,17 @@ def test_invalid_spacing_and_names_raise():
         volume_metrics(x, x, spacing=(1, 1))
     with pytest.raises(ValueError, match="class_names"):
         slice_metrics(x, x, class_names=["only_one"])
+
+
+def test_the_one_dice_in_3d_and_per_slice():
+    pred, truth = np.zeros((4, 4, 3), bool), np.zeros((4, 4, 3), bool)
+    pred[:2, :2, 0] = True  # 4 px
+    truth[:2, :, 0] = True  # 8 px, 4 shared
+    truth[0, 0, 1] = True  # only in the truth
+    assert dice(pred, truth) == pytest.approx(2 * 4 / (4 + 9))
+    assert dice(pred, truth, slice_axis=-1).tolist() == pytest.approx([2 * 4 / 12, 0.0, 1.0])  # empty/empty = 1
+    assert dice(torch.tensor(pred).int(), torch.tensor(pred).int()) == 1.0 == dice(np.zeros(3), np.zeros(3))
+    with pytest.raises(ValueError, match="same shape"):
+        dice(pred, truth[..., :2])
+    with pytest.raises(ValueError, match="binary"):
+        dice(pred * 0.5, truth)

@@ -11,13 +11,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["dice", "structure_coverage", "coverage_summary", "prior_agreement"]
+from bundle.workflows.common.seg_metrics import dice
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks (1.0 when both are empty)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
+__all__ = ["structure_coverage", "coverage_summary", "prior_agreement"]
 
 
 def structure_coverage(

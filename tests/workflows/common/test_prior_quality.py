@@ -1,4 +1,4 @@
-"""bundle.priors.quality: coverage of labelled structures and agreement of two pipelines' priors."""
+"""bundle.workflows.common.prior_quality: coverage of labelled structures and agreement of two pipelines' priors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from bundle.priors.quality import coverage_summary, dice, prior_agreement, structure_coverage
+from bundle.workflows.common.prior_quality import coverage_summary, prior_agreement, structure_coverage
+from bundle.workflows.common.seg_metrics import dice
 
 
 def _mask(shape, rows, cols):
