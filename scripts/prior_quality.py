@@ -8,7 +8,8 @@ Example::
 
 For every labelled structure (the dataset's regions: BraTS WT/TC/ET, LiTS liver/tumour, AbdomenCT-1K's four organs)
 on every sampled slice, the coverage is the Dice of the best-matching mask
-(:mod:`bundle.workflows.common.prior_quality`). Phantom cases are written to disk and read back through the bundle's own loader and slice window, as precompute reads them.
+(:mod:`bundle.workflows.common.prior_quality`). Phantom cases are written to disk and read back through the
+bundle's own loader and slice window, as precompute reads them.
 
 Generators, all on the same slices:
 - ``lite_medsam_boxes``: LiteMedSAM, box-grid masks with the box-grid settings of ``configs/sam_priors.json``
