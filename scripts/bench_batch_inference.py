@@ -8,7 +8,7 @@ Examples (one line each; set ``OMP_WAIT_POLICY=PASSIVE`` on a CPU shared with ot
     python scripts/bench_batch_inference.py --sam_model_type fallback                    # smoke, seconds
 
 In one run: LiTS phantoms (``--cases`` NIfTI volumes) and a DICOM series of each, written with
-:func:`bundle.data.dicom_series.write_ct_series`; a SAMAug segmentation model trained for one epoch with the
+:func:`bundle.testing.dicom_series.write_ct_series`; a SAMAug segmentation model trained for one epoch with the
 chosen priors (its card next to it); then :func:`bundle.inference.batch.run_batch` over the NIfTI files and the DICOM
 series
 
@@ -38,8 +38,8 @@ if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))  # run from a checkout without `pip install -e .`
 
 from bundle.data.datalist import build_datalist, write_datalist
-from bundle.data.dicom_series import write_ct_series
-from bundle.data.phantom_writers import make_phantoms
+from bundle.testing.dicom_series import write_ct_series
+from bundle.testing.phantom_writers import make_phantoms
 from bundle.inference.batch import run_batch
 
 CONFIGS = ROOT / "configs"

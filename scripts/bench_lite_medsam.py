@@ -52,7 +52,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))  # run from a checkout without `pip install -e .`
 
 import bundle.sam  # noqa: F401  (makes segment_anything, torchvision and so timm importable)
-from bundle.data.phantoms import bench_phantom
+from bundle.testing.phantoms import bench_phantom
 from bundle.hashing import file_sha256
 from bundle.priors.maps import samaug_prior_maps
 from bundle.workflows.common.prior_quality import prior_agreement

@@ -54,7 +54,7 @@ if __name__ == "__main__":
 
 import bundle.sam  # noqa: E402, F401  (makes segment_anything importable without torchvision)
 import bundle.sam.automatic as automatic  # noqa: E402
-from bundle.data.phantoms import brain_phantom, ct_phantom  # noqa: E402
+from bundle.testing.phantoms import brain_phantom, ct_phantom  # noqa: E402
 from bundle.priors.maps import samaug_prior_maps  # noqa: E402
 from bundle.workflows.common.prior_quality import prior_agreement  # noqa: E402
 from bundle.sam.engine import SamEngine  # noqa: E402
@@ -110,7 +110,7 @@ def get_model(args) -> tuple[torch.nn.Module, str]:
         return load_sam(args.model_type, random_weights=True), "random weights (seeded)"
     path = DEFAULT_CHECKPOINT
     if not path.is_file():
-        from bundle.sam.shapes_training import train_on_shapes
+        from bundle.testing.shapes_training import train_on_shapes
 
         print(f"training a tiny SAM on shapes ({args.train_steps} steps, batch 4), cached at {path} ...", flush=True)
         t0 = time.perf_counter()

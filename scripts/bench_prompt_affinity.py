@@ -41,7 +41,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))  # run from a checkout without `pip install -e .`
 
 import bundle.sam  # noqa: F401  (makes segment_anything importable)
-from bundle.data.phantoms import bench_phantom
+from bundle.testing.phantoms import bench_phantom
 from bundle.sam.engine import SamEngine
 from bundle.sam.loading import SAM_MODELS, load_sam
 from bundle.sam.prompt_affinity import PLACEMENTS, PromptAffinityMiner

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))  # run from a checkout without `pip install -e .`
 
-from bundle.data.phantoms import bench_phantom  # noqa: E402
+from bundle.testing.phantoms import bench_phantom  # noqa: E402
 from bundle.sam.cam_prompts import mask_boxes  # noqa: E402
 from bundle.sam.loading import load_sam  # noqa: E402
 from bundle.sam.lora import merge_lora  # noqa: E402

@@ -194,7 +194,7 @@ def window_summary(preset: str) -> str:
 def write_dataset(layout: str, datalist_name: str, root: Path, cases: int, size: int) -> dict:
     """Phantom cases in the dataset's real layout and their datalist (all cases in ``training``)."""
     from bundle.data.datalist import build_datalist
-    from bundle.data.phantom_writers import make_phantoms
+    from bundle.testing.phantom_writers import make_phantoms
 
     make_phantoms(layout, root, cases=cases, size=size, seed=0)
     return build_datalist(datalist_name, str(root), val_fraction=0.0, test_fraction=0.0, seed=0, progress=False)

@@ -40,7 +40,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))  # also runs from a checkout without `pip install -e .`
 
 from bundle.data.labels import DATASETS  # noqa: E402
-from bundle.data.phantom_writers import make_phantoms  # noqa: E402
+from bundle.testing.phantom_writers import make_phantoms  # noqa: E402
 from bundle.priors.precompute import default_loader  # noqa: E402
 from bundle.workflows.common.prior_quality import coverage_summary, structure_coverage  # noqa: E402
 from bundle.sam.automatic import SamAutomaticMasks  # noqa: E402

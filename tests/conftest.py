@@ -2,7 +2,7 @@
 
 ``tiny_sam_checkpoint``: a ``tiny`` SAM (256 input) with random weights, saved and re-loaded through the real
 checkpoint path. ``shapes_sam_checkpoint``: the same architecture trained briefly on synthetic shapes
-(:mod:`bundle.sam.shapes_training`) so that its masks follow image structure; training takes about 30 s on two
+(:mod:`bundle.testing.shapes_training`) so that its masks follow image structure; training takes about 30 s on two
 cores, so the file is kept in a cache folder between sessions (``SAM_PRIORS_TEST_CACHE``, default
 ``~/.cache/monai-sam-priors-tests``), keyed by the training code and its parameters.
 """
@@ -40,7 +40,7 @@ def tiny_sam_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shapes_sam_checkpoint() -> Path:
     import bundle.sam.loading as loading
-    import bundle.sam.shapes_training as training
+    import bundle.testing.shapes_training as training
 
     source = Path(training.__file__).read_bytes() + Path(loading.__file__).read_bytes()
     key = hashlib.sha256(source + f"{SHAPES_STEPS}-{SHAPES_BATCH}-{torch.__version__}".encode()).hexdigest()[:16]

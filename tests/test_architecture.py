@@ -3,7 +3,8 @@
 ``data -> sam -> priors -> networks -> workflows``: a module may import its own room, an earlier room and the
 foundation modules at the top of ``bundle/`` (errors, atomic writes, rank checks, ...), which themselves import no
 room. Inside ``bundle/workflows/`` each task (``segmentation``, ``classification``, ...) may import ``common`` but
-no other task, and ``common`` imports no task. Read from the source with ``ast``, so nothing is imported or run;
+no other task, and ``common`` imports no task. ``bundle/testing`` (test instruments) comes after the product, which
+never imports it; no module imports another round a circle. Read from the source with ``ast``, so nothing is imported or run;
 imports inside functions, ``TYPE_CHECKING`` blocks and ``importlib.import_module("bundle...")`` /
 ``optional_import("bundle...")`` calls count too.
 """
@@ -17,9 +18,11 @@ from pathlib import Path
 import pytest
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
-#: the rooms in data-flow order; a room may import only itself and the rooms before it. ``weak`` is the last: the
-#: ``bundle.weak`` module gathers WeakMedSAM's public names from every room and nothing imports it
-ROOMS = ("data", "sam", "priors", "networks", "workflows", "inference", "weak")
+#: the rooms in data-flow order; a room may import only itself and the rooms before it. ``weak`` is the last of the
+#: product: the ``bundle.weak`` module gathers WeakMedSAM's public names from every room and nothing imports it;
+#: ``testing`` (phantoms, the DICOM test writer, the shapes-trained tiny SAM) comes after the product, so no product
+#: room may import it
+ROOMS = ("data", "sam", "priors", "networks", "workflows", "inference", "weak", "testing")
 COMMON = "common"
 _IMPORT_CALLS = ("import_module", "optional_import", "__import__")
 
@@ -117,6 +120,12 @@ def test_relative_imports_resolve_against_the_module():
     )
     assert imported_names("from .maps import x", "bundle.priors", is_package=True) == {"bundle.priors.maps.x"}
     assert imported_names("from .maps import x", "bundle.priors.transforms") == {"bundle.priors.maps.x"}
+
+
+def test_no_product_room_imports_the_test_instruments():
+    assert ROOMS[-1] == "testing"  # the room order then forbids every product room to import it
+    assert rule_breaks("bundle.data.datalist", {"bundle.testing.phantoms.ct_phantom"})
+    assert not rule_breaks("bundle.testing.phantom_writers", {"bundle.data.dicom_input.lps_from_ras"})
 
 
 def test_every_package_directory_is_a_placed_room():

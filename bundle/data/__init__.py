@@ -1,1 +1,1 @@
-"""Datasets: phantom generation, on-disk layouts, datalists and input checks."""
+"""Datasets: on-disk layouts, datalists, case ids and input checks (phantoms: :mod:`bundle.testing`)."""

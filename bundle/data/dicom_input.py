@@ -6,10 +6,10 @@ DICOMDIR) and junk. :func:`scan_dicom_files` reads headers only and sorts the fi
 then reads one series' pixels, after checks that turn the usual export faults (colour images, mixed orientations,
 missing or repeated slices, uneven spacing, sheared stacks) into an :class:`~bundle.errors.InputError` with numbers.
 
-Conventions are those of :mod:`bundle.data.dicom_series`: the volume ``[I, J, K]`` has ``i`` = column, ``j`` = row,
-``k`` = slice ordered by position along the slice normal ``row cosine x column cosine``; a slice's pixel array is
-``volume[:, :, k].T``; ``PixelSpacing = [spacing along j, spacing along i]``; the affine maps voxels to RAS (DICOM's
-LPS with x and y negated). Multi-frame files (Enhanced and Legacy Converted Enhanced CT/MR/PET) are read through
+Conventions (DICOM PS3.3 C.7.6.2; the test writer :mod:`bundle.testing.dicom_series` shares them): the volume
+``[I, J, K]`` has ``i`` = column, ``j`` = row, ``k`` = slice ordered by position along the slice normal ``row cosine
+x column cosine``; a slice's pixel array is ``volume[:, :, k].T``; ``PixelSpacing = [spacing along j, spacing along
+i]``; the affine maps voxels to RAS (DICOM's LPS with x and y negated). Multi-frame files (Enhanced and Legacy Converted Enhanced CT/MR/PET) are read through
 their functional groups (per-frame first, then shared, then the top level).
 
 Pydicom does not raise on a file cut short: it returns the elements read so far. A file whose header lacks the
@@ -30,10 +30,12 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from bundle.data.dicom_series import lps_from_ras
 from bundle.errors import InputError
 
-__all__ = ["DicomScan", "DicomSeries", "check_dicom_series", "is_dicom_file", "read_dicom_volume", "scan_dicom_files"]
+__all__ = ["DicomScan", "DicomSeries", "check_dicom_series", "is_dicom_file", "lps_from_ras", "read_dicom_volume",
+           "scan_dicom_files"]
+
+_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 ORIENTATION_TOLERANCE = 1e-3  # per direction-cosine component
@@ -100,6 +102,10 @@ class DicomScan:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
 
+
+def lps_from_ras(affine: np.ndarray) -> np.ndarray:
+    """Convert a voxel-to-RAS affine to voxel-to-LPS (the conversion is its own inverse)."""
+    return _LPS @ np.asarray(affine, np.float64)
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a DICOM file with the ``DICM`` marker at byte 128 (False for short or unreadable files)."""

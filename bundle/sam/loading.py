@@ -515,7 +515,7 @@ def load_sam(
         merge_adapter: fold the adapter's LoRA updates into the encoder's weights (inference: a plain SAM, no extra
             cost); ``False`` keeps them as separate modules (to continue training them).
         random_weights: accept a model type without weights and return it randomly initialised (to train it from
-            scratch, as :mod:`bundle.sam.shapes_training` does, or in tests); never the default: random weights
+            scratch, as :mod:`bundle.testing.shapes_training` does, or in tests); never the default: random weights
             make no priors and must not be returned silently.
 
     Returns:

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from bundle.data.datalist import build_datalist, write_datalist
-from bundle.data.phantom_writers import make_phantoms
+from bundle.testing.phantom_writers import make_phantoms
 
 #: phantom layout -> (dataset name of build_datalist, number of cases)
 TASK_PHANTOMS = {

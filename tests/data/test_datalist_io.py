@@ -20,7 +20,7 @@ from bundle.data.datalist_io import (
     read_datalist,
     section_entries,
 )
-from bundle.data.phantom_writers import make_phantoms
+from bundle.testing.phantom_writers import make_phantoms
 from bundle.errors import InputError, MissingInputError, error_line
 
 

@@ -23,7 +23,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import JPEG2000Lossless
 
 from bundle.data.dicom_input import DicomSeries, is_dicom_file, read_dicom_volume, scan_dicom_files
-from bundle.data.dicom_series import read_series, write_ct_series
+from bundle.testing.dicom_series import read_series, write_ct_series
 from bundle.errors import InputError
 
 # SimpleITK's and ITK's SWIG wrappers warn about their own types when first imported

@@ -10,7 +10,7 @@ import pytest
 from monai.data import load_decathlon_datalist
 from phantom_datalists import make_phantom_datalist, ras_label_volume
 
-from bundle.data.phantom_writers import make_phantoms
+from bundle.testing.phantom_writers import make_phantoms
 from bundle.data.tasks import TASK_NAMES, ClassificationTask, get_task
 from bundle.errors import InputError
 

@@ -33,7 +33,7 @@ from workflow_utils import TINY_SAM
 
 from bundle.atomic import TEMP_NAME
 from bundle.data.datalist import build_datalist, write_datalist
-from bundle.data.phantom_writers import make_phantoms
+from bundle.testing.phantom_writers import make_phantoms
 from bundle.priors.cache import ENTRY_NAME, MANIFEST_NAME, PARTITION_NAME, PriorCache
 
 KILLS = 10

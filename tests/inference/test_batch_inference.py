@@ -20,7 +20,7 @@ from dicom_fixtures import write_sitk_series
 from workflow_utils import REPO
 
 from bundle.data.dicom_input import read_dicom_volume, scan_dicom_files
-from bundle.data.dicom_series import write_ct_series
+from bundle.testing.dicom_series import write_ct_series
 from bundle.inference.batch import SUMMARY_NAME, run_batch
 from bundle.inference.dicom_seg import read_dicom_seg_label
 from bundle.workflows.common.model_card import CARD_NAME, write_card

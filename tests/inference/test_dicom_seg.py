@@ -8,7 +8,7 @@ where it is installed; it is not a project dependency (about 160 MB), so elsewhe
 
 The source headers are read as ``bundle.data.dicom_input`` will give them (``stop_before_pixels=True``, slices
 sorted along the slice normal, ``frame_order`` of a multi-frame image by frame position); the reference geometry
-comes from independent readers (``bundle.data.dicom_series.read_series``, SimpleITK).
+comes from independent readers (``bundle.testing.dicom_series.read_series``, SimpleITK).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import SegmentationStorage
 from scipy.spatial.transform import Rotation
 
-from bundle.data.dicom_series import read_series, write_ct_series
+from bundle.testing.dicom_series import read_series, write_ct_series
 from bundle.errors import InputError
 from bundle.inference.dicom_seg import SegmentSpec, read_dicom_seg_label, segment_specs, write_dicom_seg
 from tests.data.dicom_fixtures import rewrite_tags, sitk_series_reference, write_legacy_enhanced_ct, write_sitk_series

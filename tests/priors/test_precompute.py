@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bundle.data.datalist import build_datalist, write_datalist
-from bundle.data.phantom_writers import make_phantoms
+from bundle.testing.phantom_writers import make_phantoms
 from bundle.errors import error_line
 from bundle.priors.precompute import PriorPrecompute, default_loader
 from bundle.priors.transforms import SamPrior

@@ -22,7 +22,7 @@ from monai.data import MetaTensor
 from test_precompute import _with_broken_case  # the same truncated-FLAIR copy of the dataset
 
 from bundle.data.datalist import build_datalist, write_datalist
-from bundle.data.phantom_writers import make_phantoms
+from bundle.testing.phantom_writers import make_phantoms
 from bundle.priors.cache import MANIFEST_LOCK_NAME, PriorCache
 from bundle.priors.precompute import shard_case_ids
 

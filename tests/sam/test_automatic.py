@@ -14,7 +14,7 @@ import torch
 from bundle.priors import samaug_prior_maps
 from bundle.sam.automatic import SamAutomaticMasks, point_grid, stability_score
 from bundle.sam.engine import SamEngine
-from bundle.sam.shapes_training import random_shapes
+from bundle.testing.shapes_training import random_shapes
 from bundle.sam.torchvision_compat import import_segment_anything
 
 SamAutomaticMaskGenerator = import_segment_anything().SamAutomaticMaskGenerator

@@ -30,7 +30,7 @@ def test_auto_autocast_picks_a_half_type_on_cuda(shapes_sam_checkpoint):
 
 
 def test_automatic_masks_on_gpu_match_cpu(shapes_sam_checkpoint):
-    from bundle.sam.shapes_training import random_shapes
+    from bundle.testing.shapes_training import random_shapes
 
     rng = np.random.default_rng(1)
     images = np.stack([np.repeat(random_shapes(rng, 96)[0][..., None], 3, -1) for _ in range(3)])

@@ -11,7 +11,7 @@ import pytest
 import torch
 from monai.transforms import LoadImage, Orientation
 
-from bundle.data.phantom_writers import make_phantoms
+from bundle.testing.phantom_writers import make_phantoms
 from bundle.hashing import file_sha256
 from bundle.sam.box_grid import SamBoxGridMasks, foreground_box
 from bundle.sam.engine import SamEngine

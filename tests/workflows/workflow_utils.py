@@ -21,7 +21,7 @@ from monai.bundle import ConfigWorkflow
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bundle.data.datalist import build_datalist, write_datalist
-from bundle.data.phantom_writers import make_phantoms
+from bundle.testing.phantom_writers import make_phantoms
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"

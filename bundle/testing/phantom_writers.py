@@ -34,8 +34,8 @@ import nibabel as nib
 import numpy as np
 
 from bundle.atomic import write_bytes_atomic
-from bundle.data.dicom_series import write_ct_series
-from bundle.data.phantoms import CT_TISSUES, MR_MODALITIES, brain_phantom, ct_phantom
+from bundle.testing.dicom_series import write_ct_series
+from bundle.testing.phantoms import CT_TISSUES, MR_MODALITIES, brain_phantom, ct_phantom
 
 __all__ = [
     "BRATS_DATASETS",
@@ -82,7 +82,7 @@ _CT_REMAP = {
 _MSD_JSON = {
     "name": "Liver",
     "description": "Liver and tumour segmentation (phantom)",
-    "reference": "synthetic phantom written by bundle.data.phantom_writers",
+    "reference": "synthetic phantom written by bundle.testing.phantom_writers",
     "licence": "CC-BY-SA 4.0",
     "release": "1.0 (phantom)",
     "tensorImageSize": "3D",

@@ -9,7 +9,7 @@ import argparse
 import logging
 from typing import Sequence
 
-from bundle.data.phantom_writers import DATASETS, PhantomCase, make_phantoms
+from bundle.testing.phantom_writers import DATASETS, PhantomCase, make_phantoms
 
 __all__ = ["build_parser", "main"]
 

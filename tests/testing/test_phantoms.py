@@ -14,10 +14,10 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation
 from scipy import ndimage
 
-from bundle.data import phantom_writers
-from bundle.data.dicom_series import read_series, write_ct_series
-from bundle.data.phantom_writers import DATASETS, make_phantoms
-from bundle.data.phantoms_cli import main
+from bundle.testing import phantom_writers
+from bundle.testing.dicom_series import read_series, write_ct_series
+from bundle.testing.phantom_writers import DATASETS, make_phantoms
+from bundle.testing.phantoms_cli import main
 
 SIZE, CASES = 32, 3
 

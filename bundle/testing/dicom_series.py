@@ -21,16 +21,11 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMEN
 from pydicom.valuerep import format_number_as_ds
 
 from bundle.atomic import atomic_path
+from bundle.data.dicom_input import lps_from_ras
 
 __all__ = ["SeriesGeometry", "lps_from_ras", "read_series", "series_geometry", "write_ct_series"]
 
-_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _FIXED_DATE, _FIXED_TIME = "20000101", "120000"
-
-
-def lps_from_ras(affine: np.ndarray) -> np.ndarray:
-    """Convert a voxel-to-RAS affine to voxel-to-LPS (the conversion is its own inverse)."""
-    return _LPS @ np.asarray(affine, np.float64)
 
 
 @dataclass(frozen=True)
