@@ -4,8 +4,8 @@
 foundation modules at the top of ``bundle/`` (errors, atomic writes, rank checks, ...), which themselves import no
 room. Inside ``bundle/workflows/`` each task (``segmentation``, ``classification``, ...) may import ``common`` but
 no other task, and ``common`` imports no task. ``bundle/testing`` (test instruments) comes after the product, which
-never imports it; no module imports another round a circle. Read from the source with ``ast``, so nothing is imported or run;
-imports inside functions, ``TYPE_CHECKING`` blocks and ``importlib.import_module("bundle...")`` /
+never imports it; no module imports another round a circle. Read from the source with ``ast``, so nothing is
+imported or run; imports inside functions, ``TYPE_CHECKING`` blocks and ``importlib.import_module("bundle...")`` /
 ``optional_import("bundle...")`` calls count too.
 """
 

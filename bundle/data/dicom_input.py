@@ -7,10 +7,11 @@ then reads one series' pixels, after checks that turn the usual export faults (c
 missing or repeated slices, uneven spacing, sheared stacks) into an :class:`~bundle.errors.InputError` with numbers.
 
 Conventions (DICOM PS3.3 C.7.6.2; the test writer :mod:`bundle.testing.dicom_series` shares them): the volume
-``[I, J, K]`` has ``i`` = column, ``j`` = row, ``k`` = slice ordered by position along the slice normal ``row cosine
-x column cosine``; a slice's pixel array is ``volume[:, :, k].T``; ``PixelSpacing = [spacing along j, spacing along
-i]``; the affine maps voxels to RAS (DICOM's LPS with x and y negated). Multi-frame files (Enhanced and Legacy Converted Enhanced CT/MR/PET) are read through
-their functional groups (per-frame first, then shared, then the top level).
+``[I, J, K]`` has ``i`` = column, ``j`` = row, ``k`` = slice ordered by position along the slice normal (``row
+cosine x column cosine``); a slice's pixel array is ``volume[:, :, k].T``; ``PixelSpacing`` is ``[spacing along j,
+spacing along i]``; the affine maps voxels to RAS (DICOM's LPS with x and y negated). Multi-frame files (Enhanced
+and Legacy Converted Enhanced CT/MR/PET) are read through their functional groups (per-frame first, then shared,
+then the top level).
 
 Pydicom does not raise on a file cut short: it returns the elements read so far. A file whose header lacks the
 image size, or whose (uncompressed) pixel data element runs past the end of the file, is therefore reported in
