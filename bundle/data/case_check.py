@@ -3,7 +3,7 @@
 :func:`check_case_files` is the one check of a case's files, called by datalist preparation, by the training,
 evaluation and inference configs when they read their cases
 (:func:`bundle.workflows.segmentation.workflow.load_datalist`,
-:func:`bundle.workflows.segmentation.workflow.input_items`) and by prior precompute, before any SAM or network runs:
+:func:`bundle.workflows.common.inputs.inference_cases`) and by prior precompute, before any SAM or network runs:
 
 - every file exists, is readable and complete (header read; file size or gzip trailer, see
   :mod:`bundle.data.headers`), 3D, with the declared number of channels (a 4D file only where declared);

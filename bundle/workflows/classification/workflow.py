@@ -206,31 +206,13 @@ def prior_note(use_priors: bool, generator=None) -> dict:
     return {"generator": signature.get("generator"), "is_sam": is_sam, "note": note}
 
 
-def input_entries(input_files, datalist=None, section: str = "testing", data_root=None) -> list[dict]:
-    """The cases an inference run reads: ``[{"case_id", "image"}]`` from a glob / list of files or a datalist section.
-
-    Every case's files are checked (:func:`bundle.data.case_check.check_case_files`) before any work.
-
-    Raises:
-        MissingInputError: the pattern matches nothing or a file does not exist; InputError: a file fails the check.
-    """
-    from bundle.workflows.common.inputs import file_cases
-
-    if input_files:
-        return file_cases(input_files)
-    if datalist is None or data_root is None:
-        raise ValueError("give input_files, or a datalist and its data root.")
-    entries = load_checked_section(datalist, section, data_root, required=("image",), label_key="label")
-    return [{"case_id": case_id_of(e), "image": e["image"]} for e in entries]
-
-
 class InferenceData:
     """Unlabelled samples of inference: every axial slice of each input (slice task) or each volume (volume task).
 
     The volumes are loaded once (``volume_transform``, cached); the slice count comes from the loaded volume.
 
     Args:
-        entries: :func:`input_entries`.
+        entries: :func:`bundle.workflows.common.inputs.inference_cases`.
         level: ``slice`` or ``volume`` (the task's).
         volume_transform, item_transform, keys: as in :class:`ClassificationData`.
     """

@@ -25,7 +25,6 @@ from monai.utils import look_up_option
 from bundle.data.case_ids import case_id_of
 from bundle.data.datalist_io import load_checked_section
 from bundle.workflows.common import options
-from bundle.workflows.common.inputs import file_cases
 from bundle.workflows.segmentation.inputs import PRIOR_MODES
 
 __all__ = [
@@ -39,7 +38,6 @@ __all__ = [
     "samples_per_volume",
     "volume_inferer",
     "load_datalist",
-    "input_items",
     "prior_description",
     "describe_network",
     "network_config",
@@ -150,35 +148,6 @@ def load_datalist(
             item["case_id"] = case_id_of(item)
         out.append(item)
     return out
-
-
-def input_items(
-    input_files: str | Sequence[str | Sequence[str]] | None,
-    datalist: str | os.PathLike | None = None,
-    section: str = "testing",
-    data_root: str | os.PathLike | None = None,
-) -> list[dict]:
-    """The cases an inference run reads: ``[{"case_id", "image"}, ...]``.
-
-    Args:
-        input_files: a glob pattern (``"/data/ct/*.nii.gz"``) or a list of images, each one file or a list of
-            modality files (BraTS: FLAIR, T1, T1ce, T2 in that order). ``None`` or empty: use the datalist.
-        datalist: Decathlon-style datalist used when ``input_files`` is empty.
-        section: datalist section.
-        data_root: folder the datalist's relative paths are relative to.
-
-    Every case's files go through :func:`bundle.data.case_check.check_case_files` (headers: readable, complete, 3D,
-    modalities on one grid) before any work starts.
-
-    Raises:
-        MissingInputError: the pattern matches nothing, or a listed file does not exist (a ``FileNotFoundError``).
-        InputError: a file fails the case check.
-    """
-    if input_files:
-        return file_cases(input_files)
-    if datalist is None or data_root is None:
-        raise ValueError("give input_files, or a datalist and its data root.")
-    return load_datalist(datalist, section, data_root, keys=("case_id", "image"))
 
 
 def prior_description(prior_mode: str, generator: Any = None) -> dict:

@@ -7,7 +7,7 @@ checkpoints) -> ``predictor`` (a model folder rebuilt from its card) -> ``evalua
 
 from bundle.workflows.semisup.data import DEFAULT_ORGANS, OrganMaskd, draw_labelled_slices, organ_task
 from bundle.workflows.semisup.evaluation import PROTOCOLS
-from bundle.workflows.semisup.pipeline import SamMixWorkflow, input_cases, predict_files, run_name
+from bundle.workflows.semisup.pipeline import SamMixWorkflow, predict_files, run_name
 from bundle.workflows.semisup.predictor import SamMixPredictor, read_card
 from bundle.workflows.semisup.training import METHODS, train_model
 
@@ -19,7 +19,6 @@ __all__ = [
     "SamMixPredictor",
     "SamMixWorkflow",
     "draw_labelled_slices",
-    "input_cases",
     "organ_task",
     "predict_files",
     "read_card",

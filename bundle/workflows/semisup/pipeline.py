@@ -40,7 +40,6 @@ from bundle.networks.sam_mix import SamMixNet, classifier_stride
 from bundle.sam.loading import load_sam, sam_info
 from bundle.sam.trainable import TrainableSam
 from bundle.workflows.common.case_report import json_safe
-from bundle.workflows.common.inputs import file_cases
 from bundle.workflows.semisup.data import draw_labelled_slices, labelled_count, labelled_subset, organ_task
 from bundle.workflows.semisup.evaluation import evaluate_case, write_evaluation
 from bundle.workflows.semisup.panels import write_panels
@@ -48,7 +47,7 @@ from bundle.workflows.semisup.predictor import SamMixPredictor, build_unet
 from bundle.workflows.common.run_settings import datalist_digest, resume_flag
 from bundle.workflows.semisup.training import METHODS, train_model, training_card, training_plan
 
-__all__ = ["SamMixWorkflow", "input_cases", "predict_files", "run_name"]
+__all__ = ["SamMixWorkflow", "predict_files", "run_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -275,16 +274,6 @@ class SamMixWorkflow:
         return {"eval_dir": str(self.eval_dir), "protocols": both["protocols"]}
 
 
-def input_cases(input_files, datalist=None, section: str = "testing", data_root=None) -> list[dict]:
-    """``[{"case_id", "image"}]`` from ``input_files`` (glob or list) or else a datalist section, checked first."""
-    if input_files:
-        return file_cases(input_files)
-    if datalist is None or data_root is None:
-        raise ValueError("give input_files, or a datalist and its data root")
-    entries = load_checked_section(datalist, section, data_root, required=("image",), label_key="label")
-    return [{"case_id": case_id_of(e), "image": e["image"]} for e in entries]
-
-
 #: every output this workflow wrote into an output folder, by path: which model wrote it from which input
 OUTPUT_RECORDS = "inference_records.json"
 
@@ -308,7 +297,7 @@ def predict_files(model_dir: str | os.PathLike, cases: Sequence[Mapping], output
 
     Args:
         model_dir: the trained model folder.
-        cases: :func:`input_cases` (one image file per case).
+        cases: :func:`bundle.workflows.common.inputs.inference_cases` (one image file per case).
         output_dir: where ``<case_id><suffix>.nii.gz`` go (written atomically), with ``inference_summary.json`` (this
             run) and ``inference_records.json`` (every output written there).
         loader: transform loading ``{"image": file}`` as in training (checked, RAS, intensity-scaled).

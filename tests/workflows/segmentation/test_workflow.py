@@ -7,6 +7,7 @@ import torch
 from monai.inferers import SliceInferer, SlidingWindowInferer
 
 from bundle.sam.factory import make_mask_generator
+from bundle.workflows.common.inputs import inference_cases
 from bundle.workflows.segmentation import workflow as W
 
 
@@ -82,23 +83,34 @@ def test_load_datalist_checks_cases_first(tmp_path):
     assert W.load_datalist(path, "training", tmp_path, keys=("image",)) == [{"image": [image]}]
 
 
-def test_input_items(tmp_path):
+def test_inference_cases_of_files_and_patterns(tmp_path):
     for name in ("volume-1.nii", "volume-2.nii"):
         _nifti(tmp_path / name)
-    items = W.input_items(str(tmp_path / "volume-*.nii"))
+    items = inference_cases(str(tmp_path / "volume-*.nii"))
     assert [i["case_id"] for i in items] == ["volume-1", "volume-2"]
     case = tmp_path / "BraTS_7"
     files = [_nifti(case / f"BraTS_7_{m}.nii.gz") for m in ("flair", "t1", "t1ce", "t2")]
-    assert W.input_items([files]) == [{"case_id": "BraTS_7", "image": files}]
+    assert inference_cases([files]) == [{"case_id": "BraTS_7", "image": files}]
     with pytest.raises(FileNotFoundError, match="matches no file"):
-        W.input_items(str(tmp_path / "*.mha"))
+        inference_cases(str(tmp_path / "*.mha"))
     with pytest.raises(FileNotFoundError, match="nope.nii: cannot be read: the file does not exist"):
-        W.input_items([str(tmp_path / "nope.nii")])
+        inference_cases([str(tmp_path / "nope.nii")])
     (tmp_path / "empty.nii").write_bytes(b"")
     with pytest.raises(ValueError, match="empty.nii: cannot be read: the file is empty"):
-        W.input_items([str(tmp_path / "empty.nii")])
+        inference_cases([str(tmp_path / "empty.nii")])
     with pytest.raises(ValueError, match="datalist"):
-        W.input_items(None)
+        inference_cases(None)
+
+
+def test_inference_cases_of_a_datalist_section_skip_the_unread_label(tmp_path):
+    _nifti(tmp_path / "imagesTs" / "a.nii.gz")
+    datalist = tmp_path / "datalist.json"
+    # the label is not there: inference does not read it, so it does not refuse the case for it
+    datalist.write_text(json.dumps({"testing": [{"case_id": "case_a", "image": "imagesTs/a.nii.gz",
+                                                 "label": "labelsTs/a.nii.gz"}]}))
+    assert inference_cases(None, str(datalist), "testing", str(tmp_path)) == [
+        {"case_id": "case_a", "image": str(tmp_path / "imagesTs" / "a.nii.gz")}]
+    assert inference_cases([], str(datalist), "testing", str(tmp_path))[0]["case_id"] == "case_a"
 
 
 def test_prior_description():
