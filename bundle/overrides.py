@@ -144,7 +144,10 @@ def _unknown(name: str, config: Mapping, files: Sequence[str]) -> str | None:
     prefix = "#".join(path[:-1])
     pool = [i for i in _ids(config) if i.rsplit("#", 1)[0] == prefix] if prefix else list(config)
     pool = [p for p in pool if not p.startswith("_")] + sorted(RUNNER_ARGS)
-    close = difflib.get_close_matches(name, pool, n=3, cutoff=0.6)
+    # the same name one block deeper first (a setting that moved into a block: sam_model_type -> priors#sam_model_type)
+    moved = [i for i in _ids(config) if i.startswith(f"{prefix}#" if prefix else "") and i.count("#") == len(path)
+             and i.rsplit("#", 1)[1] == path[-1] and not i.split("#")[-2].isdigit()]
+    close = (moved + [c for c in difflib.get_close_matches(name, pool, n=3, cutoff=0.6) if c not in moved])[:3]
     hint = f"; did you mean {' or '.join('--' + c for c in close)}?" if close else "; see the ids of those files"
     shown = ", ".join(os.path.basename(str(f)) for f in files)
     return f"--{name}: no option of that name in {shown}{hint}"

@@ -44,7 +44,7 @@ from bundle.inference.batch import run_batch
 
 CONFIGS = ROOT / "configs"
 #: LiteMedSAM's box grid as the main job runs it (scripts/run_main_job.sh): minutes, not tens of minutes, on 2 cores
-FAST_GRID = {"box_grid#box_stride": 1.0, "box_grid#refine_rounds": 0}
+FAST_GRID = {"priors#box_grid#box_stride": 1.0, "priors#box_grid#refine_rounds": 0}
 
 
 def _train(data_root: Path, datalist: Path, work: Path, sam_model_type: str) -> Path:
@@ -52,7 +52,7 @@ def _train(data_root: Path, datalist: Path, work: Path, sam_model_type: str) -> 
 
     overrides = {"bundle_root": str(ROOT), "dataset_dir": str(data_root), "datalist": str(datalist),
                  "prior_cache_dir": str(work / "train_priors"), "output_dir": str(work / "run"),
-                 "ckpt_dir": str(work / "models"), "sam_model_type": sam_model_type, "max_epochs": 1,
+                 "ckpt_dir": str(work / "models"), "priors#sam_model_type": sam_model_type, "max_epochs": 1,
                  "val_interval": 1, "slices_per_volume": 4, **FAST_GRID}
     files = [str(CONFIGS / "sam_priors.json"), str(CONFIGS / "train_samaug_seg.json"),
              str(CONFIGS / "presets" / "lits.json")]

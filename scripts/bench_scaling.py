@@ -178,12 +178,12 @@ def preset_file(preset: str) -> Path:
 def cached_channels(preset: str) -> int:
     """Float32 channels a training case holds in CacheDataset: image channels + prior kinds + label regions."""
     parser = parse_configs([SAM_PRIORS, TRAIN, preset_file(preset)])
-    return len(parser["image_channel_names"]) + len(parser["prior_kinds"]) + len(parser["regions"])
+    return len(parser["image_channel_names"]) + len(parser["priors#prior_kinds"]) + len(parser["regions"])
 
 
 def window_summary(preset: str) -> str:
     parser = parse_configs([SAM_PRIORS, preset_file(preset)])
-    window = parser["sam_window"]
+    window = parser["priors#sam_window"]
     names = parser.get("image_channel_names", [])
     chans = window.get("channels", 0)
     chans = [chans] if isinstance(chans, int) else list(chans)
@@ -340,7 +340,7 @@ def run_training(preset: str, root: Path, datalist: Path, work: Path, tag: str) 
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(files),
            "--bundle_root", str(ROOT), "--dataset_dir", str(root), "--datalist", str(datalist),
            "--prior_cache_dir", str(work / "priors"), "--output_dir", str(work / f"run_{tag}"),
-           "--ckpt_dir", str(work / f"models_{tag}"), "--sam_model_type", "fallback", "--max_epochs", "1",
+           "--ckpt_dir", str(work / f"models_{tag}"), "--priors#sam_model_type", "fallback", "--max_epochs", "1",
            "--val_interval", "1"]
     log_file = work / f"train_{tag}.log"
     t0 = time.perf_counter()
@@ -371,7 +371,7 @@ def measure_ram(preset: str, size: int, train_counts: Sequence[int], work: Path,
     write_datalist(dict(datalist, validation=[], testing=[]), root / "datalist_all.json")
     parser = parse_configs([SAM_PRIORS, PRECOMPUTE, preset_file(preset)], bundle_root=str(ROOT),
                            dataset_dir=str(root), datalist=str(root / "datalist_all.json"),
-                           prior_cache_dir=str(work / "priors"), sam_model_type="fallback",
+                           prior_cache_dir=str(work / "priors"), **{"priors#sam_model_type": "fallback"},
                            device=torch.device("cpu"))
     parser["prior_precompute#progress"] = False
     parser.get_parsed_content("prior_precompute").run()

@@ -21,9 +21,9 @@ CASES=${CASES:-10}
 SIZE=${SIZE:-64}
 DATASETS=${DATASETS:-"brats lits"}
 EXTRA=${EXTRA:-}
-SAM=(--sam_model_type "${SAM_MODEL_TYPE:-lite_medsam}")
+SAM=(--priors#sam_model_type "${SAM_MODEL_TYPE:-lite_medsam}")
 if [[ -n "${SAM_CHECKPOINT:-}" ]]; then
-    SAM+=(--sam_checkpoint "$SAM_CHECKPOINT")
+    SAM+=(--priors#sam_checkpoint "$SAM_CHECKPOINT")
 fi
 
 mkdir -p "$ROOT/logs"

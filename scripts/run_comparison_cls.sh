@@ -30,8 +30,8 @@ CASES=${CASES:-10}
 SIZE=${SIZE:-64}
 ROI=${ROI:-64}
 EXTRA=${EXTRA:-}
-read -r -a GRID_ARGS <<< "${GRID:---box_grid#box_stride 1.0 --box_grid#refine_rounds 0}"
-SAM=(--sam_model_type "${SAM_MODEL_TYPE:-lite_medsam}" "${GRID_ARGS[@]}")
+read -r -a GRID_ARGS <<< "${GRID:---priors#box_grid#box_stride 1.0 --priors#box_grid#refine_rounds 0}"
+SAM=(--priors#sam_model_type "${SAM_MODEL_TYPE:-lite_medsam}" "${GRID_ARGS[@]}")
 
 mkdir -p "$ROOT/logs"
 TIMES="$ROOT/times_cls.tsv"

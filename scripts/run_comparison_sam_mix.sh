@@ -58,7 +58,7 @@ for n in $NS; do
         for seed in $SEEDS; do
             keys=(--bundle_root "$ROOT" --dataset_dir "$data" --method "$method" --num_labelled "$n" --seed "$seed"
                   --roi_size "[$ROI,$ROI]" --batch_size 32 --seg_batch_size 2
-                  --sam_model_type "${SAM_MODEL_TYPE:-lite_medsam}")
+                  --priors#sam_model_type "${SAM_MODEL_TYPE:-lite_medsam}")
             name="${method}_n${n}_liver_seed${seed}"
             eval_dir="$ROOT/runs/sam_mix/$name/eval"
             if [[ ! -f "$eval_dir/sam_mix_evaluation.json" ]]; then

@@ -25,7 +25,7 @@ CASES=${CASES:-10}
 SIZE=${SIZE:-64}
 ROI=${ROI:-64}
 EXTRA=${EXTRA:-}
-SAM=(--sam_model_type "${SAM_MODEL_TYPE:-lite_medsam}")
+SAM=(--priors#sam_model_type "${SAM_MODEL_TYPE:-lite_medsam}")
 
 mkdir -p "$ROOT/logs"
 TIMES="$ROOT/times_weak.tsv"

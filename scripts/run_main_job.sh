@@ -4,7 +4,7 @@
 # cache, and train the SAMAug segmentation network.
 # Everything lands under data/, runs/ and models/ (git-ignored). Re-running skips what is already done
 # (phantoms, up-to-date priors) and resumes training from the last checkpoint. Extra arguments are overrides for both
-# bundle commands, e.g. `--sam_model_type fallback` (weight-free priors: seconds instead of minutes).
+# bundle commands, e.g. `--priors#sam_model_type fallback` (weight-free priors: seconds instead of minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -14,7 +14,7 @@ SIZE=${SIZE:-48}
 # a coarser box grid than the default (half-size and quarter-size boxes side by side instead of overlapping, no
 # refinement round): about 4x fewer decoder passes per slice, so the job fits in minutes on two CPU cores
 # (docs/prior_quality.md measures both settings)
-FAST_GRID=(--box_grid#box_stride 1.0 --box_grid#refine_rounds 0)
+FAST_GRID=(--priors#box_grid#box_stride 1.0 --priors#box_grid#refine_rounds 0)
 if [ ! -f data/brats2021/datalist.json ]; then
     $PY scripts/make_phantoms.py --dataset brats2021 --out data/brats2021 --cases "$CASES" --size "$SIZE" --seed 0
 fi

@@ -22,7 +22,7 @@ CHECK = "$bundle.check_command_line()"
 REFUSED = [
     (SEG, {"max_epoch": 2}, "--max_epoch: no option of that name in sam_priors.json, train_samaug_seg.json; "
                             "did you mean --max_epochs?"),
-    (SEG, {"sam_model_typ": "vit_b"}, "did you mean --sam_model_type?"),
+    (SEG, {"sam_model_type": "vit_b"}, "did you mean --priors#sam_model_type?"),
     (SEG, {"roi_sizes": [32, 32]}, "--roi_sizes: no option of that name"),
     (SEG, {"network_def#channelz": [8]}, None),  # a new argument of a component: the constructor checks it
     (SEG, {"validate#evaluatr#device": "cpu"}, "--validate#evaluatr#device: no option of that name"),

@@ -4,9 +4,9 @@ task's own inference config, run it on one loaded volume.
 The card (:mod:`bundle.workflows.common.model_card`) says which task the weights serve; the pipeline comes from that
 task's config, so batch inference preprocesses, infers and restores exactly as the single-task commands do:
 
-- ``segmentation`` (SAMAug, WeakMedSAM's segmentation stage): ``configs/sam_priors.json`` + ``configs/inference.json``
-  with the card's values as overrides (channels, regions, prior mode, spacing, network, intensity, SAM settings);
-  its ``preprocessing`` after the loader, ``inferer`` and ``postprocessing`` (sigmoid, inversion to the input grid,
+- ``segmentation`` (SAMAug, WeakMedSAM's segmentation stage): ``configs/inference.json``, which builds everything
+  from the card (channels, regions, prior mode, spacing, network, intensity, SAM prior settings); its
+  ``preprocessing`` after the loader, ``inferer`` and ``postprocessing`` (sigmoid, inversion to the input grid,
   regions -> label map) without the writer;
 - ``classification`` (SAMAug-C): ``configs/inference_cls.json``; class probabilities per slice or per volume,
   fused as in training;
@@ -14,7 +14,8 @@ task's config, so batch inference preprocesses, infers and restores exactly as t
   :class:`~bundle.workflows.semisup.predictor.SamMixPredictor` (classifier gate, CAM box, LoRA-tuned SAM).
 
 A model trained with SAM priors always runs with them, computed with the SAM configuration of its training
-(:func:`prior_overrides`), hence read from the same prior-cache partition when the cache holds the case.
+(:meth:`~bundle.priors.settings.PriorSettings.from_card`), hence read from the same prior-cache partition when the
+cache holds the case.
 """
 
 from __future__ import annotations
@@ -36,35 +37,27 @@ from bundle.errors import InputError
 from bundle.folders import CONFIGS_DIR
 from bundle.networks.fusion import fuse_probabilities
 from bundle.priors.cache import CachedSamPriord
+from bundle.priors.settings import PriorSettings
 from bundle.workflows.common.checkpoints import load_network_weights
 from bundle.workflows.common.model_card import card_kind, card_path, read_card, verify_weights
 from bundle.workflows.segmentation.workflow import network_config
 from bundle.workflows.semisup.predictor import SamMixPredictor
 
-__all__ = ["BatchModel", "load_model", "prior_cache_for", "prior_overrides", "segment_names", "segmentation_overrides"]
-
-#: the card's SAM prior fields that are config ids of configs/sam_priors.json
-_PRIOR_IDS = ("use_priors", "prior_kinds", "sam_model_type", "sam_checkpoint", "sam_adapter", "sam_prompt_mode",
-              "sam_batch_size", "sam_autocast", "amg", "box_grid", "fallback", "sam_window", "slices_per_batch",
-              "samaugc_score", "samaugc_combine")
-
-
-def prior_overrides(prior: Mapping[str, Any]) -> dict:
-    """``configs/sam_priors.json`` overrides that rebuild the SAM prior of a card (same signature, same cache)."""
-    return {k: prior[k] for k in _PRIOR_IDS if k in prior}
+__all__ = ["BatchModel", "load_model", "prior_cache_for", "segment_names", "segmentation_overrides"]
 
 
 def segmentation_overrides(card: Mapping[str, Any]) -> dict:
-    """The config overrides that rebuild a segmentation card's model with ``configs/sam_priors.json`` + the
-    segmentation configs (``inference.json`` to infer, ``train_samaug_seg.json`` to train it again): the card's
-    ``config`` ids, its SAM prior settings, the network and the intensity transform.
+    """The overrides of ``configs/sam_priors.json`` + ``configs/train_samaug_seg.json`` that train a segmentation
+    card's model again (MONAI Label's trainer): the card's ``config`` ids, its SAM prior settings (the ``priors``
+    block, so the same signature and cache partition), the network and the intensity transform.
 
     ``card`` must have been read with :func:`~bundle.workflows.common.model_card.read_card`, which checks it against
     :mod:`bundle.workflows.common.card_schema`: every value here is then a plain number, list or allow-listed name
     (no ``$`` expression, ``@`` reference or ``_target_`` reaches the parser from the card); the only classes built
-    are the allow-listed ``UNet`` and intensity transform."""
+    are the allow-listed ``UNet``, intensity transform and :class:`~bundle.priors.settings.PriorSettings`."""
     intensity = card["intensity"]
-    return {**card["config"], **prior_overrides(card["prior"]), "network_def": network_config(card["network"]),
+    return {**card["config"], "priors": PriorSettings.from_card(card["prior"]).to_config(),
+            "network_def": network_config(card["network"]),
             "intensity": {"_target_": intensity["name"], "keys": intensity["keys"], **intensity["args"]}}
 
 
@@ -151,9 +144,10 @@ class SegmentationModel(BatchModel):
                  prior_cache_dir: str) -> None:
         super().__init__(model_dir, card, device)
         config = dict(card["config"])
-        overrides = {**segmentation_overrides(card), "device": device, "amp": device.type == "cuda",
+        # the card read and checked once, handed over as plain values (inference.json would read it again)
+        overrides = {"model_dir": str(model_dir), "card": dict(card), "device": device, "amp": device.type == "cuda",
                      "prior_cache_dir": prior_cache_dir}
-        parser = _parser(["sam_priors.json", "inference.json"], overrides)
+        parser = _parser(["inference.json"], overrides)
         self.uses_priors = bool(parser.get_parsed_content("use_priors"))
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.forward = _without_loader(self.preprocessing)

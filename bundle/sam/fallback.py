@@ -43,7 +43,7 @@ def _warn_once() -> None:
     if not _WARNED:
         _WARNED = True
         warnings.warn(
-            "sam_model_type is 'fallback': classical region proposals (bundle.sam.fallback.RegionProposalMasks) "
+            "priors#sam_model_type is 'fallback': classical region proposals (bundle.sam.fallback.RegionProposalMasks) "
             "stand in for SAM's automatic masks. These priors are not SAM priors; use a SAM model type (the "
             "default, lite_medsam, ships with the bundle's dependencies) to reproduce the methods.",
             stacklevel=3,

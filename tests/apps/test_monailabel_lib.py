@@ -13,6 +13,7 @@ import pytest
 
 from bundle.data.datalist_io import load_checked_section
 from bundle.folders import CONFIGS_DIR
+from bundle.priors.settings import PriorSettings
 
 LIB = Path(__file__).resolve().parents[2] / "apps" / "monailabel" / "lib"
 
@@ -114,12 +115,12 @@ def test_training_overrides_rebuild_the_card():
             "network": {"name": "UNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2,
                         "channels": [8, 16], "strides": [2], "norm": ["instance", {}]},
             "intensity": {"name": "ScaleIntensityRanged", "keys": ["image"], "args": {"a_min": -160.0}},
-            "prior": {"use_priors": True, "sam_model_type": "lite_medsam", "prior_cache_dir": "/elsewhere"}}
+            "prior": PriorSettings(sam_model_type="fallback").to_card(True, "/elsewhere")}
     got = datalist.training_overrides(card, datalist="/w/d.json", model_dir="/m", run_dir="/w/r", prior_cache="/p",
                                       max_epochs=3, val_interval=1, device="cpu")
     assert got["ckpt_dir"] == "/m" and got["output_dir"] == "/w/r" and got["prior_cache_dir"] == "/p"
     assert got["datalist"] == "/w/d.json" and got["dataset_dir"] == "/w" and got["max_epochs"] == 3
-    assert got["regions"] == REGIONS and got["prior_mode"] == "add" and got["sam_model_type"] == "lite_medsam"
+    assert got["regions"] == REGIONS and got["prior_mode"] == "add" and got["priors"]["sam_model_type"] == "fallback"
     assert got["network_def"]["norm"] == ("instance", {}) and got["intensity"]["_target_"] == "ScaleIntensityRanged"
     assert got["amp"] is False and "prior_cache" not in got
     bare = datalist.training_overrides(None, datalist="/w/d.json", model_dir="/m", run_dir="/w/r", prior_cache="/p",

@@ -32,7 +32,7 @@ for _folder in ("workflows", "workflows/classification"):
 from monailabel_client import Server, group_alive, multipart_body, multipart_fields, require_app_env
 from workflow_utils import make_phantom_set, train
 
-LITEMEDSAM_FAST = {"box_grid#box_stride": 1.0, "box_grid#refine_rounds": 0}
+LITEMEDSAM_FAST = {"priors#box_grid#box_stride": 1.0, "priors#box_grid#refine_rounds": 0}
 
 
 def _sha(path: Path) -> str:
@@ -55,7 +55,7 @@ def test_monailabel_server_infer_cache_save_train(tmp_path, record_property):
 
     # (a) models trained with the bundle's environment
     data = make_phantom_set("lits", tmp_path / "data", cases=4, size=16)
-    train(data, tmp_path / "seg", sam_model_type="lite_medsam", **LITEMEDSAM_FAST)
+    train(data, tmp_path / "seg", **{"priors#sam_model_type": "lite_medsam"}, **LITEMEDSAM_FAST)
     train_cls(data, tmp_path / "cls", task="lits_tumour_volume")
     seg_model, cls_model = tmp_path / "seg" / "models", tmp_path / "cls" / "models"
 

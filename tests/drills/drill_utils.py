@@ -37,7 +37,7 @@ def bundle_argv(run_id: str, files: list[str], overrides: dict, meta: bool = Tru
 
 def precompute_argv(data_root: Path, datalist: Path, cache: Path, **overrides) -> list[str]:
     keys = {"bundle_root": str(cache.parent), "dataset_dir": str(data_root), "datalist": str(datalist),
-            "prior_cache_dir": str(cache), "sam_model_type": "fallback", **overrides}
+            "prior_cache_dir": str(cache), "priors#sam_model_type": "fallback", **overrides}
     return bundle_argv("precompute", PRECOMPUTE_FILES, keys, meta=False)
 
 

@@ -52,7 +52,8 @@ def brats(tmp_path):
 
 
 def _argv(brats, cache: Path, sam: Path) -> list[str]:
-    return precompute_argv(*brats, cache, sam_model_type="tiny", sam_checkpoint=str(sam), amg=TINY_SAM["amg"])
+    return precompute_argv(*brats, cache, **{"priors#sam_model_type": "tiny", "priors#sam_checkpoint": str(sam),
+                                                 "priors#amg": TINY_SAM["priors#amg"]})
 
 
 def _wait_for(path: Path, text: str, alive, timeout: float = 120) -> bool:

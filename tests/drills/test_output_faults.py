@@ -30,7 +30,8 @@ SAM_LOADED = "loaded SAM"
 
 
 def _sam(checkpoint) -> dict:
-    return {"sam_model_type": "tiny", "sam_checkpoint": str(checkpoint), "amg": TINY_SAM["amg"]}
+    return {"priors#sam_model_type": "tiny", "priors#sam_checkpoint": str(checkpoint),
+            "priors#amg": TINY_SAM["priors#amg"]}
 
 
 def _temps(folder: Path) -> list[Path]:

@@ -220,7 +220,8 @@ def test_cache_tool_lists_and_prunes_malformed_partitions(commands, counts, pris
 
 
 def _weak(data, work: Path, checkpoint: Path, run_id: str) -> list[str]:
-    return bundle_argv(run_id, weak_files(data.preset), weak_overrides(data, work, sam_checkpoint=str(checkpoint)))
+    overrides = weak_overrides(data, work, **{"priors#sam_checkpoint": str(checkpoint)})
+    return bundle_argv(run_id, weak_files(data.preset), overrides)
 
 
 def _features_partition(work: Path) -> Path:

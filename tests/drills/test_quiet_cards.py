@@ -55,7 +55,7 @@ def folders(lits, tiny_sam_checkpoint, tmp_path_factory):
     train_cls(lits, cls, task="lits_tumour")
     run_mix(lits, mix, tiny_sam_checkpoint)
     for stage in ("sam_features", "subclasses", "classifier"):
-        run_weak(lits, weak, stage, sam_checkpoint=str(tiny_sam_checkpoint))
+        run_weak(lits, weak, stage, **{"priors#sam_checkpoint": str(tiny_sam_checkpoint)})
     return {
         "segmentation": (seg / "models" / CARD_NAME, lambda f: load_model(f.parent)),
         "classification": (cls / "models" / CARD_NAME, lambda f: load_model(f.parent)),

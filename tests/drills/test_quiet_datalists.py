@@ -53,7 +53,7 @@ def _edit_label(path: Path) -> None:
 
 
 def _weak_argv(data, work: Path, checkpoint: Path, run_id: str) -> list[str]:
-    overrides = weak_overrides(data, work, sam_checkpoint=str(checkpoint))
+    overrides = weak_overrides(data, work, **{"priors#sam_checkpoint": str(checkpoint)})
     return bundle_argv(run_id, weak_files(data.preset), overrides)
 
 

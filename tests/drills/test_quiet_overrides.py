@@ -15,7 +15,8 @@ from workflow_utils import REPO
 TYPOS = [
     ({"max_epoch": 2}, "ERROR: --max_epoch: no option of that name", "did you mean --max_epochs?"),
     ({"patch_sizes": [16, 16, 8]}, "ERROR: --patch_sizes: no option of that name", "did you mean --patch_size or"),
-    ({"sam_model_typ": "vit_b"}, "ERROR: --sam_model_typ: no option of that name", "did you mean --sam_model_type?"),
+    ({"sam_model_type": "vit_b"}, "ERROR: --sam_model_type: no option of that name",
+     "did you mean --priors#sam_model_type?"),
     ({"max_epochs": 0}, "ERROR: --max_epochs: 0 is out of range: it must be at least 1", ""),
     ({"val_interval": 0}, "ERROR: --val_interval: 0 is out of range: it must be at least 1", ""),
     ({"learning_rate": "fast"}, "ERROR: --learning_rate: 'fast' is not a number", ""),

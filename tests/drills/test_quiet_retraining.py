@@ -76,7 +76,7 @@ def test_samaug_rerun_with_other_settings_is_refused(finished, commands, counts,
     counts["quiet"] += 1
 
     # another SAM prior configuration (the fallback generator's settings): refused naming the prior setting
-    result = commands.run(argv(fallback={"nbins": 16}), tmp_path / "log" / "prior")
+    result = commands.run(argv(**{"priors#fallback": {"nbins": 16}}), tmp_path / "log" / "prior")
     _refused(result, folder, "prior.")
     counts["quiet"] += 1
 

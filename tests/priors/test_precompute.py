@@ -17,9 +17,9 @@ import pytest
 from bundle.data.datalist import build_datalist, write_datalist
 from bundle.testing.phantom_writers import make_phantoms
 from bundle.errors import error_line
+from bundle.priors.settings import PriorSettings
 from bundle.priors.precompute import PriorPrecompute, default_loader
 from bundle.priors.transforms import SamPrior
-from bundle.sam.factory import make_mask_generator
 from bundle.sam.fallback import RegionProposalMasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -210,8 +210,9 @@ def test_up_to_date_cache_on_a_read_only_disk(brats, tmp_path):
 
 def test_tiny_sam_run(brats, tmp_path, shapes_sam_checkpoint):
     # the shapes-trained tiny SAM: random weights give only empty masks, hence all-zero priors
-    generator = make_mask_generator("tiny", str(shapes_sam_checkpoint), device="cpu", autocast="none",
-                                    amg={"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})
+    settings = PriorSettings(sam_model_type="tiny", sam_checkpoint=str(shapes_sam_checkpoint), sam_autocast="none",
+                             amg={"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})
+    generator = settings.mask_generator("cpu")
     spy = SpyGenerator(generator)
     runner = _runner(brats, tmp_path / "cache", spy, sections=("training",))
     summary = runner.run()
@@ -258,10 +259,10 @@ def test_bundle_cli(brats, tmp_path, tiny_sam_checkpoint):
         "--datalist", datalist,
         "--prior_cache_dir", str(cache_dir),
         "--device", "cpu",
-        "--sam_model_type", "tiny",
-        "--sam_checkpoint", str(tiny_sam_checkpoint),
-        "--amg#points_per_side", "4",
-        "--slices_per_batch", "4",
+        "--priors#sam_model_type", "tiny",
+        "--priors#sam_checkpoint", str(tiny_sam_checkpoint),
+        "--priors#amg#points_per_side", "4",
+        "--priors#slices_per_batch", "4",
     ]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -44,7 +44,7 @@ def _precompute(brats, cache_dir, launcher=(sys.executable,), **overrides):
     command = [*launcher, "-m", "monai.bundle", "run", "precompute", "--config_file", CONFIGS,
                "--bundle_root", str(cache_dir.parent), "--dataset_dir", str(brats["root"]),
                "--datalist", str(brats["datalist"]), "--prior_cache_dir", str(cache_dir),
-               "--sam_model_type", "fallback"]
+               "--priors#sam_model_type", "fallback"]
     for key, value in overrides.items():
         command += [f"--{key}", value]
     return subprocess.Popen(command, cwd=cache_dir.parent, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -152,7 +152,8 @@ def test_two_jobs_at_once_same_configuration(brats, tmp_path):
 def test_two_jobs_at_once_two_configurations(brats, tmp_path):
     """Two configurations at once: two partitions of one cache folder, each with intact entries and manifest."""
     cache_dir = tmp_path / "cache"
-    for job in [_precompute(brats, cache_dir), _precompute(brats, cache_dir, prior_kinds="['sam_seg_prior']")]:
+    seg_only = {"priors#prior_kinds": "['sam_seg_prior']"}
+    for job in [_precompute(brats, cache_dir), _precompute(brats, cache_dir, **seg_only)]:
         _finish(job)
     partitions = _partitions(cache_dir)
     assert len(partitions) == 2

@@ -10,7 +10,8 @@ import torch
 from bundle.sam.automatic import masks_to_boxes, stability_score
 from bundle.sam.box_grid import SamBoxGridMasks, box_grid, foreground_box
 from bundle.sam.engine import SamEngine
-from bundle.sam.factory import make_mask_generator, resolve_prompt_mode
+from bundle.priors.settings import PriorSettings
+from bundle.sam.factory import resolve_prompt_mode
 from bundle.sam.loading import load_sam
 
 
@@ -139,17 +140,17 @@ def test_factory_picks_the_generator_without_building_sam(shapes_sam_checkpoint,
     import bundle.sam.loading as loading
 
     monkeypatch.setattr(loading, "build_sam", lambda *a, **k: pytest.fail("SAM was built"))
-    lite = make_mask_generator("lite_medsam", device="cpu")
+    lite = PriorSettings().mask_generator("cpu")
     assert type(lite).__name__ == "SamBoxGridMasks" and lite.signature()["sam"]["model_type"] == "lite_medsam"
-    tiny = make_mask_generator("tiny", str(shapes_sam_checkpoint), device="cpu")
+    tiny = PriorSettings(sam_model_type="tiny", sam_checkpoint=str(shapes_sam_checkpoint)).mask_generator("cpu")
     assert type(tiny).__name__ == "SamAutomaticMasks"
-    boxes = make_mask_generator("tiny", str(shapes_sam_checkpoint), device="cpu", prompt_mode="boxes")
-    assert type(boxes).__name__ == "SamBoxGridMasks"
-    assert type(make_mask_generator("fallback")).__name__ == "RegionProposalMasks"
+    boxes = PriorSettings(sam_model_type="tiny", sam_checkpoint=str(shapes_sam_checkpoint), sam_prompt_mode="boxes")
+    assert type(boxes.mask_generator("cpu")).__name__ == "SamBoxGridMasks"
+    assert type(PriorSettings(sam_model_type="fallback").mask_generator()).__name__ == "RegionProposalMasks"
     with pytest.raises(FileNotFoundError, match="needs a checkpoint"):
-        make_mask_generator("vit_b")
-    with pytest.raises(ValueError, match="prompt_mode|auto"):
-        make_mask_generator("lite_medsam", prompt_mode="box")
+        PriorSettings(sam_model_type="vit_b").mask_generator()
+    with pytest.raises(ValueError, match="sam_prompt_mode: 'box' is not one of auto"):
+        PriorSettings(sam_prompt_mode="box")
 
 
 def test_refinement_prompts_the_masks_tight_boxes(lite_engine):

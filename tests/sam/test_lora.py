@@ -13,7 +13,8 @@ from torch import nn
 from bundle.folders import CONFIGS_DIR
 from bundle.sam.adapter import ADAPTER_FORMAT, adapter_header, load_adapter, read_adapter, save_adapter
 from bundle.sam.engine import SamEngine
-from bundle.sam.factory import make_engine, make_mask_generator
+from bundle.priors.settings import PriorSettings
+from bundle.sam.factory import make_engine
 from bundle.sam.loading import build_sam, load_sam, sam_info
 from bundle.sam.lora import (
     LoRAQKV,
@@ -410,26 +411,27 @@ def test_engine_and_factory_carry_the_adapter(tiny_adapter, tiny_sam_checkpoint)
     assert made.signature() == engine.signature() and not made.loaded
     plain = make_engine("tiny", str(tiny_sam_checkpoint), "cpu", 2, "none")
     assert "adapter_sha256" not in plain.signature()["sam"]
-    generator = make_mask_generator("tiny", str(tiny_sam_checkpoint), device="cpu", autocast="none", adapter=str(path))
-    assert generator.engine.info.adapter_sha256 == engine.info.adapter_sha256
+    settings = PriorSettings(sam_model_type="tiny", sam_checkpoint=str(tiny_sam_checkpoint), sam_autocast="none",
+                             sam_adapter=str(path))
+    assert settings.mask_generator("cpu").engine.info.adapter_sha256 == engine.info.adapter_sha256
     with pytest.raises(ValueError, match="fallback"):
-        make_mask_generator("fallback", adapter=str(path))
+        PriorSettings(sam_model_type="fallback", sam_adapter=str(path))
 
 
 def test_configs_pass_the_adapter(tiny_adapter, tiny_sam_checkpoint):
     from monai.bundle import ConfigParser
 
     _, path = tiny_adapter
-    overrides = {"device": "cpu", "sam_model_type": "tiny", "sam_checkpoint": str(tiny_sam_checkpoint),
-                 "sam_autocast": "none"}
+    overrides = {"device": "cpu", "priors#sam_model_type": "tiny", "priors#sam_checkpoint": str(tiny_sam_checkpoint),
+                 "priors#sam_autocast": "none"}
     parser = ConfigParser()
     parser.read_config(str(CONFIGS_DIR / "sam_priors.json"))
     parser.update(overrides)
-    assert parser["sam_adapter"] is None
+    assert parser["priors#sam_adapter"] is None
     assert parser.get_parsed_content("mask_generator").engine.info.adapter is None
     parser = ConfigParser()
     parser.read_config([str(CONFIGS_DIR / "sam_priors.json"), str(CONFIGS_DIR / "train_weak.json")])
-    parser.update({**overrides, "sam_adapter": str(path)})
+    parser.update({**overrides, "priors#sam_adapter": str(path)})
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     assert parser.get_parsed_content("mask_generator").engine.info.adapter_sha256 == sha
     assert parser.get_parsed_content("sam_engine").info.adapter_sha256 == sha

@@ -1,5 +1,6 @@
 """Bundle conventions of the SAMAug segmentation configs: properties, presets, network checks, channel checks."""
 
+import dataclasses
 import json
 import logging
 
@@ -8,7 +9,9 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_net_in_out
 
 from bundle.data.labels import DATASETS
+from bundle.errors import error_line
 from bundle.priors.cache import CachedSamPriord, PriorCache
+from bundle.priors.settings import PriorSettings
 from workflow_utils import (
     CONFIGS,
     EVALUATE,
@@ -22,7 +25,9 @@ from workflow_utils import (
     TRAIN,
     TINY,
     config_files,
+    evaluate,
     infer,
+    untrained_model,
 )
 
 
@@ -55,21 +60,26 @@ def test_train_and_infer_properties(preset, phantom_set, tmp_path, caplog):
     assert train.check_properties() == []
     evaluate = _workflow(config_files(preset, EVALUATE), "train", data, tmp_path, caplog)
     assert evaluate.check_properties() == []
-    inference = _workflow(config_files(preset, main=INFERENCE), "infer", data, tmp_path, caplog, **NETWORK)
+    # inference.json runs alone: the model folder's card says everything
+    folder = untrained_model(tmp_path / "untrained", preset)
+    inference = ConfigWorkflow(config_file=INFERENCE, workflow_type="infer", meta_file=METADATA, logging_file=False,
+                               model_dir=str(folder), dataset_dir=str(data.root), datalist=str(data.datalist),
+                               output_dir=str(tmp_path / "predictions"))
+    inference.initialize()
     assert inference.check_properties() == []
     # no "optional property ... not found" warnings either (MONAI Label reads several of them)
     assert not [r for r in caplog.records if "property" in r.getMessage().lower()]
 
 
 @pytest.mark.parametrize("preset", [None, *PRESET_NAMES])
-def test_every_workflow_reads_one_prior_cache_partition(preset):
-    """Precompute, training, evaluation and inference merge configs/sam_priors.json: one signature, one partition."""
+def test_every_workflow_reads_one_prior_cache_partition(preset, tmp_path):
+    """Precompute, training and evaluation merge configs/sam_priors.json, inference rebuilds the priors from the model
+    card: one signature, one partition."""
     caches = {}
     for name, files in {
         "precompute": config_files(preset, main=PRECOMPUTE),
         "training": config_files(preset),
         "evaluation": config_files(preset, EVALUATE),
-        "inference": config_files(preset, main=INFERENCE),
     }.items():
         parser = _parser(files)
         cache = PriorCache(parser.get_parsed_content("prior_cache_dir"), parser.get_parsed_content("sam_prior").signature())
@@ -77,20 +87,43 @@ def test_every_workflow_reads_one_prior_cache_partition(preset):
         assert not parser.get_parsed_content("mask_generator").engine.loaded  # the signature needs no SAM
     assert len(set(caches.values())) == 1, caches
     assert "lite_medsam" in caches["training"][0]
+    folder = untrained_model(tmp_path, preset, **{"priors#sam_model_type": "lite_medsam"})
+    inference = _parser(INFERENCE, model_dir=str(folder))
+    prior = inference.get_parsed_content("sam_prior")
+    assert PriorCache(str(tmp_path / "cache"), prior.signature()).digest == caches["training"][1]
+    assert not prior.generator.engine.loaded
+
+
+def _dicts(value, where=""):
+    if isinstance(value, dict):
+        yield where, value
+        for key, item in value.items():
+            yield from _dicts(item, f"{where}#{key}" if where else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _dicts(item, f"{where}#{i}")
 
 
 def test_sam_settings_have_one_home():
-    """No workflow config repeats a key of the shared SAM/prior file (only ``use_priors`` is derived per workflow; the
-    classification training derives ``prior_kinds`` from its augmentation mode, and its self-contained inference
-    config rebuilds the prior transform from the model card, never from settings of its own)."""
-    shared = set(json.load(open(SAM_PRIORS))) - {"use_priors"}
-    others = (str(CONFIGS / "evaluate_cls.json"), str(CONFIGS / "train_weak.json"))
-    for name in (TRAIN, EVALUATE, INFERENCE, PRECOMPUTE, *others):
-        assert not shared & set(json.load(open(name))), name
-    assert shared & set(json.load(open(CONFIGS / "train_samaug_cls.json"))) == {"prior_kinds"}
+    """The SAM prior settings are one block of configs/sam_priors.json, the defaults of PriorSettings: no config
+    repeats one of them (as an id or inside another dict), and the presets and SAMAug-C set them inside the block."""
+    fields = {f.name for f in dataclasses.fields(PriorSettings)}
+    shared = json.load(open(SAM_PRIORS))
+    assert shared["priors"] == PriorSettings().to_config()
+    assert not fields & set(shared)
+    # the two configs that run without sam_priors.json take where a SAM-Mix model's base SAM has moved to
+    relocations = {("batch_inference.json", ""): {"sam_checkpoint"}, ("inference_sam_mix.json", ""): {"sam_checkpoint"}}
+    for path in sorted(CONFIGS.rglob("*.json")):
+        for where, block in _dicts(json.load(open(path))):
+            if (path.name, where) != ("sam_priors.json", "priors"):
+                # a constructor argument that reads the block (``"$@priors.slices_per_batch"``) is no copy
+                own = {k for k in block if not str(block[k]).startswith("$@priors.")}
+                repeated = fields & own - relocations.get((path.name, where), set())
+                assert not repeated, f"{path.name}: {where or '<top>'} repeats prior settings {sorted(repeated)}"
+    assert "priors#prior_kinds" in json.load(open(CONFIGS / "train_samaug_cls.json"))
+    assert all("priors#sam_window" in json.load(open(p)) for p in PRESETS.values())
     inference_cls = json.load(open(CONFIGS / "inference_cls.json"))
-    assert not (shared - {"prior_kinds", "sam_prior", "prior_cache_dir"}) & set(inference_cls)
-    assert "card" in inference_cls["sam_prior"] and "card" in inference_cls["prior_kinds"]
+    assert "card" in inference_cls["priors"] and "@priors" in inference_cls["sam_prior"]
 
 
 @pytest.mark.parametrize("preset", PRESET_NAMES)
@@ -100,7 +133,8 @@ def test_presets_match_dataset_specs(preset):
     assert {k: tuple(v) for k, v in config["regions"].items()} == dict(spec.regions)
     assert len(config["image_channel_names"]) == len(spec.modalities)
     # presets only set keys that both the training and the inference run define
-    shared = set(json.load(open(SAM_PRIORS)))
+    shared = json.load(open(SAM_PRIORS))
+    shared = set(shared) | {f"priors#{k}" for k in shared["priors"]}
     train, inference = json.load(open(TRAIN)), json.load(open(INFERENCE))
     assert set(config) <= (set(train) | shared) & (set(inference) | shared)
 
@@ -112,7 +146,7 @@ def test_flags_switch_components(preset, prior_mode, spatial_dims):
     if preset == "brats" and prior_mode == "channels":
         prior_mode = "concat"  # add / channels need a single-channel image
     # a SAM checkpoint that does not exist: building any SAM for the raw baseline would fail
-    missing_sam = {"sam_checkpoint": "/nonexistent/sam.pth"} if prior_mode == "none" else {}
+    missing_sam = {"priors#sam_checkpoint": "/nonexistent/sam.pth"} if prior_mode == "none" else {}
     parser = _parser(config_files(preset), prior_mode=prior_mode, spatial_dims=spatial_dims, **missing_sam)
     transforms = parser.get_parsed_content("prior_transforms")
     if prior_mode == "none":
@@ -129,12 +163,10 @@ def test_flags_switch_components(preset, prior_mode, spatial_dims):
 
 
 def test_verify_net_in_out_and_export(tmp_path):
-    verify_net_in_out("network_def", meta_file=METADATA, config_file=INFERENCE)
-    parser = _parser(INFERENCE)
-    ckpt = tmp_path / "model.pt"
-    torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt)
-    ckpt_export("network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(ckpt), meta_file=METADATA,
-                config_file=INFERENCE)
+    folder = untrained_model(tmp_path)
+    verify_net_in_out("network_def", meta_file=METADATA, config_file=INFERENCE, model_dir=str(folder))
+    ckpt_export("network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(folder / "model.pt"),
+                meta_file=METADATA, config_file=INFERENCE, model_dir=str(folder))
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
     meta = json.load(open(METADATA))["network_data_format"]
     image = meta["inputs"]["image"]
@@ -143,7 +175,7 @@ def test_verify_net_in_out_and_export(tmp_path):
 
 
 def test_metadata_describes_default_network():
-    parser = _parser(INFERENCE)
+    parser = _parser(config_files(None))
     image = json.load(open(METADATA))["network_data_format"]["inputs"]["image"]
     names = parser.get_parsed_content("input_channel_names")
     assert image["num_channels"] == len(names) == 6
@@ -159,13 +191,40 @@ def test_metadata_describes_default_network():
 def test_channel_mismatch_is_explained(trained_mode, run_mode, found, expected, phantom_set, tmp_path):
     """A model trained with priors run without them (or the reverse) fails naming both channel layouts."""
     data = phantom_set("brats")
-    trained = _parser(INFERENCE, **NETWORK, prior_mode=trained_mode).get_parsed_content("network_def")
+    trained = _parser(config_files("brats"), **TINY, prior_mode=trained_mode).get_parsed_content("network_def")
     (tmp_path / "models").mkdir()
     torch.save(trained.state_dict(), tmp_path / "models" / "model.pt")
     with pytest.raises(RuntimeError) as err:  # MONAI's config runner wraps the handler's ValueError
-        infer(data, tmp_path, prior_mode=run_mode)
+        evaluate(data, tmp_path, prior_mode=run_mode)
     message = str(_root_cause(err.value))
     assert f"trained with {found} input channels" in message
     assert f"builds {expected}" in message
     assert f"prior_mode={run_mode}" in message
-    assert not (tmp_path / "predictions").exists()
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").rglob("*.csv"))
+
+
+def test_inference_refuses_settings_unlike_the_card(phantom_set, tmp_path):
+    """inference.json takes the model's settings from its card: a preset of the same dataset may be merged, another
+    dataset's preset or an override that changes what the network sees is refused before anything runs."""
+    data = phantom_set("lits")
+    folder = untrained_model(tmp_path, "lits", prior_mode="none")
+    infer(data, tmp_path, files=[SAM_PRIORS, INFERENCE, PRESETS["lits"]], prior_mode="none")
+    assert [p.name.endswith("_pred.nii.gz") for p in (tmp_path / "predictions").iterdir()] == [True]
+    card = str(folder / "model_card.json")
+    for files, overrides, refused in [
+        ([INFERENCE], {"prior_mode": "add"}, "the model was trained with prior_mode 'none'; this inference asks for "
+                                             "'add'"),
+        ([INFERENCE, PRESETS["brats"]], {}, "image_channel_names ['CT']"),
+        ([SAM_PRIORS, INFERENCE], {"regions": {"liver": [1]}}, "regions"),
+    ]:
+        with pytest.raises(Exception) as info:
+            infer(data, tmp_path / "other", files=files, model_dir=str(folder), **overrides)
+        assert error_line(info.value).startswith(f"ERROR: {card}: "), error_line(info.value)
+        assert refused in error_line(info.value)
+        assert not (tmp_path / "other" / "predictions").exists()
+    # a prior setting unlike the card's (a preset's SAM window) is refused by the settings class
+    lits = untrained_model(tmp_path / "priors", "lits")
+    with pytest.raises(Exception) as info:
+        infer(data, tmp_path / "priors", files=[INFERENCE], model_dir=str(lits),
+              **{"priors#sam_window": {"preset": "minmax", "channels": 0}})
+    assert "priors#sam_window: the model was trained with {'preset': 'ct_liver'" in error_line(info.value)

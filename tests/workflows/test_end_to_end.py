@@ -78,14 +78,14 @@ def check_report_scores_the_written_file(data, work, eval_name: str) -> dict:
         ("lits", [1.5, 1.5, 2.5]),  # anisotropic (0.6-0.9 mm in-plane, 1.5-5 mm slices), rotated, LPS-style
     ],
 )
-def test_report_scores_the_restored_file(preset, pixdim, trained, tmp_path):
+def test_report_scores_the_restored_file(preset, pixdim, phantom_set, tmp_path):
     """With ``pixdim`` unlike the phantoms' grid, the network works on a resampled RAS grid and inference restores
     its label map to the input's grid: evaluation scores that restored map against the label file (Dice and HD95 in
     the file's spacing), not the resampled prediction against a resampled label."""
-    data, work = trained(preset)
-    model = {"pixdim": pixdim, "ckpt_dir": str(work / "models"), "prior_cache_dir": str(work / "priors")}
-    evaluate(data, tmp_path, **model)
-    infer(data, tmp_path, **model)
+    data = phantom_set(preset)
+    train(data, tmp_path, pixdim=pixdim)  # the card records pixdim: inference works on the same grid
+    evaluate(data, tmp_path, pixdim=pixdim)
+    infer(data, tmp_path)
     check_predictions(data, tmp_path, {0, *(v for values in REGIONS[preset].values() for v in values)})
     case = check_report_scores_the_written_file(data, tmp_path, "eval_testing_aug_only")
     assert case["spacing"] != pytest.approx(pixdim, abs=0.01)  # scored on the file's grid, not the network's
@@ -94,10 +94,10 @@ def test_report_scores_the_restored_file(preset, pixdim, trained, tmp_path):
 def test_lits_3d_tiny_sam(phantom_set, tmp_path, tiny_sam_checkpoint):
     """3D network on LiTS (``add``), priors from a real (tiny, random-weight) SAM checkpoint, blend training."""
     data = phantom_set("lits")
-    sam = {**TINY_SAM, "sam_checkpoint": str(tiny_sam_checkpoint), "spatial_dims": 3}
+    sam = {**TINY_SAM, "priors#sam_checkpoint": str(tiny_sam_checkpoint), "spatial_dims": 3}
     train(data, tmp_path, train_mode="blend", **sam)
     text = check_training_outputs(tmp_path, ["liver", "tumour"], ["CT", "CT+sam_seg_prior", "CT+sam_boundary_prior"])
     assert "sam_automatic_masks" in text and "NOT SAM" not in text
     check_summary(evaluate(data, tmp_path, **sam), ["liver", "tumour"], "add", "sam_automatic_masks")
-    infer(data, tmp_path, **sam)
+    infer(data, tmp_path)
     check_predictions(data, tmp_path, {0, 1, 2})

@@ -14,9 +14,8 @@ from collections import namedtuple
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from monai.bundle import ConfigParser
-from workflow_utils import INFERENCE, METADATA, NETWORK, REPO, TINY, config_files, infer, make_phantom_set, train
+from workflow_utils import (METADATA, REPO, TINY, config_files, evaluate, infer, make_phantom_set, train,
+                            untrained_model)
 
 from bundle.errors import FileError, error_line, exception_chain
 
@@ -115,18 +114,9 @@ def test_diverging_training_stops_without_saving(brats, tmp_path):
     assert_nothing_written(tmp_path / "work")
 
 
-def _model(work, prior_mode="none"):
-    parser = ConfigParser()
-    parser.read_config(config_files("brats", main=INFERENCE))
-    parser.read_meta(METADATA)
-    parser.update({**NETWORK, "sam_model_type": TINY["sam_model_type"], "prior_mode": prior_mode})
-    (work / "models").mkdir(parents=True)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), work / "models" / "model.pt")
-
-
 def test_inference_on_inf_image_writes_no_prediction(brats, tmp_path):
     work = tmp_path / "work"
-    _model(work)
+    untrained_model(work, **RAW)
     flair = str(brats.root / _entry(brats, "testing")["image"][0])
     _rewrite(flair, lambda a, _: a.__setitem__((1, 1, 1), np.nan))
     with pytest.raises(Exception) as info:
@@ -136,13 +126,16 @@ def test_inference_on_inf_image_writes_no_prediction(brats, tmp_path):
     assert not (work / "predictions").exists() or list((work / "predictions").iterdir()) == []
 
 
-def test_truncated_model_named_by_inference(brats, tmp_path):
+def test_truncated_model_named_by_inference_and_evaluation(brats, tmp_path):
     work = tmp_path / "work"
-    _model(work)
+    untrained_model(work, **RAW)
     model = work / "models" / "model.pt"
     model.write_bytes(model.read_bytes()[:5000])
-    with pytest.raises(Exception) as info:
-        infer(brats, work, **RAW)
+    with pytest.raises(Exception) as info:  # inference reads the card first: its sha256 binding catches it
+        infer(brats, work)
+    assert error_line(info.value).startswith(f"ERROR: {model}: is not the model the card "), error_line(info.value)
+    with pytest.raises(Exception) as info:  # evaluation loads the weights the training config names
+        evaluate(brats, work, **RAW)
     assert error_line(info.value) == f"ERROR: {model}: network weights is truncated: the zip archive's directory " \
         f"at its end is missing (5000 bytes)"
 

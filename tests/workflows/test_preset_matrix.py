@@ -46,5 +46,5 @@ def test_preset_train_evaluate_infer(preset, spatial_dims, extra, phantom_set, t
     if prior_mode != "none":
         raw = evaluate(data, tmp_path, infer_mode="raw", **keys)
         assert raw["tags"]["infer_mode"] == "raw"
-    infer(data, tmp_path, **keys)
+    infer(data, tmp_path)  # the model card alone says how
     check_predictions(data, tmp_path, LABELS[preset])

@@ -15,7 +15,7 @@ def test_readme_training_command(tmp_path):
     # this test fast (tests/sam/test_lite_medsam.py runs the default LiteMedSAM)
     make_phantom_set("brats", tmp_path / "data" / "brats2021")
     run_workflow(config_files(None, main=PRECOMPUTE), "precompute", "train", bundle_root=str(tmp_path),
-                 sam_model_type=TINY["sam_model_type"])
+                 **{"priors#sam_model_type": TINY["priors#sam_model_type"]})
     entries = {p: p.stat().st_mtime_ns for p in (tmp_path / "data" / "priors" / "brats2021").glob("*/*/entry.json")}
     assert len(entries) == 4
 

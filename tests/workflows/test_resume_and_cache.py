@@ -50,7 +50,7 @@ def test_priors_computed_once(phantom_set, tmp_path, monkeypatch):
 def test_fully_cached_training_builds_no_sam(phantom_set, tmp_path, monkeypatch, shapes_sam_checkpoint):
     """Once precompute has filled the cache, training (and its validation) never builds SAM."""
     data = phantom_set("lits")
-    sam = {**TINY_SAM, "sam_checkpoint": str(shapes_sam_checkpoint)}
+    sam = {**TINY_SAM, "priors#sam_checkpoint": str(shapes_sam_checkpoint)}
     where = {k: v for k, v in data.overrides(tmp_path).items() if k in ("dataset_dir", "datalist", "prior_cache_dir")}
     run_workflow(config_files(data.preset, main=PRECOMPUTE), "precompute", "train", **where, **sam)
     built = []

@@ -17,11 +17,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bundle.data.datalist import build_datalist, write_datalist
 from bundle.testing.phantom_writers import make_phantoms
+from bundle.workflows.common.model_card import write_card
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -44,7 +45,7 @@ PHANTOM_LAYOUTS = {
 NETWORK = {"network_def#channels": [8, 16, 32], "network_def#strides": [2, 2], "patch_size": [32, 32, 16]}
 TINY = {
     **NETWORK,
-    "sam_model_type": "fallback",
+    "priors#sam_model_type": "fallback",
     "max_epochs": 1,
     "val_interval": 1,
     "slices_per_volume": 4,
@@ -52,8 +53,9 @@ TINY = {
     "sw_batch_size": 8,
 }
 #: SAM settings for the random-weight tiny SAM of tests/conftest.py: few prompts, thresholds at 0 so masks exist
-TINY_SAM = {"sam_model_type": "tiny", "amg": {"points_per_side": 4, "points_per_batch": 16, "pred_iou_thresh": 0.0,
-                                              "stability_score_thresh": 0.0, "box_nms_thresh": 0.7}}
+TINY_SAM = {"priors#sam_model_type": "tiny",
+            "priors#amg": {"points_per_side": 4, "points_per_batch": 16, "pred_iou_thresh": 0.0,
+                           "stability_score_thresh": 0.0, "box_nms_thresh": 0.7}}
 
 
 @dataclass(frozen=True)
@@ -130,12 +132,29 @@ def evaluate(data: PhantomSet, work: Path, **overrides) -> dict:
         return json.load(f)
 
 
-def infer(data: PhantomSet, work: Path, **overrides) -> ConfigWorkflow:
-    """Run ``configs/inference.json`` (+ preset) with the model of ``work``; predictions in ``work/predictions``."""
-    keys = {**NETWORK, "sam_model_type": TINY["sam_model_type"], **data.overrides(work),
+def infer(data: PhantomSet, work: Path, files=None, **overrides) -> ConfigWorkflow:
+    """Run ``configs/inference.json`` alone (everything else comes from the model card) with the model folder of
+    ``work``; predictions in ``work/predictions``. ``files``: other config files to merge (default none)."""
+    base = data.overrides(work)
+    keys = {"bundle_root": base["bundle_root"], "dataset_dir": base["dataset_dir"], "datalist": base["datalist"],
+            "prior_cache_dir": base["prior_cache_dir"], "model_dir": overrides.pop("ckpt_dir", base["ckpt_dir"]),
             "output_dir": str(work / "predictions"), **overrides}
-    keys.pop("max_epochs", None)
-    return run_workflow(config_files(data.preset, main=INFERENCE), "inferring", "infer", **keys)
+    return run_workflow(files or [INFERENCE], "inferring", "infer", **keys)
+
+
+def untrained_model(work: Path, preset: str | None = "brats", **overrides) -> Path:
+    """A model folder (``work/models``) of the training config's untrained network, with its card: what a training
+    run with ``overrides`` would write, without training."""
+    parser = ConfigParser()
+    parser.read_config(config_files(preset))
+    parser.read_meta(METADATA)
+    parser.update({**TINY, "ckpt_dir": str(work / "models"), **overrides})
+    folder = work / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), folder / "model.pt")
+    card = {**parser.get_parsed_content("model_card"), "best_metric": 0.0, "best_epoch": 0}
+    write_card(folder / "model_card.json", card)
+    return folder
 
 
 METRICS = {"dice", "jaccard", "hd95", "slice_dice", "slice_jaccard", "slice_assd", "slice_hd95"}

@@ -2,7 +2,7 @@
 second branch (or as extra samples). Configs: ``configs/train_samaug_cls.json``, ``configs/evaluate_cls.json``,
 ``configs/inference_cls.json``."""
 
-from bundle.workflows.classification.card import CardBestModelSaver, network_from_card, prior_from_card, read_card
+from bundle.workflows.classification.card import CardBestModelSaver, network_from_card, read_card
 from bundle.workflows.classification.images import ClassifierImageLogger
 from bundle.workflows.classification.metrics import FusedClassificationMetric, classification_metrics
 from bundle.workflows.classification.report import ClassificationReport
@@ -20,7 +20,6 @@ __all__ = [
     "InferenceData",
     "classification_metrics",
     "network_from_card",
-    "prior_from_card",
     "prior_kinds_for",
     "read_card",
     "uses_priors",

@@ -1,10 +1,10 @@
 """The model card of a SAMAug-C model: everything evaluation and inference need, next to the best weights.
 
 Training writes ``model_card.json`` beside ``model.pt`` each time a new best model is saved (:class:`CardBestModelSaver`),
-atomically, with the fusion weight chosen at that validation. :func:`network_from_card` and
-:func:`prior_from_card` rebuild the classifier and the SAM prior transform from it, so ``configs/inference_cls.json``
-needs only the model folder and the inputs; the prior transform is built with the same settings as in training,
-so it reads the same prior-cache partition (the signature is the same).
+atomically, with the fusion weight chosen at that validation. :func:`network_from_card` rebuilds the
+classifier and :meth:`bundle.priors.settings.PriorSettings.from_card` the SAM prior settings, so
+``configs/inference_cls.json`` needs only the model folder and the inputs; the prior transform is built with the same
+settings as in training, so it reads the same prior-cache partition (the signature is the same).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from typing import Any
 from bundle.errors import InputError
 from bundle.networks.dual_branch import DualBranchClassifier
 from bundle.priors.cls_augment import EMPHASIS_MODES
-from bundle.priors.transforms import SamPrior
-from bundle.sam.factory import make_mask_generator
 from bundle.workflows.common import model_card
 from bundle.workflows.common.intensity_card import describe_intensity, intensity_from_card
 from bundle.workflows.common.model_card import CARD_NAME, CARD_VERSION, write_card
@@ -30,7 +28,6 @@ __all__ = [
     "describe_intensity",
     "intensity_from_card",
     "network_from_card",
-    "prior_from_card",
     "read_card",
     "write_card",
 ]
@@ -82,22 +79,6 @@ def card_volume_keys(card: Mapping[str, Any]) -> list[str]:
 def network_from_card(card: Mapping[str, Any]):
     """The :class:`~bundle.networks.DualBranchClassifier` the card describes (random weights; load ``model.pt``)."""
     return DualBranchClassifier(**card["network"])
-
-
-def prior_from_card(card: Mapping[str, Any], device: Any = "cpu") -> SamPrior | None:
-    """The SAM prior transform of training (same generator settings and kinds, so the same cache partition), or
-    None when the model uses no priors."""
-    if not card["use_priors"]:
-        return None
-    p = card["prior"]
-    generator = make_mask_generator(
-        model_type=p["sam_model_type"], checkpoint=p["sam_checkpoint"], device=device, batch_size=p["sam_batch_size"],
-        autocast=p["sam_autocast"], prompt_mode=p["sam_prompt_mode"], amg=p["amg"], box_grid=p["box_grid"],
-        fallback=p["fallback"], adapter=p.get("sam_adapter"),  # cards written before adapters existed have none
-    )
-    return SamPrior(generator=generator, window=p["sam_window"], kinds=p["prior_kinds"],
-                    slices_per_batch=p["slices_per_batch"], samaugc_score=p["samaugc_score"],
-                    samaugc_combine=p["samaugc_combine"])
 
 
 class CardBestModelSaver(model_card.CardBestModelSaver):

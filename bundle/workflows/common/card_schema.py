@@ -248,6 +248,21 @@ def _intensity(value, where):
         raise _Refused(f"{where}.args.{unknown[0]}", f"is not an argument of {value['name']} ({', '.join(args)})")
 
 
+def _prior(value, where):
+    """A ``prior`` record: whether the model reads priors, its cache folder, and the fields of
+    :class:`~bundle.priors.settings.PriorSettings` (which checks them: one home for the prior settings)."""
+    from bundle.priors.settings import PriorSettings, PriorSettingsError
+
+    if not isinstance(value, Mapping):
+        raise _Refused(where, f"{_show(value)} is not an object")
+    boolean(value.get("use_priors"), f"{where}.use_priors")
+    optional(path_text)(value.get("prior_cache_dir"), f"{where}.prior_cache_dir")
+    try:
+        PriorSettings.from_card(value)
+    except PriorSettingsError as error:
+        raise _Refused(f"{where}.{error.field}", error.problem) from None
+
+
 @lru_cache(maxsize=1)
 def _schemas() -> dict[str, Validator]:
     # imported here: the allow-lists live with the code that uses them (one home for each fact), and some of those
@@ -257,12 +272,8 @@ def _schemas() -> dict[str, Validator]:
     from bundle.networks.dilated_resnet import OUTPUT_STRIDES
     from bundle.networks.dual_branch import BACKBONES, BRANCH_MODES
     from bundle.priors.cls_augment import CLS_AUGMENT_MODES
-    from bundle.priors.maps import COMBINE_MODES, SCORE_KEYS
-    from bundle.priors.transforms import PRIOR_KINDS
-    from bundle.sam.engine import AUTOCAST_DTYPES
-    from bundle.sam.factory import FALLBACK, PROMPT_MODES
+    from bundle.sam.factory import FALLBACK
     from bundle.sam.loading import SAM_MODELS
-    from bundle.sam.slices import WINDOW_PRESETS
     from bundle.sam.trainable import GUIDANCE_MODES, MULTIMASK_MODES
     from bundle.workflows.common.options import ENTROPY_MODES, INFER_MODES, PRIOR_MODES, SAM_MIX_METHODS, SPATIAL_DIMS
 
@@ -275,18 +286,7 @@ def _schemas() -> dict[str, Validator]:
                    "kernel_size": either(_POSITIVE, _SIZE), "up_kernel_size": either(_POSITIVE, _SIZE),
                    "num_res_units": integer(0, 8), "act": layer, "norm": layer, "dropout": number(0, 1),
                    "bias": boolean, "adn_ordering": text(re.compile(r"^[NDA]{1,3}$"), "N, D, A in some order")})
-    prior = record(
-        {"use_priors": boolean, "prior_kinds": list_of(one_of(*PRIOR_KINDS), 0, 3), "sam_model_type": sam_types,
-         "sam_checkpoint": optional(path_text), "sam_adapter": optional(path_text),
-         "sam_prompt_mode": one_of(*PROMPT_MODES), "sam_batch_size": _POSITIVE,
-         "sam_autocast": one_of(*AUTOCAST_DTYPES), "amg": mapping(either(scalar, list_of(scalar, 0, 8))),
-         "box_grid": mapping(either(scalar, list_of(scalar, 0, 8))), "fallback": mapping(plain_value),
-         "sam_window": record({"preset": one_of(*WINDOW_PRESETS)},
-                              {"channels": either(integer(0), list_of(integer(0), 1, 8)), "low": optional(number()),
-                               "high": optional(number()), "foreground_level": number(0, 1)}),
-         "slices_per_batch": _POSITIVE, "samaugc_score": one_of(*SCORE_KEYS),
-         "samaugc_combine": one_of(*COMBINE_MODES)},
-        {"prior_cache_dir": optional(path_text)})
+    prior = _prior
     binding = {"card_version": one_of(CARD_SCHEMA_VERSION), "weights_sha256": _HEX, "card_sha256": _HEX,
                "modality": one_of(*MODALITIES)}
     dataset = one_of(*DATASETS, *DATASET_NAMES, None)

@@ -170,7 +170,7 @@ def prior_description(prior_mode: str, generator: Any = None) -> dict:
         prompts = "box grid" if name == "sam_box_grid_masks" else "point grid"
         note = f"SAM automatic masks ({prompts}) from {signature['sam']['model_type']}"
     else:
-        note = (f"weight-free fallback generator {name!r} (sam_model_type 'fallback'): classical region "
+        note = (f"weight-free fallback generator {name!r} (priors#sam_model_type 'fallback'): classical region "
                 "proposals stand in for SAM's masks; these priors are NOT SAM priors")
     return {"prior_mode": prior_mode, "generator": name, "is_sam": is_sam, "note": note, "signature": signature}
 

@@ -144,8 +144,8 @@ class SamMixWorkflow:
     def _sam_record(self) -> dict:
         info = sam_info(self.sam_args["model_type"], self.sam_args.get("checkpoint") or None)
         if info.checkpoint_sha256 is None:
-            raise FileNotFoundError(f"SAM {info.model_type} needs a checkpoint (sam_checkpoint): SAM-Mix tunes real "
-                                    "weights; 'lite_medsam' ships with the bundle's dependencies")
+            raise FileNotFoundError(f"SAM {info.model_type} needs a checkpoint (priors#sam_checkpoint): SAM-Mix tunes "
+                                    "real weights; 'lite_medsam' ships with the bundle's dependencies")
         tuned = self.method == "sam_mix"
         return {"model_type": info.model_type, "checkpoint": self.sam_args.get("checkpoint") or None,
                 "checkpoint_sha256": info.checkpoint_sha256,

@@ -216,7 +216,7 @@ class WeakPipeline:
             return
         if self.classifier_kind != "resnet":
             raise ValueError(f"classifier_channels selects the input of classifier_network resnet; "
-                             f"{self.classifier_kind} sees the SAM window's channel (set sam_window channels "
+                             f"{self.classifier_kind} sees the SAM window's channel (set priors#sam_window channels "
                              f"instead, or leave classifier_channels null)")
         try:
             select = SelectChannelsd("image", names, keep)

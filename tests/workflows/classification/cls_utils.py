@@ -13,7 +13,7 @@ EVAL_CLS = str(CONFIGS / "evaluate_cls.json")
 INFER_CLS = str(CONFIGS / "inference_cls.json")
 META_CLS = str(CONFIGS / "metadata_cls.json")
 #: 32 x 32 phantoms resized to 32 x 32 (x 16 for volumes), one epoch
-TINY_CLS = {"sam_model_type": "fallback", "max_epochs": 1, "val_interval": 1, "roi_size": [32, 32, 16],
+TINY_CLS = {"priors#sam_model_type": "fallback", "max_epochs": 1, "val_interval": 1, "roi_size": [32, 32, 16],
             "batch_size": 8}
 
 

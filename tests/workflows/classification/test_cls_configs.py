@@ -48,10 +48,10 @@ def test_train_and_inference_properties(phantom_set, tmp_path, caplog):
 
 @pytest.mark.parametrize("preset", ["brats", "lits"])
 def test_precompute_and_training_share_the_partition(preset):
-    """The lead's precompute command (``--prior_kinds ['samaugc_prior']`` + box-grid overrides) and the default
+    """The lead's precompute command (``--priors#prior_kinds ['samaugc_prior']`` + box-grid overrides) and the default
     emphasis training with the same overrides compute the same signature; other modes follow ``cls_aug_mode``."""
-    lead = {"box_grid#box_stride": 1.0, "box_grid#refine_rounds": 0}
-    precompute = _parser([SAM_PRIORS, PRECOMPUTE, PRESETS[preset]], prior_kinds=["samaugc_prior"], **lead)
+    lead = {"priors#box_grid#box_stride": 1.0, "priors#box_grid#refine_rounds": 0}
+    precompute = _parser([SAM_PRIORS, PRECOMPUTE, PRESETS[preset]], **{"priors#prior_kinds": ["samaugc_prior"]}, **lead)
     training = _parser(cls_files(preset), **lead)
     assert _digest(precompute) == _digest(training)
     assert not training.get_parsed_content("mask_generator").engine.loaded

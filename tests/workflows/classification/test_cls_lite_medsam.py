@@ -17,7 +17,7 @@ from workflow_utils import make_phantom_set, tensorboard_tags
 import bundle.sam.loading as loading
 
 # the README main job's grid: side-by-side boxes, no refinement round
-LITE = {"sam_model_type": "lite_medsam", "box_grid#box_stride": 1.0, "box_grid#refine_rounds": 0,
+LITE = {"priors#sam_model_type": "lite_medsam", "priors#box_grid#box_stride": 1.0, "priors#box_grid#refine_rounds": 0,
         "task": "lits_tumour", "roi_size": [16, 16, 16]}
 
 

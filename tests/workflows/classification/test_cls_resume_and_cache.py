@@ -45,9 +45,10 @@ def test_interrupted_training_resumes(phantom_set, tmp_path):
 
 def test_fully_cached_training_builds_no_sam(phantom_set, tmp_path, monkeypatch, shapes_sam_checkpoint):
     data = phantom_set("lits")
-    sam = {**TINY_SAM, "sam_checkpoint": str(shapes_sam_checkpoint)}
+    sam = {**TINY_SAM, "priors#sam_checkpoint": str(shapes_sam_checkpoint)}
     where = {k: v for k, v in data.overrides(tmp_path).items() if k in ("dataset_dir", "datalist", "prior_cache_dir")}
-    run_workflow([SAM_PRIORS, PRECOMPUTE, PRESETS["lits"]], "precompute", "train", prior_kinds=["samaugc_prior"],
+    run_workflow([SAM_PRIORS, PRECOMPUTE, PRESETS["lits"]], "precompute", "train",
+                 **{"priors#prior_kinds": ["samaugc_prior"]},
                  **where, **sam)
     built = []
 

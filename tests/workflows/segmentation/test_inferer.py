@@ -6,7 +6,7 @@ from monai.bundle import ConfigParser
 from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer, SliceInferer, SlidingWindowInferer
 from monai.networks.nets import UNet
-from workflow_utils import CONFIGS
+from workflow_utils import CONFIGS, untrained_model
 
 from bundle.workflows.segmentation.inferer import SamAugInferer, SamAugPrepareBatch, selection_score
 from bundle.workflows.segmentation.inputs import build_network_input, raw_network_input
@@ -110,11 +110,12 @@ def test_margin_minmax_matches_the_authors_rule_on_random_pairs(selection):
 
 @pytest.mark.parametrize("files, key", [(["inference.json"], "inferer"),
                                         (["sam_priors.json", "train_samaug_seg.json"], "validate#inferer")])
-def test_configs_reach_the_authors_selection(files, key):
+def test_configs_reach_the_authors_selection(files, key, tmp_path):
     """``--infer_mode entropy_select --entropy margin_minmax --entropy_selection slice`` (docs/methods.md §2) reaches
     the inferer of inference and of evaluation; the default selects per sample."""
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / f) for f in files])
+    parser["model_dir"] = str(untrained_model(tmp_path))  # inference reads the rest from the model card
     assert parser.get_parsed_content(key).selection == "sample"
     parser.update({"infer_mode": "entropy_select", "entropy": "margin_minmax", "entropy_selection": "slice"})
     inferer = parser.get_parsed_content(key, lazy=False)

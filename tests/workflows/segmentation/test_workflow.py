@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.inferers import SliceInferer, SlidingWindowInferer
 
-from bundle.sam.factory import make_mask_generator
+from bundle.priors.settings import PriorSettings
 from bundle.workflows.common.inputs import inference_cases
 from bundle.workflows.segmentation import workflow as W
 
@@ -114,10 +114,10 @@ def test_inference_cases_of_a_datalist_section_skip_the_unread_label(tmp_path):
 
 
 def test_prior_description():
-    fallback = W.prior_description("add", make_mask_generator("fallback"))
+    fallback = W.prior_description("add", PriorSettings(sam_model_type="fallback").mask_generator())
     assert fallback["generator"] == "region_proposals" and not fallback["is_sam"]
     assert "NOT SAM priors" in fallback["note"]
-    sam = W.prior_description("concat", make_mask_generator("lite_medsam", device="cpu"))
+    sam = W.prior_description("concat", PriorSettings().mask_generator("cpu"))
     assert sam["is_sam"] and sam["generator"] == "sam_box_grid_masks"
     assert "box grid" in sam["note"] and "lite_medsam" in sam["note"]
     assert sam["signature"]["sam"]["checkpoint_sha256"].startswith("79d8c9dca6db")

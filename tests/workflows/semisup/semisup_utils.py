@@ -30,7 +30,7 @@ def mix_files(preset: str, *extra: str) -> list[str]:
 def mix_overrides(data: PhantomSet, work: Path, checkpoint, **overrides) -> dict:
     base = data.overrides(work)
     return {**TINY_MIX, "bundle_root": str(work), "dataset_dir": base["dataset_dir"], "datalist": base["datalist"],
-            "sam_model_type": "tiny", "sam_checkpoint": str(checkpoint), "output_dir": str(work / "run"),
+            "priors#sam_model_type": "tiny", "priors#sam_checkpoint": str(checkpoint), "output_dir": str(work / "run"),
             "model_dir": str(work / "models"), **overrides}
 
 

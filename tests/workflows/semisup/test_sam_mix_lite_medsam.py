@@ -17,7 +17,7 @@ from semisup_utils import infer_mix, run_mix
 
 pytestmark = pytest.mark.slow
 
-LITE = {"sam_model_type": "lite_medsam", "sam_checkpoint": None, "lora_rank": 8, "seg_batch_size": 1,
+LITE = {"priors#sam_model_type": "lite_medsam", "priors#sam_checkpoint": None, "lora_rank": 8, "seg_batch_size": 1,
         "num_labelled": 2, "max_epochs": 1}
 
 

@@ -49,7 +49,7 @@ def test_the_sam_classifiers_have_a_64_x_64_cam_for_a_256_x_256_slice_with_lite_
 def test_the_frozen_classifier_trains_and_labels_without_a_second_encoder_pass(phantom_set, tmp_path,
                                                                                shapes_sam_checkpoint, monkeypatch):
     data = phantom_set("brats")
-    sam = {"sam_checkpoint": str(shapes_sam_checkpoint), "classifier_network": "sam_frozen"}
+    sam = {"priors#sam_checkpoint": str(shapes_sam_checkpoint), "classifier_network": "sam_frozen"}
     run_weak(data, tmp_path, "sam_features", **sam)
     partition = next((tmp_path / "priors" / "weak").glob("features-*/partition.json"))
     assert "image_embeddings" in json.loads(partition.read_text())["signature"]["prior"]
@@ -72,7 +72,8 @@ def test_the_frozen_classifier_trains_and_labels_without_a_second_encoder_pass(p
 def test_the_resnet_classifier_keeps_its_old_card(phantom_set, tmp_path, shapes_sam_checkpoint):
     data = phantom_set("brats")
     for stage in ("sam_features", "subclasses", "classifier"):
-        run_weak(data, tmp_path, stage, sam_checkpoint=str(shapes_sam_checkpoint), classifier_network="resnet")
+        run_weak(data, tmp_path, stage, **{"priors#sam_checkpoint": str(shapes_sam_checkpoint)},
+                 classifier_network="resnet")
     partition = next((tmp_path / "priors" / "weak").glob("features-*/partition.json"))
     assert "image_embeddings" not in json.loads(partition.read_text())["signature"]["prior"]
     network, card = load_classifier(tmp_path / "models" / "classifier.pt")
@@ -84,7 +85,7 @@ def test_the_resnet_classifier_keeps_its_old_card(phantom_set, tmp_path, shapes_
 def test_an_unknown_classifier_network_is_refused_before_any_sam_work(phantom_set, tmp_path, tiny_sam_checkpoint):
     data = phantom_set("brats")
     with pytest.raises(RuntimeError) as failed:
-        run_weak(data, tmp_path, "sam_features", sam_checkpoint=str(tiny_sam_checkpoint),
+        run_weak(data, tmp_path, "sam_features", **{"priors#sam_checkpoint": str(tiny_sam_checkpoint)},
                  classifier_network="sam_frozn")
     chain = error_messages(failed.value)
     assert any(m.startswith("classifier_network:") and "'sam_frozen'" in m and "\n" not in m for m in chain), chain
@@ -97,7 +98,8 @@ def test_the_lora_classifier_gives_cam_and_m_from_one_tuned_encoder_pass_per_sli
     from bundle.sam.lora import has_lora
 
     data = phantom_set("brats")
-    sam = {"sam_checkpoint": str(shapes_sam_checkpoint), "classifier_network": "sam_lora", "classifier_lora_rank": 2}
+    sam = {"priors#sam_checkpoint": str(shapes_sam_checkpoint), "classifier_network": "sam_lora",
+           "classifier_lora_rank": 2}
     for stage in ("sam_features", "subclasses", "classifier"):
         run_weak(data, tmp_path, stage, **sam)
     network, card = load_classifier(tmp_path / "models" / "classifier.pt")
@@ -124,7 +126,7 @@ def test_the_lora_classifier_gives_cam_and_m_from_one_tuned_encoder_pass_per_sli
 def test_the_resnet_classifier_sees_flair_alone_when_asked_and_refuses_to_reuse_it_for_four_channels(
         phantom_set, tmp_path, shapes_sam_checkpoint):
     data = phantom_set("brats")
-    flair = {"sam_checkpoint": str(shapes_sam_checkpoint), "classifier_channels": ["FLAIR"]}
+    flair = {"priors#sam_checkpoint": str(shapes_sam_checkpoint), "classifier_channels": ["FLAIR"]}
     for stage in ("sam_features", "subclasses", "classifier", "pseudo_labels"):
         run_weak(data, tmp_path, stage, **flair)
     network, card = load_classifier(tmp_path / "models" / "classifier.pt")
@@ -134,7 +136,7 @@ def test_the_resnet_classifier_sees_flair_alone_when_asked_and_refuses_to_reuse_
     assert list((tmp_path / "priors" / "weak").glob("pseudo-labels-*/*/pseudo_label.*.nii.gz"))
     # the same run folders with all four channels: the FLAIR classifier is not what was asked for
     with pytest.raises(RuntimeError) as failed:
-        run_weak(data, tmp_path, "classifier", sam_checkpoint=str(shapes_sam_checkpoint))
+        run_weak(data, tmp_path, "classifier", **{"priors#sam_checkpoint": str(shapes_sam_checkpoint)})
     chain, change = error_messages(failed.value), 'image_channel_names ["FLAIR"] -> ["FLAIR","T1","T1ce","T2"]'
     assert any(change in m and "\n" not in m for m in chain), chain
 
@@ -146,7 +148,7 @@ def test_a_channel_selection_is_refused_for_the_sam_classifiers_before_any_sam_w
                              ({}, "['DWI']")):
         channels = ["FLAIR"] if overrides else ["DWI"]
         with pytest.raises(RuntimeError) as failed:
-            run_weak(data, tmp_path, "sam_features", sam_checkpoint=str(tiny_sam_checkpoint),
+            run_weak(data, tmp_path, "sam_features", **{"priors#sam_checkpoint": str(tiny_sam_checkpoint)},
                      classifier_channels=channels, **overrides)
         chain = error_messages(failed.value)
         assert any(m.startswith("classifier_channels") and words in m and "\n" not in m for m in chain), chain

@@ -15,7 +15,7 @@ from bundle.workflows.weak.slices import class_groups
 @pytest.mark.parametrize("preset", ["brats", "lits", "abdomenct1k"])
 def test_pipeline_with_lite_medsam(preset, phantom_set, tmp_path):
     data = phantom_set(preset)
-    run_weak(data, tmp_path, sam_model_type="lite_medsam", affinity_size=32, pam_grid=4, walk_radius=5,
+    run_weak(data, tmp_path, **{"priors#sam_model_type": "lite_medsam"}, affinity_size=32, pam_grid=4, walk_radius=5,
              blur_kernel_size=21, blur_sigma=3.5)
     summary = json.loads((tmp_path / "run" / "weak_summary.json").read_text())
     assert list(summary) == list(STAGES)

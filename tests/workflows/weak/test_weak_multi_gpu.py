@@ -91,7 +91,7 @@ def test_weak_training_on_two_processes(tmp_path, shapes_sam_checkpoint):
     cases = data.cases["training"] + data.cases["validation"]
     work = tmp_path / "work"
     result, rank_logs = _torchrun(data, work, tmp_path / "logs", "weak_training",
-                                  sam_checkpoint=str(shapes_sam_checkpoint))
+                                  **{"priors#sam_checkpoint": str(shapes_sam_checkpoint)})
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
     # every rank computed its own share of the SAM features and pseudo labels, and only that share
@@ -112,7 +112,7 @@ def test_weak_training_on_two_processes(tmp_path, shapes_sam_checkpoint):
     # the SAM features are those of a single process, to the byte
     reference = tmp_path / "reference"
     with _one_thread():
-        run_weak(data, reference, "sam_features", sam_checkpoint=str(shapes_sam_checkpoint))
+        run_weak(data, reference, "sam_features", **{"priors#sam_checkpoint": str(shapes_sam_checkpoint)})
     single = _partitions(reference / "priors")["weak_features"]
     assert single.name == partitions["weak_features"].name
     assert _case_files(single) == _case_files(partitions["weak_features"])
@@ -156,7 +156,7 @@ def test_a_case_failing_on_one_rank_stops_every_rank(tmp_path, shapes_sam_checkp
     the other rank must not wait for it at the meeting, both stop naming the path, and no manifest is written."""
     data = make_phantom_set("brats", tmp_path / "data", cases=4)
     work = tmp_path / "work"
-    sam = {"sam_checkpoint": str(shapes_sam_checkpoint)}
+    sam = {"priors#sam_checkpoint": str(shapes_sam_checkpoint)}
     parser = ConfigParser()
     parser.read_config(weak_files(data.preset))
     parser.update(weak_overrides(data, work, **sam))

@@ -35,7 +35,7 @@ def test_brats_pipeline_end_to_end_and_resume(phantom_set, tmp_path, shapes_sam_
     data = phantom_set("brats")
     # output folders relative to the working directory, as a user's command line gives them
     monkeypatch.chdir(tmp_path)
-    sam = {"sam_checkpoint": str(shapes_sam_checkpoint), "output_dir": "run", "model_dir": "models",
+    sam = {"priors#sam_checkpoint": str(shapes_sam_checkpoint), "output_dir": "run", "model_dir": "models",
            "prior_cache_dir": "priors"}
     run_weak(data, tmp_path, **sam)
     summary = _summary(tmp_path)
@@ -91,7 +91,7 @@ def test_brats_pipeline_end_to_end_and_resume(phantom_set, tmp_path, shapes_sam_
 
 def test_pseudo_labels_resume_case_by_case(phantom_set, tmp_path, shapes_sam_checkpoint):
     data = phantom_set("lits")
-    sam = {"sam_checkpoint": str(shapes_sam_checkpoint)}
+    sam = {"priors#sam_checkpoint": str(shapes_sam_checkpoint)}
     for stage in ("sam_features", "subclasses", "classifier", "pseudo_labels"):
         run_weak(data, tmp_path, stage, **sam)
     cache = _summary(tmp_path)["pseudo_labels"]["cache"]
@@ -120,7 +120,7 @@ def test_label_free_stages_never_read_label_voxels(phantom_set, tmp_path, shapes
             entry["summarised"] = summary_record(root / entry["label"])
     (root / "datalist.json").write_text(json.dumps(datalist))
     copy = type(data)(data.preset, root, root / "datalist.json", data.cases)
-    sam = {"sam_checkpoint": str(shapes_sam_checkpoint)}
+    sam = {"priors#sam_checkpoint": str(shapes_sam_checkpoint)}
     for stage in ("sam_features", "subclasses", "classifier", "pseudo_labels"):
         run_weak(copy, tmp_path, stage, **sam)
     pseudo = json.loads((tmp_path / "run" / "pseudo_datalist.json").read_text())
@@ -148,7 +148,7 @@ def test_user_network_features_cam_peaks_cam_labels_and_authors_loss(phantom_set
                              "feed_forward": False},
                  "weights": str(weights), "loader": "@volume_transform", "roi_size": "@roi_size"}
     authors = str(CONFIGS / "presets" / "weak_seg_authors.json")
-    run_weak(data, tmp_path, sam_checkpoint=str(shapes_sam_checkpoint), feature_extractor=extractor,
+    run_weak(data, tmp_path, **{"priors#sam_checkpoint": str(shapes_sam_checkpoint)}, feature_extractor=extractor,
              pam_placement="cam_peaks", seg_labels="cam_label", seg_extra_configs=[authors])
 
     record = json.loads((tmp_path / "run" / "subclasses.json").read_text())
@@ -179,7 +179,7 @@ def test_authors_loss_preset_builds_a_background_weighted_bce(phantom_set, tmp_p
 def test_interrupted_classifier_resumes_at_its_last_epoch(phantom_set, tmp_path, shapes_sam_checkpoint, monkeypatch,
                                                           caplog):
     data = phantom_set("lits")
-    sam = {"sam_checkpoint": str(shapes_sam_checkpoint), "max_epochs": 2}
+    sam = {"priors#sam_checkpoint": str(shapes_sam_checkpoint), "max_epochs": 2}
     run_weak(data, tmp_path, "sam_features", **sam)
     saver = EpochCheckpointSaver.__call__
 
@@ -230,7 +230,7 @@ def test_interrupted_classifier_resumes_at_its_last_epoch(phantom_set, tmp_path,
 def test_wrong_datalist_fails_before_any_sam_work(phantom_set, tmp_path, shapes_sam_checkpoint):
     data = phantom_set("lits")
     with pytest.raises(RuntimeError) as failed:
-        run_weak(data, tmp_path, sam_checkpoint=str(shapes_sam_checkpoint), task="brats_wt")
+        run_weak(data, tmp_path, **{"priors#sam_checkpoint": str(shapes_sam_checkpoint)}, task="brats_wt")
     cause = failed.value.__cause__
     assert isinstance(cause, InputError) and cause.path == str(data.datalist)
     assert "brats_wt" in str(cause) and "'lits'" in str(cause)
@@ -249,7 +249,7 @@ def test_an_empty_split_a_stage_needs_is_refused_before_the_first_stage(phantom_
     path.write_text(json.dumps(datalist))
     with pytest.raises(RuntimeError) as failed:
         run_weak(type(data)(data.preset, data.root, path, data.cases), tmp_path, run_id,
-                 sam_checkpoint=str(tiny_sam_checkpoint))
+                 **{"priors#sam_checkpoint": str(tiny_sam_checkpoint)})
     cause = failed.value.__cause__
     assert isinstance(cause, InputError) and cause.path == str(path)
     assert f"the {section} section is empty" in str(cause) and repr(stage) in str(cause)
@@ -267,7 +267,7 @@ def test_an_edited_label_is_refused_before_any_sam_work(phantom_set, tmp_path, t
     nib.save(nib.Nifti1Image(volume, image.affine, image.header), str(label))
     copied = type(data)(data.preset, root, root / data.datalist.name, data.cases)
     with pytest.raises(RuntimeError) as failed:
-        run_weak(copied, tmp_path / "work", "sam_features", sam_checkpoint=str(tiny_sam_checkpoint))
+        run_weak(copied, tmp_path / "work", "sam_features", **{"priors#sam_checkpoint": str(tiny_sam_checkpoint)})
     cause = failed.value.__cause__
     assert isinstance(cause, InputError) and cause.path == str(label) and "prepare_datalist" in str(cause)
     assert not list(tmp_path.rglob("partition.json"))

@@ -41,7 +41,8 @@ def test_the_transition_is_part_of_the_pseudo_label_signature(tmp_path):
 def test_an_unknown_transition_is_refused_before_any_sam_work(phantom_set, tmp_path, tiny_sam_checkpoint):
     data = phantom_set("brats")
     with pytest.raises(RuntimeError) as failed:
-        run_weak(data, tmp_path, "sam_features", sam_checkpoint=str(tiny_sam_checkpoint), walk_transition="colum")
+        run_weak(data, tmp_path, "sam_features", **{"priors#sam_checkpoint": str(tiny_sam_checkpoint)},
+                 walk_transition="colum")
     chain = error_messages(failed.value)
     assert any(m.startswith("walk_transition:") and "'column'" in m and "\n" not in m for m in chain), chain
     assert not list(tmp_path.rglob("partition.json"))  # no feature was computed

@@ -9,7 +9,7 @@ from workflow_utils import CONFIGS, NETWORK, PRESETS, SAM_PRIORS, PhantomSet, ru
 TRAIN_WEAK = str(CONFIGS / "train_weak.json")
 #: the tiny real SAM of tests/conftest.py, 32 x 32 slices, a 16 x 16 affinity grid, one epoch per network
 TINY_WEAK = {
-    "sam_model_type": "tiny",
+    "priors#sam_model_type": "tiny",
     "roi_size": [32, 32],
     "affinity_size": 16,
     "pam_grid": 2,
@@ -32,7 +32,7 @@ def weak_files(preset: str) -> list[str]:
 
 def weak_overrides(data: PhantomSet, work: Path, **overrides) -> dict:
     base = data.overrides(work)
-    seg = {"prior_mode": "@seg_prior_mode", "max_epochs": "@seg_max_epochs", "sam_model_type": "@sam_model_type",
+    seg = {"prior_mode": "@seg_prior_mode", "max_epochs": "@seg_max_epochs", "priors": "$@priors.to_config()",
            "prior_cache_dir": "@prior_cache_dir", "dataset_dir": "@dataset_dir", "device": "@device", **TINY_SEG}
     # bundle_root is the run's own folder (not the repository): the configs the pipeline runs are found all the same
     return {**TINY_WEAK, "bundle_root": str(work), "dataset_dir": base["dataset_dir"],
