@@ -55,7 +55,7 @@ for task in $TASKS; do
             if [[ -z "$eval_dir" ]]; then
                 # every earlier stage is found done (cache, sub-class file, classifier card) and only skipped
                 # shellcheck disable=SC2086
-                timed "${run}_$labels" "$PYTHON" -m monai.bundle run weak_training --config_file "$files" \
+                timed "${run}_$labels" "$PYTHON" -m monai.bundle run training --config_file "$files" \
                     "${keys[@]}" $EXTRA
                 eval_dir=$(ls -d "$ROOT/runs/$run/segmentation$suffix"/eval_testing_* | head -1)
             fi

@@ -88,7 +88,7 @@ def test_empty_test_split_is_refused_before_the_first_weakmedsam_stage(commands,
     datalist["testing"] = []
     data.datalist.write_text(json.dumps(datalist, indent=1))
     work = tmp_path / "work"
-    result = commands.run(_weak_argv(data, work, tiny_sam_checkpoint, "weak_training"), tmp_path / "out")
+    result = commands.run(_weak_argv(data, work, tiny_sam_checkpoint, "training"), tmp_path / "out")
     assert result.rc != 0, result.stderr[-2000:]
     assert result.last_line.startswith(f"ERROR: {data.datalist}: ") and "testing" in result.last_line
     assert not list(work.rglob("partition.json")) and not (work / "models").exists()  # refused before any stage

@@ -71,6 +71,17 @@ def test_train_and_infer_properties(preset, phantom_set, tmp_path, caplog):
     assert not [r for r in caplog.records if "property" in r.getMessage().lower()]
 
 
+def test_contract_checks_compute_no_prior(phantom_set, tmp_path, caplog):
+    """Building the training workflow and checking its properties (MONAI's check_properties instantiates every
+    property, datasets included) computes no SAM prior; the ``training`` run computes them before the trainer starts."""
+    data = phantom_set("brats")
+    train = _workflow(config_files(None), "train", data, tmp_path, caplog)
+    assert train.check_properties() == []
+    assert not train.train_dataset.filled and not list((tmp_path / "priors").rglob("entry.json"))
+    train.run()
+    assert train.train_dataset.filled and len(list((tmp_path / "priors").rglob("entry.json"))) == 3  # 2 + 1 cases
+
+
 @pytest.mark.parametrize("preset", [None, *PRESET_NAMES])
 def test_every_workflow_reads_one_prior_cache_partition(preset, tmp_path):
     """Precompute, training and evaluation merge configs/sam_priors.json, inference rebuilds the priors from the model

@@ -24,6 +24,7 @@ from monai.utils import look_up_option
 
 from bundle.data.case_ids import case_id_of
 from bundle.data.datalist_io import load_checked_section, read_datalist
+from bundle.data.deferred_cache import DeferredCacheDataset
 from bundle.data.slice_dataset import AxialSliceDataset, class_balanced_weights, slice_items, volume_items
 from bundle.data.tasks import ClassificationTask, get_task
 from bundle.networks.dual_branch import BRANCH_MODES, BRANCH_NAMES
@@ -131,13 +132,19 @@ class ClassificationData:
             volumes = [{k: e[k] for k in ("case_id", "image") if k in e} for e in entries]
             for v, e in zip(volumes, entries):
                 v["case_id"] = case_id_of(e)
-            cached = CacheDataset(volumes, volume_transform, cache_rate=cache_rate, num_workers=num_workers,
-                                  progress=False)
-            self.dataset = _SliceViewDataset(cached, self.items, keys, item_transform)
+            self._cached = DeferredCacheDataset(volumes, volume_transform, cache_rate=cache_rate,
+                                                num_workers=num_workers, progress=False)
+            self.dataset = _SliceViewDataset(self._cached, self.items, keys, item_transform)
         else:
             transform = _chain(volume_transform, item_transform)
-            self.dataset = CacheDataset(self.items, transform, cache_rate=cache_rate, num_workers=num_workers,
-                                        progress=False)
+            self._cached = self.dataset = DeferredCacheDataset(self.items, transform, cache_rate=cache_rate,
+                                                               num_workers=num_workers, progress=False)
+
+    def fill(self) -> ClassificationData:
+        """Load (and compute the priors of) the cached volumes now; building the dataset computes nothing
+        (:class:`~bundle.data.deferred_cache.DeferredCacheDataset`)."""
+        self._cached.fill()
+        return self
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -10,7 +10,7 @@
     segmentation   the SAMAug segmentation workflow trained on the pseudo labels (its own resume checkpoint)
     evaluation     that network on the real labels of the test split (3D Dice / HD95 in mm + slice convention)
 
-``weak_training`` runs them in order. Each stage finds the work of an earlier run (cache entries, the sub-class file,
+``training`` runs them in order. Each stage finds the work of an earlier run (cache entries, the sub-class file,
 the classifier's card, the segmentation checkpoint) and does only what is missing, so an interrupted pipeline is
 resumed by running the same command again. The first four stages never read a label voxel: their entries are loaded
 without the ``label`` key (only the datalist's slice-label summaries are used, once checked to come from the label

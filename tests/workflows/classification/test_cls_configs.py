@@ -38,7 +38,9 @@ def test_train_and_inference_properties(phantom_set, tmp_path, caplog):
                            logging_file=False, **{**TINY_CLS, **data.overrides(tmp_path)})
     train.initialize()
     assert train.check_properties() == []
+    assert not list((tmp_path / "priors").rglob("entry.json"))  # the check computed no prior (DeferredCacheDataset)
     train_cls(data, tmp_path, max_epochs=1)
+    assert list((tmp_path / "priors").rglob("entry.json"))
     infer = ConfigWorkflow(config_file=INFER_CLS, workflow_type="infer", meta_file=META_CLS, logging_file=False,
                            model_dir=str(tmp_path / "models"), dataset_dir=str(data.root), datalist=str(data.datalist))
     infer.initialize()

@@ -90,7 +90,7 @@ def test_weak_training_on_two_processes(tmp_path, shapes_sam_checkpoint):
     data = make_phantom_set("brats", tmp_path / "data", cases=6)  # 2 training, 2 validation, 2 testing cases
     cases = data.cases["training"] + data.cases["validation"]
     work = tmp_path / "work"
-    result, rank_logs = _torchrun(data, work, tmp_path / "logs", "weak_training",
+    result, rank_logs = _torchrun(data, work, tmp_path / "logs", "training",
                                   **{"priors#sam_checkpoint": str(shapes_sam_checkpoint)})
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 

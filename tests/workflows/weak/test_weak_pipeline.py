@@ -237,8 +237,8 @@ def test_wrong_datalist_fails_before_any_sam_work(phantom_set, tmp_path, shapes_
     assert not list(tmp_path.rglob("partition.json"))  # no feature was computed
 
 
-@pytest.mark.parametrize(("section", "run_id", "stage"), [("testing", "weak_training", "evaluation"),
-                                                          ("testing", "evaluation", "evaluation"),
+@pytest.mark.parametrize(("section", "run_id", "stage"), [("testing", "training", "evaluation"),
+                                                          ("testing", "evaluating", "evaluation"),
                                                           ("validation", "segmentation", "segmentation")])
 def test_an_empty_split_a_stage_needs_is_refused_before_the_first_stage(phantom_set, tmp_path, tiny_sam_checkpoint,
                                                                        section, run_id, stage):

@@ -40,7 +40,7 @@ def weak_overrides(data: PhantomSet, work: Path, **overrides) -> dict:
             "output_dir": str(work / "run"), "model_dir": str(work / "models"), "seg_overrides": seg, **overrides}
 
 
-def run_weak(data: PhantomSet, work: Path, run_id: str = "weak_training", **overrides):
+def run_weak(data: PhantomSet, work: Path, run_id: str = "training", **overrides):
     """Run one stage (or the whole pipeline) of the weak config on ``data``, outputs under ``work``."""
     return run_workflow(weak_files(data.preset), run_id, "train", **weak_overrides(data, work, **overrides))
 
