@@ -178,13 +178,14 @@ def preset_file(preset: str) -> Path:
 def cached_channels(preset: str) -> int:
     """Float32 channels a training case holds in CacheDataset: image channels + prior kinds + label regions."""
     parser = parse_configs([SAM_PRIORS, TRAIN, preset_file(preset)])
-    return len(parser["image_channel_names"]) + len(parser["priors#prior_kinds"]) + len(parser["regions"])
+    channels = parser.get_parsed_content("image_channel_names")
+    return len(channels) + len(parser["priors#prior_kinds"]) + len(parser.get_parsed_content("regions"))
 
 
 def window_summary(preset: str) -> str:
-    parser = parse_configs([SAM_PRIORS, preset_file(preset)])
+    parser = parse_configs([SAM_PRIORS, TRAIN, preset_file(preset)])
     window = parser["priors#sam_window"]
-    names = parser.get("image_channel_names", [])
+    names = parser.get_parsed_content("image_channel_names")
     chans = window.get("channels", 0)
     chans = [chans] if isinstance(chans, int) else list(chans)
     return f"{window['preset']} on channel(s) {[names[c] if c < len(names) else c for c in chans]}"

@@ -22,12 +22,18 @@ __all__ = [
     "DATASET_NAMES",
     "BRATS_MODALITIES",
     "BRATS2023_MODALITY_NAMES",
+    "BRATS_CHANNEL_NAMES",
+    "channel_names",
     "get_dataset_spec",
     "msd_spec",
+    "region_values",
 ]
 
 BRATS_MODALITIES = ("flair", "t1", "t1ce", "t2")
 """Channel order of every BraTS case in this bundle."""
+
+BRATS_CHANNEL_NAMES = ("FLAIR", "T1", "T1ce", "T2")
+"""The names of those channels in the workflows' configs and model cards."""
 
 BRATS2023_MODALITY_NAMES = MappingProxyType({"t2f": "flair", "t1n": "t1", "t1c": "t1ce", "t2w": "t2"})
 """BraTS 2023+ file suffix -> the modality (and so the channel) it stands for."""
@@ -44,6 +50,8 @@ class DatasetSpec:
         regions: evaluation region name -> the label values it unites (e.g. BraTS whole tumour = ``(1, 2, 4)``).
         file_modalities: file-name token -> modality, for releases whose file names differ from ``modalities``.
         description: one line for humans.
+        channel_names: the image channel names of the workflows and model cards (``FLAIR``, ``T1`` ...), when they
+            are not ``modalities`` themselves.
     """
 
     name: str
@@ -52,6 +60,7 @@ class DatasetSpec:
     regions: Mapping[str, tuple[int, ...]]
     file_modalities: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    channel_names: tuple[str, ...] = ()
 
     def __post_init__(self):
         if 0 not in self.labels:
@@ -60,6 +69,9 @@ class DatasetSpec:
             unknown = sorted(set(values) - set(self.labels))
             if unknown:
                 raise ValueError(f"dataset {self.name!r}: region {region!r} uses unknown label values {unknown}.")
+        if self.channel_names and len(self.channel_names) != len(self.modalities):
+            raise ValueError(f"dataset {self.name!r}: {len(self.channel_names)} channel names for "
+                             f"{len(self.modalities)} modalities.")
 
     @property
     def label_values(self) -> tuple[int, ...]:
@@ -74,6 +86,11 @@ class DatasetSpec:
     def labels_json(self) -> dict[str, str]:
         """``{"0": "background", ...}``: the label table as Decathlon-style JSON keys."""
         return {str(v): self.labels[v] for v in self.label_values}
+
+    @property
+    def image_channel_names(self) -> tuple[str, ...]:
+        """The image channel names of the workflows (``image_channel_names`` of the configs and model cards)."""
+        return self.channel_names or self.modalities
 
     def region(self, name: str) -> tuple[int, ...]:
         """Label values of one region; unknown names raise with the closest valid one."""
@@ -102,6 +119,7 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
             regions={"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
             file_modalities={m: m for m in BRATS_MODALITIES},
             description="BraTS 2019-2021 brain tumour MRI (4 modalities, ET = 4)",
+            channel_names=BRATS_CHANNEL_NAMES,
         ),
         "brats2023": DatasetSpec(
             name="brats2023",
@@ -110,6 +128,7 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
             regions={"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
             file_modalities=dict(BRATS2023_MODALITY_NAMES),
             description="BraTS 2023+ brain tumour MRI (t2f/t1n/t1c/t2w files, ET = 3)",
+            channel_names=BRATS_CHANNEL_NAMES,
         ),
         "lits": DatasetSpec(
             name="lits",
@@ -154,6 +173,25 @@ def get_dataset_spec(name: str, dataset_json: str | os.PathLike | Mapping | None
         return msd_spec(dataset_json)
     key = _ALIASES.get(key, key)
     return look_up_option(key, {**DATASETS, "msd": None})
+
+
+def _config_spec(dataset_name: str) -> DatasetSpec:
+    try:
+        return get_dataset_spec(dataset_name)
+    except ValueError:
+        known = ", ".join(DATASETS)
+        raise ValueError(f"dataset_name {dataset_name!r} is none of the datasets the bundle knows ({known}): give "
+                         "image_channel_names and regions yourself (a preset of your own, docs/presets.md)") from None
+
+
+def channel_names(dataset_name: str) -> list[str]:
+    """The configs' default ``image_channel_names`` of a dataset (``["FLAIR", "T1", "T1ce", "T2"]`` for BraTS)."""
+    return list(_config_spec(dataset_name).image_channel_names)
+
+
+def region_values(dataset_name: str) -> dict[str, list[int]]:
+    """The configs' default ``regions`` of a dataset: region name -> label values, as plain lists."""
+    return {name: list(values) for name, values in _config_spec(dataset_name).regions.items()}
 
 
 def _read_json(dataset_json: str | os.PathLike | Mapping) -> tuple[dict, str]:

@@ -33,6 +33,7 @@ _CARD_EXTRAS = ("use_priors", "prior_cache_dir")
 _CARD_OPTIONAL = ("sam_adapter",)
 #: the arguments a ``sam_window`` may hold: those of SliceWindow
 _WINDOW_ARGS = tuple(inspect.signature(SliceWindow).parameters)
+_WINDOW_DEFAULT_PRESET = inspect.signature(SliceWindow).parameters["preset"].default
 
 
 class PriorSettingsError(ValueError):
@@ -132,7 +133,7 @@ class PriorSettings:
         _one_of("sam_autocast", self.sam_autocast, AUTOCAST_DTYPES)
         for name in ("amg", "box_grid", "fallback", "sam_window"):
             _mapping(name, getattr(self, name))
-        _one_of("sam_window", self.sam_window.get("preset"), tuple(WINDOW_PRESETS))
+        _one_of("sam_window", self.sam_window.get("preset", _WINDOW_DEFAULT_PRESET), tuple(WINDOW_PRESETS))
         unknown = sorted(set(self.sam_window) - set(_WINDOW_ARGS))
         if unknown:
             raise PriorSettingsError("sam_window", f"{unknown[0]!r} is not an argument of SliceWindow "

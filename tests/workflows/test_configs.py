@@ -139,15 +139,31 @@ def test_sam_settings_have_one_home():
 
 @pytest.mark.parametrize("preset", PRESET_NAMES)
 def test_presets_match_dataset_specs(preset):
+    """A preset names its dataset; the channel names and regions come from the dataset's spec (bundle/data/labels.py),
+    written nowhere else."""
     config = json.load(open(PRESETS[preset]))
     spec = DATASETS[config["dataset_name"]]
-    assert {k: tuple(v) for k, v in config["regions"].items()} == dict(spec.regions)
-    assert len(config["image_channel_names"]) == len(spec.modalities)
+    assert not {"image_channel_names", "regions"} & set(config)
+    for files in (config_files(preset), [SAM_PRIORS, str(CONFIGS / "train_samaug_cls.json"), PRESETS[preset]],
+                  [SAM_PRIORS, str(CONFIGS / "train_weak.json"), PRESETS[preset]]):
+        parser = _parser(files)
+        assert parser.get_parsed_content("image_channel_names") == list(spec.image_channel_names)
+    regions = _parser(config_files(preset)).get_parsed_content("regions")
+    assert {k: tuple(v) for k, v in regions.items()} == dict(spec.regions)
     # presets only set keys that both the training and the inference run define
     shared = json.load(open(SAM_PRIORS))
     shared = set(shared) | {f"priors#{k}" for k in shared["priors"]}
     train, inference = json.load(open(TRAIN)), json.load(open(INFERENCE))
     assert set(config) <= (set(train) | shared) & (set(inference) | shared)
+
+
+def test_a_dataset_of_ones_own_names_its_channels_and_regions():
+    parser = _parser(config_files(None), dataset_name="mine")
+    with pytest.raises(Exception) as info:
+        parser.get_parsed_content("input_channel_names")
+    assert "dataset_name 'mine' is none of the datasets the bundle knows" in str(_root_cause(info.value))
+    parser = _parser(config_files(None), dataset_name="mine", image_channel_names=["T2"], regions={"prostate": [1, 2]})
+    assert parser.get_parsed_content("network_def").out_channels == 1
 
 
 @pytest.mark.parametrize("preset", PRESET_NAMES)
@@ -225,7 +241,7 @@ def test_inference_refuses_settings_unlike_the_card(phantom_set, tmp_path):
     for files, overrides, refused in [
         ([INFERENCE], {"prior_mode": "add"}, "the model was trained with prior_mode 'none'; this inference asks for "
                                              "'add'"),
-        ([INFERENCE, PRESETS["brats"]], {}, "image_channel_names ['CT']"),
+        ([INFERENCE, PRESETS["brats"]], {}, "the model was trained with prior_mode 'none'"),
         ([SAM_PRIORS, INFERENCE], {"regions": {"liver": [1]}}, "regions"),
     ]:
         with pytest.raises(Exception) as info:
