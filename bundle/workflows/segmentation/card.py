@@ -66,6 +66,8 @@ def check_inference_settings(card: Mapping[str, Any], model_dir: str = "", inten
     Raises:
         InputError: a value differs from the card's (a preset of another dataset merged, or an override).
     """
+    if set(config) != set(CARD_SETTINGS):  # the config names every setting that defines the network's input/output
+        raise TypeError(f"check_inference_settings needs exactly {list(CARD_SETTINGS)}, got {sorted(config)}")
     asked = dict(config)
     trained = {k: card["config"][k] for k in asked if k in card["config"]}
     if intensity is not None:
