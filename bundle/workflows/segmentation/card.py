@@ -65,6 +65,7 @@ def check_inference_settings(card: Mapping[str, Any], model_dir: str = "", inten
 
     Raises:
         InputError: a value differs from the card's (a preset of another dataset merged, or an override).
+        TypeError: the config passes other settings than :data:`CARD_SETTINGS` (the config and the list drifted).
     """
     if set(config) != set(CARD_SETTINGS):  # the config names every setting that defines the network's input/output
         raise TypeError(f"check_inference_settings needs exactly {list(CARD_SETTINGS)}, got {sorted(config)}")
