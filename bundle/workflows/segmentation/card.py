@@ -16,6 +16,7 @@ from monai.networks.nets import UNet
 from bundle.errors import InputError
 from bundle.workflows.common import model_card
 from bundle.workflows.common.intensity_card import describe_intensity
+from bundle.workflows.common.run_settings import first_difference
 from bundle.workflows.segmentation.workflow import network_config
 
 __all__ = ["CARD_SETTINGS", "check_inference_settings", "network_from_card", "read_card"]
@@ -46,14 +47,6 @@ def network_from_card(card: Mapping[str, Any]) -> UNet:
     return UNet(**args)
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return set(a) == set(b) and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 def check_inference_settings(card: Mapping[str, Any], model_dir: str = "", intensity: Any = None, **config) -> bool:
     """True when the inference config's values are the card's; else refuse naming the first that differs.
 
@@ -74,7 +67,7 @@ def check_inference_settings(card: Mapping[str, Any], model_dir: str = "", inten
     if intensity is not None:
         asked["intensity"], trained["intensity"] = describe_intensity(intensity), card["intensity"]
     for key in asked:
-        if key in trained and not _same(asked[key], trained[key]):
+        if key in trained and first_difference(trained[key], asked[key]) is not None:
             raise InputError(model_card.card_path(model_dir) if model_dir else model_card.CARD_NAME,
                              f"the model was trained with {key} {trained[key]!r}; this inference asks for "
                              f"{asked[key]!r} (a preset or override merged after configs/inference.json): the card "
