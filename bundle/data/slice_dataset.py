@@ -23,6 +23,7 @@ from monai.utils import ensure_tuple
 
 from bundle.data.case_check import RECORD_KEY
 from bundle.data.case_ids import case_id_of
+from bundle.data.deferred_cache import DeferredCacheDataset
 from bundle.data.summaries import SUMMARY_KEY
 from bundle.data.tasks import ClassificationTask, get_task
 
@@ -233,6 +234,14 @@ class AxialSliceDataset(torch.utils.data.Dataset):
             raise ValueError(f"AxialSliceDataset: no volume for {len(missing)} case(s) of the slice items: "
                              f"{missing[:5]}{' ...' if len(missing) > 5 else ''}.")
 
+    def fill(self) -> AxialSliceDataset:
+        """Load the volumes now when the wrapped dataset defers them (a
+        :class:`~bundle.data.deferred_cache.DeferredCacheDataset`); returns the dataset."""
+        fill = getattr(self.volumes, "fill", None)
+        if fill is not None:
+            fill()
+        return self
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -273,7 +282,7 @@ class AxialSliceDataset(torch.utils.data.Dataset):
 
 def cached_slices(entries: Sequence[Mapping], items: Sequence[Mapping], volume_transform, item_transform=None,
                   keys: str | Sequence[str] = "image", label_key: str = CLASS_LABEL_KEY, cache_rate: float = 1.0,
-                  num_workers: int = 0) -> AxialSliceDataset:
+                  num_workers: int = 0, deferred: bool = False) -> AxialSliceDataset:
     """The :class:`AxialSliceDataset` of ``items`` over the entries' volumes, each volume loaded once by a MONAI
     ``CacheDataset`` with ``volume_transform`` (deterministic: load, orient, scale) and sliced afterwards.
 
@@ -285,9 +294,12 @@ def cached_slices(entries: Sequence[Mapping], items: Sequence[Mapping], volume_t
         keys: what is loaded and sliced (``"image"``; ``("image", "label")`` with the segmentation).
         label_key: key of the class label (or target) in items and samples.
         cache_rate, num_workers: of the ``CacheDataset``.
+        deferred: load the volumes when the first slice is read or the dataset's ``fill()`` is called
+            (:class:`~bundle.data.deferred_cache.DeferredCacheDataset`), not now.
     """
     keys = ensure_tuple(keys)
     volumes = [{"case_id": str(e["case_id"]), **{k: e[k] for k in keys if k in e}} for e in entries]
-    cached = CacheDataset(volumes, volume_transform, cache_rate=cache_rate, num_workers=num_workers, progress=False)
+    cached = (DeferredCacheDataset if deferred else CacheDataset)(volumes, volume_transform, cache_rate=cache_rate,
+                                                                  num_workers=num_workers, progress=False)
     return AxialSliceDataset(cached, items, keys=keys, transform=item_transform,
                              case_ids=[v["case_id"] for v in volumes], label_key=label_key)

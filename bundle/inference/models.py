@@ -10,8 +10,8 @@ task's config, so batch inference preprocesses, infers and restores exactly as t
   regions -> label map) without the writer;
 - ``classification`` (SAMAug-C): ``configs/inference_cls.json``; class probabilities per slice or per volume,
   fused as in training;
-- ``sam_mix``: ``configs/inference_sam_mix.json``'s loader after the file reader and
-  :class:`~bundle.workflows.semisup.predictor.SamMixPredictor` (classifier gate, CAM box, LoRA-tuned SAM).
+- ``sam_mix``: ``configs/inference_sam_mix.json``'s ``preprocessing`` after the file reader and its ``predictor``
+  (:class:`~bundle.workflows.semisup.predictor.SamMixPredictor`: classifier gate, CAM box, LoRA-tuned SAM).
 
 A model trained with SAM priors always runs with them, computed with the SAM configuration of its training
 (:meth:`~bundle.priors.settings.PriorSettings.from_card`), hence read from the same prior-cache partition when the
@@ -237,9 +237,12 @@ class SamMixModel(BatchModel):
     def __init__(self, model_dir: Path, card: Mapping[str, Any], device: torch.device,
                  sam_checkpoint: str | None = None) -> None:
         super().__init__(model_dir, card, device)
-        parser = _parser(["inference_sam_mix.json"], {"model_dir": str(model_dir), "device": device})
-        self.loader = _without_loader(parser.get_parsed_content("loader"))
+        # the config's own predictor, built here so that its refusals (moved checkpoint, foreign adapter) are raised
+        # as they are, not wrapped by the config parser
         self.predictor = SamMixPredictor(model_dir, device, sam_checkpoint=sam_checkpoint)
+        parser = _parser(["inference_sam_mix.json"], {"model_dir": str(model_dir), "device": device,
+                                                      "predictor": self.predictor})
+        self.loader = _without_loader(parser.get_parsed_content("preprocessing"))
         self.channel_names = list(card["image_channel_names"])
         self.segments = {1: str(card["organ"])}
         self.description = f"SAM-Mix ({card['method']}, {card['organ']}, {card['num_labelled']} labelled slices)"

@@ -123,7 +123,8 @@ def test_sam_settings_have_one_home():
     assert shared["priors"] == PriorSettings().to_config()
     assert not fields & set(shared)
     # the two configs that run without sam_priors.json take where a SAM-Mix model's base SAM has moved to
-    relocations = {("batch_inference.json", ""): {"sam_checkpoint"}, ("inference_sam_mix.json", ""): {"sam_checkpoint"}}
+    relocations = {("batch_inference.json", ""): {"sam_checkpoint"}, ("inference_sam_mix.json", ""): {"sam_checkpoint"},
+                   ("inference_sam_mix.json", "predictor"): {"sam_checkpoint"}}
     for path in sorted(CONFIGS.rglob("*.json")):
         for where, block in _dicts(json.load(open(path))):
             if (path.name, where) != ("sam_priors.json", "priors"):

@@ -1,8 +1,9 @@
 """The SAM-Mix workflow: train (SAM-Mix or a baseline), evaluate both ways, predict NIfTI files.
 
-``configs/train_sam_mix.json`` builds one :class:`SamMixWorkflow`; its run ids call :meth:`SamMixWorkflow.train`
-(``training``) and, with ``configs/evaluate_sam_mix.json`` merged on top, :meth:`SamMixWorkflow.evaluate`
-(``evaluating``). ``configs/inference_sam_mix.json`` needs only the model folder (:func:`predict_files`).
+``configs/train_sam_mix.json`` builds one :class:`SamMixWorkflow` and MONAI's ``SupervisedTrainer`` (``train#trainer``)
+from its :attr:`SamMixWorkflow.training_run`; its run ids call :meth:`SamMixWorkflow.train` (``training``) and, with ``configs/evaluate_sam_mix.json`` merged on top, :meth:`SamMixWorkflow.evaluate`
+(``evaluating``). ``configs/inference_sam_mix.json`` needs only the model folder (MONAI's ``SupervisedEvaluator`` with
+:class:`~bundle.workflows.semisup.predictor.SamMixInferer` and :class:`~bundle.workflows.semisup.outputs.OutputRecords`).
 
 What is checked before any SAM work: ``num_labelled`` is a whole number the method can use, the datalist is of the
 organ's dataset and has its label values, every training / validation / testing case passes the case check and
@@ -10,12 +11,14 @@ carries slice labels computed from its label file as it is now (:mod:`bundle.dat
 section has at least ``num_labelled`` slices holding the organ.
 
 Under ``torchrun`` (``configs/multi_gpu_train.json`` merged last) every rank trains on its share of the slices
-(:func:`~bundle.workflows.semisup.training.train_model`); rank 0 alone writes the shared files (the training summary
+(:class:`~bundle.workflows.semisup.training.TrainingRun`); rank 0 alone writes the shared files (the training summary
 ``sam_mix_training.json``, TensorBoard panels, the evaluation reports) while the other ranks wait.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -23,19 +26,15 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import torch
 from monai.utils import look_up_option
 
 from bundle import distributed
-from bundle.atomic import atomic_path, write_text_atomic
+from bundle.atomic import write_text_atomic
 from bundle.data.case_ids import case_id_of
 from bundle.data.datalist_io import load_checked_section, read_datalist
 from bundle.data.slice_dataset import cached_slices, slice_items
-from bundle.data.writers import to_file_grid
 from bundle.errors import InputError
-from bundle.hashing import file_sha256, path_sha256
 from bundle.networks.sam_mix import SamMixNet, classifier_stride
 from bundle.sam.loading import load_sam, sam_info
 from bundle.sam.trainable import TrainableSam
@@ -45,9 +44,9 @@ from bundle.workflows.semisup.evaluation import evaluate_case, write_evaluation
 from bundle.workflows.semisup.panels import write_panels
 from bundle.workflows.semisup.predictor import SamMixPredictor, build_unet
 from bundle.workflows.common.run_settings import datalist_digest, resume_flag
-from bundle.workflows.semisup.training import METHODS, train_model, training_card, training_plan
+from bundle.workflows.semisup.training import METHODS, TrainingRun, TrainingSettings, training_card, training_plan
 
-__all__ = ["SamMixWorkflow", "predict_files", "run_name"]
+__all__ = ["SamMixWorkflow", "run_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ class SamMixWorkflow:
         classifier: ``{"backbone", "backbone_kwargs", "cam_threshold", "output_stride"}`` (``output_stride``: 8,
             16 or 32, checked here, before any data is read; missing: the backbone as MONAI builds it).
         unet: the U-Net baseline's ``channels``, ``strides``, ``num_res_units``.
-        training: :func:`~bundle.workflows.semisup.training.train_model` settings.
+        training: :class:`~bundle.workflows.semisup.training.TrainingSettings` (or its fields).
         card: fields recorded with the model (roi size, channel names, intensity).
         central_fraction: keep the central part of each volume's slices (authors: 0.3; default all).
         protocols: the evaluation protocols (``fair``, ``anchor``).
@@ -92,7 +91,7 @@ class SamMixWorkflow:
 
     def __init__(self, datalist, dataset_dir, dataset_name: str, method: str, num_labelled: int,
                  output_dir, model_dir, eval_dir, volume_transform, train_item_transform, val_item_transform,
-                 sam: Mapping, classifier: Mapping, unet: Mapping, training: Mapping, card: Mapping,
+                 sam: Mapping, classifier: Mapping, unet: Mapping, training: TrainingSettings | Mapping, card: Mapping,
                  organ: str | None = None, organ_values: Sequence[int] | None = None, central_fraction: float = 1.0,
                  seed: int = 0, protocols: Sequence[str] = ("fair", "anchor"), summary_writer=None,
                  panels: int = 2, device="cpu", num_workers: int = 0, cache_rate: float = 1.0,
@@ -110,7 +109,8 @@ class SamMixWorkflow:
             self.classifier_args["output_stride"] = classifier_stride(
                 self.classifier_args["backbone"], len(card["image_channel_names"]),
                 self.classifier_args.get("backbone_kwargs"), self.classifier_args.get("output_stride"))
-        self.unet_args, self.training = dict(unet), dict(training)
+        self.unet_args = dict(unet)
+        self.training = training if isinstance(training, TrainingSettings) else TrainingSettings(**training)
         self.card_fields = dict(card)
         self.central_fraction = float(central_fraction)
         self.protocols = [look_up_option(p, ("fair", "anchor")) for p in protocols]
@@ -187,28 +187,38 @@ class SamMixWorkflow:
                          cls["cam_threshold"], cls["dense_guidance"], cls["output_stride"])
 
     # ---- stages --------------------------------------------------------------------------------------------------
-    def train(self) -> dict:
-        """Train (resume, or reuse) the model of this configuration; returns what was done (with several processes,
-        what each rank did: its slices per epoch, iterations and the digest of the weights it ended with)."""
-        start = time.perf_counter()
+    @functools.cached_property
+    def training_run(self) -> TrainingRun:
+        """The training of this configuration: the parts ``train#trainer`` (MONAI's ``SupervisedTrainer``) of
+        ``configs/train_sam_mix.json`` is built from. Built once, after every check of the module docstring and the
+        refusal of other run settings (before SAM is loaded); the volumes are loaded when :meth:`train` starts, so
+        building it for MONAI's ``check_properties`` loads no data."""
+        self._started = time.perf_counter()
         entries, items = self.check()
         labelled = draw_labelled_slices(items, self.num_labelled, self.seed, self.datalist)
         card = self._card(labelled)
         data = {"datalist": datalist_digest(self.datalist)}
-        training_plan(training_card(card, self.method, device=self.device, seed=self.seed, **self.training),
+        training_plan(training_card(card, self.method, device=self.device, seed=self.seed,
+                                    **dataclasses.asdict(self.training)),
                       self.output_dir, self.model_dir, data, self.resume)  # refuses other settings before any loading
-        loading = {"keys": ("image", "label"), "cache_rate": self.cache_rate, "num_workers": self.num_workers}
+        loading = {"keys": ("image", "label"), "cache_rate": self.cache_rate, "num_workers": self.num_workers,
+                   "deferred": True}
         train = cached_slices(entries, items, self.volume_transform, self.train_item_transform, **loading)
         labelled_data = cached_slices(entries, labelled_subset(items, labelled), self.volume_transform,
                                       self.train_item_transform, **loading) if self.method != "zero_shot" else None
-        callback = self._panel_callback()
-        network = self._network(card)
-        outcome = train_model(self.method, network, train, labelled_data, self.output_dir, self.model_dir, card,
-                              device=self.device, seed=self.seed, num_workers=self.num_workers,
-                              summary_writer=self.summary_writer, epoch_callback=callback, data_settings=data,
-                              resume=self.resume, **self.training)
-        result = {"method": self.method, "model_dir": str(self.model_dir), "labelled_slices": len(labelled),
-                  "training_slices": len(items), "seconds": round(time.perf_counter() - start, 2)}
+        self._sizes = {"labelled_slices": len(labelled), "training_slices": len(items)}
+        return TrainingRun(self.method, self._network(card), train, labelled_data, self.output_dir, self.model_dir,
+                           card, self.training, device=self.device, seed=self.seed, num_workers=self.num_workers,
+                           summary_writer=self.summary_writer, epoch_callback=self._panel_callback(),
+                           data_settings=data, resume=self.resume)
+
+    def train(self, trainer) -> dict:
+        """Train (resume, or reuse) the model of this configuration with ``trainer`` (``train#trainer``, built from
+        :attr:`training_run`); returns what was done (with several processes, what each rank did: its slices per
+        epoch, iterations and the digest of the weights it ended with)."""
+        outcome = self.training_run.run(trainer)
+        result = {"method": self.method, "model_dir": str(self.model_dir), **self._sizes,
+                  "seconds": round(time.perf_counter() - self._started, 2)}
         if outcome["ranks"] is not None and len(outcome["ranks"]) > 1:
             result["ranks"] = outcome["ranks"]
         if distributed.is_main_process():
@@ -228,7 +238,7 @@ class SamMixWorkflow:
         step = max(1, len(items) // self.panels)
         shown = items[::step][: self.panels]
         data = cached_slices(val_entries, shown, self.volume_transform, self.val_item_transform,
-                             keys=("image", "label"), cache_rate=self.cache_rate)
+                             keys=("image", "label"), cache_rate=self.cache_rate, deferred=True)
         writer, device = self.summary_writer, self.device
 
         def callback(engine):
@@ -272,81 +282,3 @@ class SamMixWorkflow:
                 if "sam" in card else None}
         both = write_evaluation(records, self.eval_dir, self.organ, tags)
         return {"eval_dir": str(self.eval_dir), "protocols": both["protocols"]}
-
-
-#: every output this workflow wrote into an output folder, by path: which model wrote it from which input
-OUTPUT_RECORDS = "inference_records.json"
-
-
-def _output_records(folder: Path) -> dict[str, dict]:
-    """The output records of ``folder`` (none when the file is missing or unreadable: outputs are then not trusted)."""
-    try:
-        records = json.loads((folder / OUTPUT_RECORDS).read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: v for k, v in records.items() if isinstance(v, dict)} if isinstance(records, dict) else {}
-
-
-def predict_files(model_dir: str | os.PathLike, cases: Sequence[Mapping], output_dir: str | os.PathLike, loader,
-                  device="cpu", sam_checkpoint: str | None = None, suffix: str = "_pred") -> list[dict]:
-    """The organ mask of every case, written as a NIfTI in its image file's grid (shape, affine, axis order).
-
-    An output is kept (``exists``) only when the folder's ``inference_records.json`` says this ``model.pt`` (sha256)
-    wrote it from this input file (sha256): another model or a changed scan predicts it again. A file of that name that
-    no run wrote, or one changed since, is never written over: the run stops naming it before any prediction.
-
-    Args:
-        model_dir: the trained model folder.
-        cases: :func:`bundle.workflows.common.inputs.inference_cases` (one image file per case).
-        output_dir: where ``<case_id><suffix>.nii.gz`` go (written atomically), with ``inference_summary.json`` (this
-            run) and ``inference_records.json`` (every output written there).
-        loader: transform loading ``{"image": file}`` as in training (checked, RAS, intensity-scaled).
-
-    Returns:
-        one record per file: ``image``, ``output``, ``status`` (``written`` / ``exists``), ``seconds`` and the sha256
-        of the model, the input and the output.
-
-    Raises:
-        InputError: an output path holds a file this workflow did not write (named, before any prediction).
-    """
-    predictor = SamMixPredictor(model_dir, device, sam_checkpoint=sam_checkpoint)
-    model_sha = file_sha256(Path(model_dir) / "model.pt")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    known = _output_records(output_dir)
-    plan = []
-    for case in cases:
-        path, out_path = case["image"], output_dir / f"{case['case_id']}{suffix}.nii.gz"
-        before, input_sha = known.get(str(out_path)), path_sha256(path)
-        out_sha = file_sha256(out_path) if out_path.exists() else None
-        # a record marked "writing" is this workflow's own output cut short by a kill: predicted again
-        if out_sha is not None and (before is None or (before.get("output_sha256") != out_sha
-                                                       and not before.get("writing"))):
-            raise InputError(out_path, "exists and was not written by this workflow (or was changed since): it is "
-                                       "never written over; move it away or choose another --output_dir")
-        current = before is not None and out_sha is not None and before.get("output_sha256") == out_sha \
-            and before.get("model_sha256") == model_sha and before.get("input_sha256") == input_sha
-        plan.append((path, out_path, input_sha, before if current else None))
-    records = []
-    for i, (path, out_path, input_sha, kept) in enumerate(plan, 1):
-        if kept is not None:
-            records.append({**kept, "status": "exists", "seconds": 0.0})
-            continue
-        start = time.perf_counter()
-        record = {"image": str(path), "output": str(out_path), "model_sha256": model_sha, "input_sha256": input_sha}
-        known[str(out_path)] = {**record, "writing": True}
-        write_text_atomic(output_dir / OUTPUT_RECORDS, json.dumps(known, indent=1))
-        image = loader({"image": path})["image"]
-        mask = predictor.predict_volume(image)["fair"]["mask"][0]
-        file_affine = np.asarray(image.meta.get("original_affine", image.affine), np.float64)
-        volume = to_file_grid(mask, np.asarray(image.affine, np.float64), file_affine)
-        with atomic_path(out_path) as tmp:  # the temporary name keeps .nii.gz: nibabel picks the format from it
-            nib.save(nib.Nifti1Image(volume.astype(np.uint8), file_affine), tmp)
-        seconds = time.perf_counter() - start
-        record["output_sha256"] = file_sha256(out_path)
-        records.append({**record, "status": "written", "seconds": round(seconds, 2)})
-        known[str(out_path)] = record
-        write_text_atomic(output_dir / OUTPUT_RECORDS, json.dumps(known, indent=1))
-        logger.info("sam-mix inference: %d/%d %s -> %s (%.1f s)", i, len(plan), path, out_path, seconds)
-    write_text_atomic(output_dir / "inference_summary.json", json.dumps(records, indent=1))
-    return records

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.inferers import Inferer
 from monai.networks.nets import UNet
 from monai.utils import look_up_option
 
@@ -36,7 +37,7 @@ from bundle.sam.trainable import TrainableSam
 from bundle.workflows.common.card_schema import validate_card
 from bundle.workflows.semisup.training import ADAPTER_KEY, GAIN_KEY, upgrade_card
 
-__all__ = ["PROTOCOL_NAMES", "SamMixPredictor", "build_unet", "read_card"]
+__all__ = ["PROTOCOL_NAMES", "SamMixInferer", "SamMixPredictor", "build_unet", "read_card"]
 
 logger = logging.getLogger(__name__)
 
@@ -211,3 +212,25 @@ class SamMixPredictor:
         if "fair" in result:
             result["fair"].update(probability=None if self.method == "unet" else probability, cam_empty=empty)
         return result
+
+
+class SamMixInferer(Inferer):
+    """MONAI ``Inferer`` of ``configs/inference_sam_mix.json``'s evaluator: the ``fair`` organ mask (CAM boxes, every
+    slice, classifier gate) of each ``[B, C, H, W, D]`` volume of a batch (RAS, intensity-scaled), as
+    ``[B, 1, H, W, D]`` uint8.
+
+    Args:
+        predictor: the model folder's :class:`SamMixPredictor`; the evaluator's ``network`` must be its network
+            (``network_def`` of the config), so what the evaluator holds is what predicts.
+    """
+
+    def __init__(self, predictor: SamMixPredictor) -> None:
+        super().__init__()
+        self.predictor = predictor
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
+        if network is not self.predictor.network:
+            raise ValueError("SamMixInferer: the evaluator's network is not the predictor's (set network_def to "
+                             "@predictor.network)")
+        masks = [torch.as_tensor(self.predictor.predict_volume(volume)["fair"]["mask"]) for volume in inputs]
+        return torch.stack(masks)

@@ -34,6 +34,7 @@ files; the other ranks wait for them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -42,7 +43,7 @@ from collections.abc import Callable, Mapping
 import torch
 from ignite.engine import Events
 from monai.data import DataLoader
-from monai.engines import IterationEvents, SupervisedTrainer
+from monai.engines import IterationEvents
 from monai.handlers import StatsHandler, TensorBoardStatsHandler
 from monai.losses import DiceLoss
 from monai.utils import CommonKeys
@@ -61,8 +62,8 @@ from bundle.workflows.common.model_card import CARD_NAME, write_card
 from bundle.workflows.common.run_settings import SETTINGS_KEY, plan_training, without_max_epochs
 
 __all__ = ["CHECKPOINT_NAME", "GAIN_KEY", "METHODS", "TRAIN_PROMPTS", "JointStep", "LabelledBatches",
-           "SamTrainableState", "UNetStep", "train_model", "train_prompts_option", "trained_digest", "training_card",
-           "training_plan", "upgrade_card"]
+           "SamTrainableState", "TrainingRun", "TrainingSettings", "UNetStep", "train_prompts_option", "trained_digest",
+           "training_card", "training_plan", "upgrade_card"]
 
 logger = logging.getLogger(__name__)
 
@@ -354,115 +355,166 @@ def training_plan(card: Mapping, output_dir: str | os.PathLike, model_dir: str |
     return plan, stored, settings
 
 
-def train_model(
-    method: str,
-    network: torch.nn.Module,
-    train_data,
-    labelled_data,
-    output_dir: str | os.PathLike,
-    model_dir: str | os.PathLike,
-    card: Mapping,
-    max_epochs: int = 10,
-    batch_size: int = 16,
-    seg_batch_size: int = 4,
-    learning_rate: float = 1e-4,
-    seg_weight: float = 0.5,
-    train_prompts: str = "cam",
-    autocast: str = "auto",
-    device="cpu",
-    seed: int = 0,
-    num_workers: int = 0,
-    summary_writer=None,
-    epoch_callback: Callable | None = None,
-    data_settings: Mapping | None = None,
-    resume: bool = True,
-) -> dict:
-    """Train (or resume, or reuse) one model of :data:`METHODS`.
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings:
+    """How a model of :data:`METHODS` trains (``sam_mix#training`` of ``configs/train_sam_mix.json``); all recorded in
+    the card (:func:`training_card`).
 
-    Under ``torchrun`` every rank calls it: each trains on its share of ``train_data`` with rank 0's initial weights
-    and averaged gradients; rank 0 alone writes the checkpoints and the finished files (batch-norm statistics
-    recomputed over all of ``train_data``), which the other ranks wait for.
+    Attributes:
+        max_epochs: passes over the training slices.
+        batch_size: training slices per iteration (the classifier's batch).
+        seg_batch_size: labelled slices per iteration (the segmentation's batch; cycled).
+        learning_rate: Adam's.
+        seg_weight: weight of the segmentation Dice against the classification loss.
+        train_prompts: the box prompt of the labelled slices: ``cam`` (the CAM box) or ``gt`` (the ground-truth box).
+        autocast: mixed precision (``auto``: bf16 or fp16 on CUDA, float32 on the CPU; ``none``, ``bf16``, ``fp16``).
+    """
 
-    Returns:
-        ``{"card": the model's card, "ranks": [per rank: rank, slices_per_epoch, iterations, epoch_length, sha256
-        (:func:`trained_digest` of the weights it ends with)]}``; ``ranks`` is None when a finished model was reused.
+    max_epochs: int = 10
+    batch_size: int = 16
+    seg_batch_size: int = 4
+    learning_rate: float = 1e-4
+    seg_weight: float = 0.5
+    train_prompts: str = "cam"
+    autocast: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("max_epochs", "batch_size", "seg_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: {value!r} is not a whole number of 1 or more")
+        train_prompts_option(self.train_prompts)
+
+
+class TrainingRun:
+    """One training of a model of :data:`METHODS`: the parts MONAI's ``SupervisedTrainer`` is built from
+    (``train#trainer`` of ``configs/train_sam_mix.json``: :attr:`network`, :attr:`optimizer`, :attr:`loader`,
+    :attr:`step` as its ``iteration_update``, :attr:`handlers`), and what happens around the trainer's run
+    (:meth:`run`).
+
+    Building it reads nothing and trains nothing: it makes the card (:func:`training_card`) and the plan
+    (:func:`training_plan`: reuse the finished model, resume its checkpoint, or train fresh; other settings are
+    refused here, before the data are loaded), seeds torch with ``seed`` and puts the network on ``device`` with rank
+    0's initial weights.
+
+    Under ``torchrun`` every rank builds and runs one: each trains on its share of ``train_data`` with averaged
+    gradients (the module docstring says why the steps average them rather than ``DistributedDataParallel``); rank 0
+    alone writes the checkpoints and the finished files (batch-norm statistics recomputed over all of
+    ``train_data``), which the other ranks wait for.
 
     Args:
         method: ``sam_mix``, ``zero_shot`` or ``unet``.
         network: a :class:`~bundle.networks.sam_mix.SamMixNet` (``sam_mix``, ``zero_shot``) or a U-Net.
-        train_data: every training slice (image, organ mask, class label).
+        train_data: every training slice (image, organ mask, class label); a
+            :class:`~bundle.data.deferred_cache.DeferredCacheDataset` underneath is filled when :meth:`run` starts.
         labelled_data: the ``N`` labelled slices.
         output_dir: folder of the resume checkpoint (``sam_mix_last.pt``).
         model_dir: where ``model.pt`` (and ``adapter.pt``) are written.
-        card: what the model is; training settings are added (:func:`training_card`). A finished model with the same
-            run settings is reused (or trained on from its checkpoint when ``max_epochs`` grew); an epoch checkpoint
-            with the same run settings is resumed; other settings are refused (:func:`training_plan`).
+        card: what the model is; the training settings are added (:func:`training_card`).
+        settings: :class:`TrainingSettings`.
         data_settings: what the model trains on that the card does not say (the datalist digest).
         resume: False trains afresh, replacing what ``output_dir`` and ``model_dir`` hold.
-        train_prompts: the box prompt of the labelled slices: ``cam`` (the CAM box) or ``gt`` (the ground-truth
-            box); recorded in the card.
-        autocast: mixed precision (``auto``: bf16 or fp16 on CUDA, float32 on the CPU; ``none``, ``bf16``,
-            ``fp16``); recorded in the card.
-        epoch_callback: called with the trainer after every epoch (TensorBoard panels).
-        seed: seeds the initial weights, the shuffling and the labelled batches. With several processes the
-            number of processes is recorded in the card too (it changes the effective batch size).
+        seed: seeds the initial weights, the shuffling and the labelled batches. With several processes the number of
+            processes is recorded in the card too (it changes the effective batch size).
+        summary_writer: TensorBoard losses; ``epoch_callback``: called with the trainer after every epoch (panels).
     """
-    card = training_card(card, method, max_epochs, batch_size, seg_batch_size, learning_rate, seg_weight,
-                         train_prompts, autocast, device, seed)
-    model_path = os.path.join(os.fspath(model_dir), "model.pt")
-    plan, stored, settings = training_plan(card, output_dir, model_dir, data_settings, resume)
-    if plan == "reuse":
-        card = dict(stored["card"])
-        card_path = os.path.join(os.fspath(model_dir), CARD_NAME)
-        if distributed.is_main_process():  # rewritten from model.pt's own card: a card missing, unbound or stale
-            write_card(card_path, {"kind": "sam_mix", **card}, model_path)
-        distributed.barrier()
-        return {"card": card, "ranks": None}
-    torch.manual_seed(int(seed))
-    device = torch.device(device)
-    network = network.to(device)
-    ddp.broadcast_from_rank_zero([*(p for p in network.parameters() if p.requires_grad), *network.buffers()])
-    labelled = (LabelledBatches(labelled_data, seg_batch_size, seed, num_workers, rank=distributed.rank())
-                if method != "zero_shot" else None)
-    if method == "unet":
-        step, save_dict = UNetStep(labelled, autocast, device), {"network": network}
-    else:
-        step = JointStep(labelled, seg_weight, train_prompts, autocast, device)
-        save_dict = {"classifier": network.classifier, "sam": SamTrainableState(network.sam)}
-    trainable = [p for p in network.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=learning_rate)
-    save_dict["optimizer"] = optimizer
-    # one process: every slice, shuffled; several: this rank's share (the trainer sets the sampler's epoch)
-    loader = _train_loader(train_data, batch_size, seed, num_workers, ddp.train_sampler(train_data, seed=seed))
-    last = os.path.join(os.fspath(output_dir), CHECKPOINT_NAME)
-    handlers = [
-        StopOnNonFiniteLoss(),
-        StatsHandler(tag_name="loss", output_transform=_scalar("loss"), iteration_log=False),
-        EpochCheckpointSaver(output_dir, save_dict, filename=CHECKPOINT_NAME,
-                             info={"stage": "sam_mix", "card": card, SETTINGS_KEY: settings}, engine_key="trainer"),
-    ]
-    if plan == "resume":
-        handlers.insert(0, ResumeFromCheckpoint(last, save_dict, map_location=device, engine_key="trainer",
-                                                settings=settings))
-    if summary_writer is not None:
-        for key in ("loss", "seg_loss") if method == "unet" else ("loss", "cls_loss", "seg_loss"):
-            handlers.append(TensorBoardStatsHandler(summary_writer, tag_name=f"train/{key}",
-                                                    output_transform=_scalar(key)))
-    trainer = SupervisedTrainer(device=device, max_epochs=max_epochs, train_data_loader=loader, network=network,
-                                optimizer=optimizer, loss_function=step.dice, iteration_update=step,
-                                train_handlers=handlers)
-    if labelled is not None:
-        trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: labelled.start_epoch(engine.state.epoch))
-    if epoch_callback is not None:
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, epoch_callback)
-    trainer.run()
-    ranks = distributed.gather_objects(_rank_record(method, network, card, trainer, loader))
-    if len({r["sha256"] for r in ranks}) > 1:
-        logger.warning("sam-mix: the ranks ended with different weights (%s); rank 0's are saved",
-                       ", ".join(f"rank {r['rank']}: {r['sha256'][:12]}" for r in ranks))
-    if distributed.is_main_process():  # batch-norm statistics over every slice, as in one process
-        full = _train_loader(train_data, batch_size, seed, num_workers) if ddp.is_distributed() else loader
-        _save_finished(method, network, card, model_dir, full, device,
-                       run={SETTINGS_KEY: settings, "epochs": int(trainer.state.epoch)})
-    distributed.barrier()  # the finished files exist for every rank from here on
-    return {"card": card, "ranks": ranks}
+
+    def __init__(self, method: str, network: torch.nn.Module, train_data, labelled_data,
+                 output_dir: str | os.PathLike, model_dir: str | os.PathLike, card: Mapping,
+                 settings: TrainingSettings, device="cpu", seed: int = 0, num_workers: int = 0, summary_writer=None,
+                 epoch_callback: Callable | None = None, data_settings: Mapping | None = None,
+                 resume: bool = True) -> None:
+        self.method, self.settings, self.seed = method, settings, int(seed)
+        self.train_data, self.num_workers = train_data, int(num_workers)
+        self.output_dir, self.model_dir = output_dir, model_dir
+        self.device = torch.device(device)
+        self.card = training_card(card, method, device=device, seed=seed, **dataclasses.asdict(settings))
+        self.plan, self.stored, self.run_settings = training_plan(self.card, output_dir, model_dir, data_settings,
+                                                                  resume)
+        self.epoch_callback = epoch_callback
+        torch.manual_seed(self.seed)
+        self.network = network.to(self.device)
+        ddp.broadcast_from_rank_zero([*(p for p in self.network.parameters() if p.requires_grad),
+                                      *self.network.buffers()])
+        self.labelled = (LabelledBatches(labelled_data, settings.seg_batch_size, seed, num_workers,
+                                         rank=distributed.rank()) if method != "zero_shot" else None)
+        if method == "unet":
+            self.step, save_dict = UNetStep(self.labelled, settings.autocast, device), {"network": self.network}
+        else:
+            self.step = JointStep(self.labelled, settings.seg_weight, settings.train_prompts, settings.autocast,
+                                  device)
+            save_dict = {"classifier": self.network.classifier, "sam": SamTrainableState(self.network.sam)}
+        self.optimizer = torch.optim.Adam([p for p in self.network.parameters() if p.requires_grad],
+                                          lr=settings.learning_rate)
+        save_dict["optimizer"] = self.optimizer
+        # one process: every slice, shuffled; several: this rank's share (the trainer sets the sampler's epoch)
+        self.loader = _train_loader(train_data, settings.batch_size, seed, num_workers,
+                                    ddp.train_sampler(train_data, seed=seed))
+        self.handlers = self._handlers(save_dict, summary_writer)
+
+    def _handlers(self, save_dict: dict, summary_writer) -> list:
+        handlers = [
+            StopOnNonFiniteLoss(),
+            StatsHandler(tag_name="loss", output_transform=_scalar("loss"), iteration_log=False),
+            EpochCheckpointSaver(self.output_dir, save_dict, filename=CHECKPOINT_NAME, engine_key="trainer",
+                                 info={"stage": "sam_mix", "card": self.card, SETTINGS_KEY: self.run_settings}),
+        ]
+        if self.plan == "resume":
+            handlers.insert(0, ResumeFromCheckpoint(os.path.join(os.fspath(self.output_dir), CHECKPOINT_NAME),
+                                                    save_dict, map_location=self.device, engine_key="trainer",
+                                                    settings=self.run_settings))
+        if summary_writer is not None:
+            for key in ("loss", "seg_loss") if self.method == "unet" else ("loss", "cls_loss", "seg_loss"):
+                handlers.append(TensorBoardStatsHandler(summary_writer, tag_name=f"train/{key}",
+                                                        output_transform=_scalar(key)))
+        return handlers
+
+    def _check_trainer(self, trainer) -> None:
+        """The trainer is built from this run's parts and for its epochs (an override of ``train#trainer#...``
+        alone would train something the card does not say)."""
+        parts = {"network": self.network, "optimizer": self.optimizer, "data_loader": self.loader}
+        other = [name for name, part in parts.items() if getattr(trainer, name, None) is not part]
+        if other or getattr(trainer, "_process_function", None) is not self.step:
+            raise ValueError(f"train#trainer: its {', '.join(other) or 'iteration_update'} is not the training run's "
+                             "(configs/train_sam_mix.json builds it from @sam_mix.run)")
+        if int(trainer.state.max_epochs) != self.settings.max_epochs:
+            raise ValueError(f"train#trainer#max_epochs {trainer.state.max_epochs} differs from max_epochs "
+                             f"{self.settings.max_epochs}, which the card records: set max_epochs instead")
+
+    def run(self, trainer) -> dict:
+        """Train with ``trainer`` (or reuse the finished model, rewriting its card), then save the finished files.
+
+        Returns:
+            ``{"card": the model's card, "ranks": [per rank: rank, slices_per_epoch, iterations, epoch_length,
+            sha256 (:func:`trained_digest` of the weights it ends with)]}``; ``ranks`` is None when a finished model
+            was reused.
+        """
+        model_path = os.path.join(os.fspath(self.model_dir), "model.pt")
+        if self.plan == "reuse":
+            card = dict(self.stored["card"])
+            if distributed.is_main_process():  # rewritten from model.pt's own card: a card missing, unbound or stale
+                write_card(os.path.join(os.fspath(self.model_dir), CARD_NAME), {"kind": "sam_mix", **card},
+                           model_path)
+            distributed.barrier()
+            return {"card": card, "ranks": None}
+        self._check_trainer(trainer)
+        for data in (self.train_data, getattr(self.labelled, "dataset", None)):
+            fill = getattr(data, "fill", None)
+            if fill is not None:
+                fill()  # the volumes, loaded once here (not when the config was built)
+        if self.labelled is not None:
+            trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: self.labelled.start_epoch(engine.state.epoch))
+        if self.epoch_callback is not None:
+            trainer.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_callback)
+        trainer.run()
+        ranks = distributed.gather_objects(_rank_record(self.method, self.network, self.card, trainer, self.loader))
+        if len({r["sha256"] for r in ranks}) > 1:
+            logger.warning("sam-mix: the ranks ended with different weights (%s); rank 0's are saved",
+                           ", ".join(f"rank {r['rank']}: {r['sha256'][:12]}" for r in ranks))
+        if distributed.is_main_process():  # batch-norm statistics over every slice, as in one process
+            full = (_train_loader(self.train_data, self.settings.batch_size, self.seed, self.num_workers)
+                    if ddp.is_distributed() else self.loader)
+            _save_finished(self.method, self.network, self.card, self.model_dir, full, self.device,
+                           run={SETTINGS_KEY: self.run_settings, "epochs": int(trainer.state.epoch)})
+        distributed.barrier()  # the finished files exist for every rank from here on
+        return {"card": self.card, "ranks": ranks}

@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from semisup_utils import TRAIN_SAM_MIX, infer_mix, mix_files, mix_overrides, run_mix
-from workflow_utils import METADATA, initialized_training, tensorboard_tags
+from semisup_utils import TINY_MIX, TRAIN_SAM_MIX, infer_mix, mix_files, mix_overrides, run_mix
+from workflow_utils import CONFIGS, METADATA, initialized_training, tensorboard_tags
 
 from bundle.errors import InputError, RunSettingsError, exception_chain
 from bundle.sam.adapter import read_adapter
@@ -93,19 +93,20 @@ class _Killed(Exception):
 
 
 def test_an_interrupted_run_resumes_from_its_last_epoch(lits, tiny_sam_checkpoint, tmp_path):
-    def workflow(max_epochs=2):
+    def train(callback, max_epochs=2):
+        """The training run of train_sam_mix.json with ``callback`` after every epoch, as ``run training`` does."""
         wf = initialized_training(mix_files("lits"), METADATA,
                                   **mix_overrides(lits, tmp_path, tiny_sam_checkpoint, max_epochs=max_epochs))
-        return wf.parser.get_parsed_content("sam_mix")
+        sam_mix = wf.parser.get_parsed_content("sam_mix")
+        sam_mix._panel_callback = lambda: callback  # before train#trainer builds the training run
+        return sam_mix.train(wf.parser.get_parsed_content("train#trainer"))
 
     def kill_after_epoch_1(engine):
         if engine.state.epoch == 1:
             raise _Killed
 
-    first = workflow()
-    first._panel_callback = lambda: kill_after_epoch_1
     with pytest.raises(_Killed):
-        first.train()
+        train(kill_after_epoch_1)
     assert not (tmp_path / "models" / "model.pt").exists()
     last = tmp_path / "run" / "sam_mix_last.pt"
     state = torch.load(last, weights_only=True)["trainer"]
@@ -113,16 +114,12 @@ def test_an_interrupted_run_resumes_from_its_last_epoch(lits, tiny_sam_checkpoin
     assert state["iteration"] == epoch_length  # killed after epoch 1, its checkpoint written
 
     seen = []
-    second = workflow()
-    second._panel_callback = lambda: lambda engine: seen.append((engine.state.epoch, engine.state.iteration))
-    second.train()
+    train(lambda engine: seen.append((engine.state.epoch, engine.state.iteration)))
     assert seen == [(2, 2 * epoch_length)]  # only epoch 2 ran, continuing the iteration count
     assert (tmp_path / "models" / "adapter.pt").is_file()
 
     seen.clear()  # a larger max_epochs trains on from the finished run
-    third = workflow(max_epochs=3)
-    third._panel_callback = lambda: lambda engine: seen.append((engine.state.epoch, engine.state.iteration))
-    third.train()
+    train(lambda engine: seen.append((engine.state.epoch, engine.state.iteration)), max_epochs=3)
     assert seen == [(3, 3 * epoch_length)]
     assert torch.load(tmp_path / "models" / "model.pt", weights_only=True)["epochs"] == 3
 
@@ -292,3 +289,56 @@ def test_an_edited_label_is_refused_before_any_model_is_built(lits, tiny_sam_che
     found = [e for e in exception_chain(info.value) if isinstance(e, InputError)]
     assert found and found[0].path == str(label) and "prepare_datalist" in str(found[0])
     assert not list(tmp_path.rglob("model.pt"))
+
+
+def test_inference_config_runs_alone_and_passes_check_properties(lits, trained, tmp_path, caplog):
+    """configs/inference_sam_mix.json alone with a model folder is a MONAI infer workflow (dataset, evaluator,
+    network_def, inferer), and building it for the check predicts nothing."""
+    import logging
+
+    from monai.bundle import ConfigWorkflow
+
+    from bundle.workflows.semisup.predictor import SamMixInferer
+
+    caplog.set_level(logging.WARNING)
+    out = tmp_path / "pred"
+    workflow = ConfigWorkflow(config_file=str(CONFIGS / "inference_sam_mix.json"), workflow_type="infer",
+                              meta_file=METADATA, logging_file=False, model_dir=str(trained / "models"),
+                              dataset_dir=str(lits.root), datalist=str(lits.datalist), output_dir=str(out))
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    assert not [r for r in caplog.records if "property" in r.getMessage().lower()]
+    assert isinstance(workflow.inferer, SamMixInferer) and workflow.evaluator.network is workflow.network_def
+    assert len(workflow.dataset) == len(lits.cases["testing"]) and not list(out.glob("*.nii.gz"))
+    workflow.run()
+    assert len(list(out.glob("*_pred.nii.gz"))) == len(lits.cases["testing"])
+
+
+def test_training_config_passes_check_properties_without_loading_volumes(lits, tiny_sam_checkpoint, tmp_path,
+                                                                          caplog):
+    """configs/train_sam_mix.json is a MONAI train workflow (train#trainer is a SupervisedTrainer, train#dataset,
+    train#inferer, network_def); checking it loads no volume, and the training run trains with that trainer."""
+    import logging
+
+    from monai.bundle import ConfigWorkflow
+    from monai.engines import SupervisedTrainer
+
+    caplog.set_level(logging.WARNING)
+    workflow = ConfigWorkflow(config_file=mix_files("lits"), workflow_type="train", meta_file=METADATA,
+                              logging_file=False, run_id="training",
+                              **mix_overrides(lits, tmp_path, tiny_sam_checkpoint))
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    assert not [r for r in caplog.records if "property" in r.getMessage().lower()]
+    assert isinstance(workflow.trainer, SupervisedTrainer) and workflow.trainer.network is workflow.network_def
+    assert not workflow.train_dataset.volumes.filled and len(workflow.train_dataset) > 0
+    workflow.run()
+    assert workflow.train_dataset.volumes.filled and workflow.trainer.state.epoch == TINY_MIX["max_epochs"]
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_a_trainer_epochs_override_unlike_the_card_is_refused(lits, tiny_sam_checkpoint, tmp_path):
+    with pytest.raises(Exception) as info:
+        run_mix(lits, tmp_path, tiny_sam_checkpoint, **{"train#trainer#max_epochs": 3})
+    assert any("train#trainer#max_epochs 3 differs from max_epochs 1" in str(e) for e in exception_chain(info.value))
+    assert not (tmp_path / "models" / "model.pt").exists()
