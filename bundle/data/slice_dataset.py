@@ -178,6 +178,10 @@ def _volume_case_ids(volumes: Sequence) -> list[str]:
     )
 
 
+def _slice_key(item: Mapping) -> tuple[str, int]:
+    return str(item["case_id"]), int(item["slice_index"])
+
+
 class AxialSliceDataset(torch.utils.data.Dataset):
     """Axial slices of cached volumes, one sample per slice item.
 
@@ -233,6 +237,20 @@ class AxialSliceDataset(torch.utils.data.Dataset):
         if missing:
             raise ValueError(f"AxialSliceDataset: no volume for {len(missing)} case(s) of the slice items: "
                              f"{missing[:5]}{' ...' if len(missing) > 5 else ''}.")
+
+    def set_items(self, items: Sequence[Mapping]) -> AxialSliceDataset:
+        """Replace the items by the same slices with other fields (WeakMedSAM's targets, known once the sub-class
+        stage has run); returns the dataset.
+
+        Raises:
+            ValueError: ``items`` are not the same slices in the same order.
+        """
+        items = list(items)
+        if [_slice_key(i) for i in items] != [_slice_key(i) for i in self.items]:
+            raise ValueError(f"AxialSliceDataset: {len(items)} new items are not the dataset's {len(self.items)} "
+                             "slices in order")
+        self.items = items
+        return self
 
     def fill(self) -> AxialSliceDataset:
         """Load the volumes now when the wrapped dataset defers them (a

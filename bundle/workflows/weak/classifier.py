@@ -22,6 +22,7 @@ hands to the other ranks, so every rank logs and returns the same card. Every ra
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +31,6 @@ import numpy as np
 import torch
 from ignite.engine import Events
 from monai.data import DataLoader
-from monai.engines import SupervisedTrainer
 from monai.handlers import LrScheduleHandler, StatsHandler, TensorBoardStatsHandler, from_engine
 
 from bundle.checkpoint_files import load_checkpoint
@@ -49,9 +49,9 @@ from bundle.workflows.common.run_settings import SETTINGS_KEY, plan_training, wi
 from bundle.workflows.weak.ranks import on_main
 from bundle.workflows.weak.slices import TARGET_KEY
 
-__all__ = ["CHECKPOINT_NAME", "CLASSIFIERS", "TargetBatch", "build_classifier", "classifier_card", "classifier_plan",
-           "classifier_settings",
-           "load_classifier", "parent_probabilities", "slice_dataset", "train_classifier"]
+__all__ = ["CHECKPOINT_NAME", "CLASSIFIERS", "ClassifierRun", "ClassifierSettings", "TargetBatch", "build_classifier",
+           "classifier_card", "classifier_plan", "classifier_settings", "load_classifier", "parent_probabilities",
+           "slice_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +67,10 @@ _NOT_SETTINGS = ("validation", "subclasses")  # results, and the sub-class recor
 
 def slice_dataset(entries: Sequence[Mapping], items: Sequence[Mapping], volume_transform, item_transform=None,
                   cache_rate: float = 1.0, num_workers: int = 0) -> AxialSliceDataset:  # the resnet classifier
-    """Slices of the entries' image volumes (loaded once, cached) with each item's ``target``."""
+    """Slices of the entries' image volumes (loaded once, cached, when the classifier trains) with each item's
+    ``target`` (the items get them with ``set_items`` when the sub-class stage has run)."""
     return cached_slices(entries, items, volume_transform, item_transform, keys="image", label_key=TARGET_KEY,
-                         cache_rate=cache_rate, num_workers=num_workers)
+                         cache_rate=cache_rate, num_workers=num_workers, deferred=True)
 
 
 class TargetBatch:
@@ -175,27 +176,42 @@ class _KeepScheduleLength:
             self.scheduler.load_state_dict({**state, **self.configured})
 
 
-def train_classifier(
-    network_args: Mapping,
-    train_data: AxialSliceDataset,
-    val_data: AxialSliceDataset | None,
-    output_dir: str | os.PathLike,
-    model_path: str | os.PathLike,
-    card: Mapping,
-    max_epochs: int = 10,
-    batch_size: int = 16,
-    learning_rate: float = 1e-4,
-    weight_decay: float = 0.01,
-    child_weight: float = 0.5,
-    device="cpu",
-    seed: int = 0,
-    num_workers: int = 0,
-    summary_writer=None,
-    data_settings: Mapping | None = None,
-    resume: bool = True,
-    initial_sam: Callable[[], torch.nn.Module] | None = None,
-) -> dict:
-    """Train (or resume, or reuse) the classifier; returns the card with the validation AUC.
+@dataclasses.dataclass(frozen=True)
+class ClassifierSettings:
+    """How the classifier trains (``classifier_training`` of ``configs/train_weak.json``; METHODS.md §5's defaults),
+    all recorded in its card (:func:`classifier_card`).
+
+    Attributes:
+        max_epochs: passes over the training slices.
+        batch_size: slices per iteration.
+        learning_rate: AdamW's, and the OneCycle schedule's maximum.
+        weight_decay: AdamW's.
+        child_weight: weight of the child (sub-class) BCE against the parent BCE.
+    """
+
+    max_epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    child_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("max_epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: {value!r} is not a whole number of 1 or more")
+
+
+class ClassifierRun:
+    """One training of the classifier: the parts MONAI's ``SupervisedTrainer`` is built from (``train#trainer`` of
+    ``configs/train_weak.json``: :attr:`network`, :attr:`optimizer`, :attr:`loader`, :attr:`loss`,
+    :attr:`prepare_batch`, :attr:`handlers`), and what happens around the trainer's run (:meth:`run`).
+
+    Building it trains nothing: it makes the card (:func:`classifier_card`) and the plan (:func:`classifier_plan`:
+    reuse the finished model, resume its checkpoint, or train fresh; other settings are refused here), seeds torch
+    with ``seed`` and builds the network (``DistributedDataParallel`` on several processes). The samples' targets
+    come from the sub-class stage, so the datasets are built without them and :meth:`run` gives them their items with
+    targets (``set_items``); a deferred volume cache is filled then too.
 
     Args:
         network_args: the classifier's arguments (:func:`build_classifier`).
@@ -206,64 +222,114 @@ def train_classifier(
         model_path: the finished model (``{"network": state_dict, "card": card}``).
         card: what the model is (task, class names, K, channels, roi size, intensity, ...); the network arguments and
             the training settings are added to it (:func:`classifier_card`).
+        settings: :class:`ClassifierSettings`.
         data_settings: what the run trains on that the card does not say (datalist digest, feature source); with the
             card they are the run settings (:func:`classifier_settings`).
         initial_sam: ``sam_lora``: returns the loaded SAM the encoder starts from (adapted in place: return a copy);
-            called only when a classifier is trained, not when a finished one is reused.
-        resume: False trains afresh, replacing a finished model or checkpoint made with other settings. With True,
-            :func:`classifier_plan` decides: reuse the finished model, resume its checkpoint, or train from scratch
-            when there is neither; other settings raise a :class:`~bundle.errors.RunSettingsError`.
+            called only when a classifier is to be trained, not when a finished one is reused.
+        resume: False trains afresh, replacing a finished model or checkpoint made with other settings.
     """
-    card = classifier_card(card, network_args, max_epochs, batch_size, learning_rate, weight_decay, child_weight,
-                           seed)
-    settings = classifier_settings(card, data_settings)
-    model_path = os.fspath(model_path)
-    plan, stored = classifier_plan(output_dir, model_path, card, data_settings, resume)
-    if plan == "reuse":
-        return dict(stored["card"])
-    torch.manual_seed(int(seed))
-    device = torch.device(device)
-    sam = initial_sam() if initial_sam is not None else None
-    network = ddp.wrap_network(build_classifier(network_args, sam=sam), device)  # DDP on several processes
-    plain = ddp.unwrap(network)
-    generator = torch.Generator().manual_seed(int(seed))
-    sampler = ddp.train_sampler(train_data, seed=int(seed))  # None in one process: the loader shuffles
-    samples = len(train_data) if sampler is None else len(sampler)  # this rank's samples per epoch
-    drop_last = samples > batch_size and samples % batch_size == 1  # batch norm needs 2 samples
-    loader = DataLoader(train_data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                        generator=generator, drop_last=drop_last, num_workers=num_workers)
-    trainable = [p for p in network.parameters() if p.requires_grad]  # sam_lora: LoRA, block and heads only
-    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate,
-                                                    total_steps=max(1, max_epochs * len(loader)))
-    last = os.path.join(output_dir, CHECKPOINT_NAME)
-    save_dict = {"network": network, "optimizer": optimizer, "lr_scheduler": scheduler}
-    handlers = [
-        LrScheduleHandler(scheduler, epoch_level=False, print_lr=False),
-        StopOnNonFiniteLoss(),
-        StatsHandler(tag_name="classifier_loss", output_transform=from_engine(["loss"], first=True),
-                     iteration_log=False),
-        EpochCheckpointSaver(output_dir, save_dict, filename=CHECKPOINT_NAME,
-                             info={"stage": "weak_classifier", "card": card, SETTINGS_KEY: settings},
-                             engine_key="trainer"),
-    ]
-    if plan == "resume":
-        handlers.insert(0, ResumeFromCheckpoint(last, save_dict, map_location=device, engine_key="trainer",
-                                                settings=settings))
-    if summary_writer is not None:
-        handlers += [TensorBoardStatsHandler(summary_writer, tag_name="classifier/train_loss",
-                                             output_transform=from_engine(["loss"], first=True)),
-                     LearningRateLogger(optimizer, summary_writer, tag="classifier/lr")]
-    trainer = SupervisedTrainer(device=device, max_epochs=max_epochs, train_data_loader=loader, network=network,
-                                optimizer=optimizer, loss_function=ParentChildLoss(child_weight=child_weight),
-                                prepare_batch=TargetBatch(), train_handlers=handlers)
-    trainer.add_event_handler(Events.STARTED, _KeepScheduleLength(scheduler))  # after the resume handler
-    scores: dict = {}
-    if val_data is not None and len(val_data):
-        val_loader = DataLoader(val_data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+    def __init__(self, network_args: Mapping, train_data, val_data, output_dir: str | os.PathLike,
+                 model_path: str | os.PathLike, card: Mapping, settings: ClassifierSettings, device="cpu",
+                 seed: int = 0, num_workers: int = 0, summary_writer=None, data_settings: Mapping | None = None,
+                 resume: bool = True, initial_sam: Callable[[], torch.nn.Module] | None = None) -> None:
+        self.settings, self.seed, self.num_workers = settings, int(seed), int(num_workers)
+        self.train_data, self.val_data = train_data, val_data
+        self.output_dir, self.model_path = os.fspath(output_dir), os.fspath(model_path)
+        self.summary_writer = summary_writer
+        self.card = classifier_card(card, network_args, seed=seed, **dataclasses.asdict(settings))
+        self.run_settings = classifier_settings(self.card, data_settings)
+        self.plan, self.stored = classifier_plan(output_dir, model_path, self.card, data_settings, resume)
+        torch.manual_seed(self.seed)
+        self.device = torch.device(device)
+        sam = initial_sam() if initial_sam is not None and self.plan != "reuse" else None
+        self.network = ddp.wrap_network(build_classifier(network_args, sam=sam), self.device)  # DDP: several ranks
+        self.plain = ddp.unwrap(self.network)
+        generator = torch.Generator().manual_seed(self.seed)
+        sampler = ddp.train_sampler(train_data, seed=self.seed)  # None in one process: the loader shuffles
+        samples = len(train_data) if sampler is None else len(sampler)  # this rank's samples per epoch
+        batch_size = settings.batch_size
+        drop_last = samples > batch_size and samples % batch_size == 1  # batch norm needs 2 samples
+        self.loader = DataLoader(train_data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                                 generator=generator, drop_last=drop_last, num_workers=num_workers)
+        trainable = [p for p in self.network.parameters() if p.requires_grad]  # sam_lora: LoRA, block and heads
+        self.optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=settings.learning_rate, total_steps=max(1, settings.max_epochs * len(self.loader)))
+        self.loss = ParentChildLoss(child_weight=settings.child_weight)
+        self.prepare_batch = TargetBatch()
+        self.handlers = self._handlers()
+
+    def _handlers(self) -> list:
+        save_dict = {"network": self.network, "optimizer": self.optimizer, "lr_scheduler": self.scheduler}
+        handlers = [
+            LrScheduleHandler(self.scheduler, epoch_level=False, print_lr=False),
+            StopOnNonFiniteLoss(),
+            StatsHandler(tag_name="classifier_loss", output_transform=from_engine(["loss"], first=True),
+                         iteration_log=False),
+            EpochCheckpointSaver(self.output_dir, save_dict, filename=CHECKPOINT_NAME, engine_key="trainer",
+                                 info={"stage": "weak_classifier", "card": self.card,
+                                       SETTINGS_KEY: self.run_settings}),
+        ]
+        if self.plan == "resume":
+            handlers.insert(0, ResumeFromCheckpoint(os.path.join(self.output_dir, CHECKPOINT_NAME), save_dict,
+                                                    map_location=self.device, engine_key="trainer",
+                                                    settings=self.run_settings))
+        if self.summary_writer is not None:
+            handlers += [TensorBoardStatsHandler(self.summary_writer, tag_name="classifier/train_loss",
+                                                 output_transform=from_engine(["loss"], first=True)),
+                         LearningRateLogger(self.optimizer, self.summary_writer, tag="classifier/lr")]
+        return handlers
+
+    def _check_trainer(self, trainer) -> None:
+        """The trainer is built from this run's parts and for its epochs (an override of ``train#trainer#...``
+        alone would train something the card does not say)."""
+        parts = {"network": self.network, "optimizer": self.optimizer, "data_loader": self.loader,
+                 "loss_function": self.loss, "prepare_batch": self.prepare_batch}
+        other = [name for name, part in parts.items() if getattr(trainer, name, None) is not part]
+        if other:
+            raise ValueError(f"train#trainer: its {', '.join(other)} is not the classifier run's "
+                             "(configs/train_weak.json builds it from @weak.classifier_run)")
+        if int(trainer.state.max_epochs) != self.settings.max_epochs:
+            raise ValueError(f"train#trainer#max_epochs {trainer.state.max_epochs} differs from max_epochs "
+                             f"{self.settings.max_epochs}, which the card records: set max_epochs instead")
+
+    def run(self, trainer, train_items: Sequence[Mapping], val_items: Sequence[Mapping] | None,
+            subclasses: str) -> dict:
+        """Train with ``trainer`` (or reuse the finished model); returns the card with the validation AUC.
+
+        Args:
+            train_items, val_items: the datasets' slice items with their targets
+                (:func:`~bundle.workflows.weak.slices.with_targets`).
+            subclasses: the signature of the sub-class record the targets come from (recorded in the card).
+        """
+        if self.plan == "reuse":
+            return dict(self.stored["card"])
+        self._check_trainer(trainer)
+        self.card["subclasses"] = subclasses
+        for data, items in ((self.train_data, train_items), (self.val_data, val_items)):
+            if data is not None:
+                data.set_items(items)
+                getattr(data, "fill", lambda: None)()  # the volumes, loaded once here (not when the config was built)
+        trainer.add_event_handler(Events.STARTED, _KeepScheduleLength(self.scheduler))  # after the resume handler
+        scores: dict = {}
+        if self.val_data is not None and len(self.val_data):
+            self._validate_every_epoch(trainer, scores)
+        trainer.run()
+        card = {**self.card, "validation": scores}
+        finished = {"network": self.plain.state_dict(), "card": card, SETTINGS_KEY: self.run_settings,
+                    "epochs": int(trainer.state.epoch)}
+        on_main("classifier", lambda: save_atomic(finished, self.model_path))
+        logger.info("classifier: saved %s", self.model_path)
+        return card
+
+    def _validate_every_epoch(self, trainer, scores: dict) -> None:
+        val_loader = DataLoader(self.val_data, batch_size=self.settings.batch_size, shuffle=False,
+                                num_workers=self.num_workers)
 
         def validation_auc() -> float:
-            probs, targets = parent_probabilities(plain, val_loader, device)  # the plain network: no collective call
+            probs, targets = parent_probabilities(self.plain, val_loader, self.device)  # plain: no collective call
             try:
                 return mean_roc_auc(torch.as_tensor(probs), torch.as_tensor(targets), multi_label=True)
             except ValueError:  # a validation split with one class only: the AUC is undefined
@@ -274,13 +340,5 @@ def train_classifier(
             auc = on_main("classifier validation", validation_auc)  # rank 0's network, on every rank's log
             scores.update(val_parent_auc=auc, epoch=engine.state.epoch)
             engine.logger.info(f"classifier epoch {engine.state.epoch}: validation parent AUC {auc:.4f}")
-            if summary_writer is not None and np.isfinite(auc):
-                summary_writer.add_scalar("classifier/val_parent_auc", auc, engine.state.epoch)
-
-    trainer.run()
-    card = {**card, "validation": scores}
-    finished = {"network": plain.state_dict(), "card": card, SETTINGS_KEY: settings,
-                "epochs": int(trainer.state.epoch)}
-    on_main("classifier", lambda: save_atomic(finished, model_path))
-    logger.info("classifier: saved %s", model_path)
-    return card
+            if self.summary_writer is not None and np.isfinite(auc):
+                self.summary_writer.add_scalar("classifier/val_parent_auc", auc, engine.state.epoch)

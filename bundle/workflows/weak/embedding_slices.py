@@ -51,6 +51,20 @@ class _CaseSlices(torch.utils.data.Dataset):
             logger.info("%s: %d of %d slices have no foreground in the SAM window and are left out", what, dropped,
                         len(items))
 
+    def set_items(self, items: Sequence[Mapping]) -> _CaseSlices:
+        """Replace the items by the same slices with other fields (their targets, known once the sub-class stage has
+        run); ``items`` may include the slices left out (no foreground in the SAM window): they stay out.
+
+        Raises:
+            ValueError: the slices kept are not the dataset's, in order.
+        """
+        kept = [dict(item) for item in items if self._row(item) >= 0]
+        key = lambda item: (str(item["case_id"]), int(item["slice_index"]))  # noqa: E731
+        if [key(i) for i in kept] != [key(i) for i in self.items]:
+            raise ValueError(f"{type(self).__name__}: the new items are not the dataset's {len(self.items)} slices")
+        self.items = kept
+        return self
+
     def _row(self, item: Mapping) -> int:
         _, rows = self._cases[str(item["case_id"])]
         index = int(item["slice_index"])

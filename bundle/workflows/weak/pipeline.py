@@ -30,6 +30,8 @@ cases, reports written by rank 0). ``weak_summary.json`` is written by rank 0. O
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -55,8 +57,8 @@ from bundle.folders import CONFIGS_DIR
 from bundle.workflows.common import ddp
 from bundle.workflows.common.case_report import json_safe
 from bundle.workflows.common.run_settings import datalist_digest, resume_flag
-from bundle.workflows.weak.classifier import (CLASSIFIERS, classifier_card, classifier_plan, slice_dataset,
-                                              train_classifier)
+from bundle.workflows.weak.classifier import (CLASSIFIERS, ClassifierRun, ClassifierSettings, classifier_card,
+                                              classifier_plan, slice_dataset)
 from bundle.workflows.weak.embedding_slices import EmbeddingSlices, WindowSlices
 from bundle.workflows.weak.features import SamSliceFeatures
 from bundle.workflows.weak.panels import write_panels
@@ -132,9 +134,8 @@ class WeakPipeline:
         sam_loader: transform loading a volume for SAM (checked load, channel first, RAS).
         volume_transform: the classifier's volume transform (``sam_loader`` + intensity scaling).
         train_item_transform, val_item_transform: per-slice transforms (resize to ``roi_size``, augmentation).
-        classifier_args: :func:`~bundle.workflows.weak.classifier.train_classifier` settings (``max_epochs``,
-            ``batch_size``, ``learning_rate``, ``weight_decay``, ``child_weight``) and ``network`` arguments: its
-            ``kind`` (:data:`~bundle.workflows.weak.classifier.CLASSIFIERS`), ``block_channels`` for the SAM
+        classifier_training: :class:`~bundle.workflows.weak.classifier.ClassifierSettings` (or its fields).
+        classifier_network: the classifier's arguments: its ``kind`` (:data:`~bundle.workflows.weak.classifier.CLASSIFIERS`), ``block_channels`` for the SAM
             classifiers (``sam_frozen`` trains on the image embeddings that ``features`` caches: build it
             ``with_embeddings``; ``sam_lora``, with ``lora_rank``, tunes a copy of the features' SAM encoder and makes
             its own ``M``: build ``features`` without maps), the backbone's arguments for ``resnet``.
@@ -168,7 +169,8 @@ class WeakPipeline:
 
     def __init__(self, datalist, dataset_dir, task: str, output_dir, model_dir, features: SamSliceFeatures,
                  sam_loader, volume_transform, train_item_transform, val_item_transform,
-                 classifier_args: Mapping, card: Mapping, pseudo_args: Mapping, pseudo_cache_dir,
+                 classifier_network: Mapping, classifier_training: ClassifierSettings | Mapping, card: Mapping,
+                 pseudo_args: Mapping, pseudo_cache_dir,
                  num_subclasses: int = 8, seed: int = 0, seg_config_files: Sequence[str] = (),
                  seg_overrides: Mapping | None = None, eval_config_file: str | None = None,
                  meta_file: str | None = None, summary_writer=None, panels: int = 2, device="cpu",
@@ -183,10 +185,11 @@ class WeakPipeline:
         self.features = features
         self.sam_loader, self.volume_transform = sam_loader, volume_transform
         self.train_item_transform, self.val_item_transform = train_item_transform, val_item_transform
-        self.classifier_args, self.card = dict(classifier_args), dict(card)
-        network = dict(self.classifier_args.get("network") or {})
+        self.classifier_network, self.card = dict(classifier_network), dict(card)
+        self.classifier_training = (classifier_training if isinstance(classifier_training, ClassifierSettings)
+                                    else ClassifierSettings(**classifier_training))
         try:
-            self.classifier_kind = look_up_option(network.get("kind", "resnet"), CLASSIFIERS)
+            self.classifier_kind = look_up_option(self.classifier_network.get("kind", "resnet"), CLASSIFIERS)
         except ValueError as error:
             raise ValueError("classifier_network: " + " ".join(str(error).split())) from None
         if self.classifier_kind == "sam_lora" and features.with_maps:
@@ -315,11 +318,10 @@ class WeakPipeline:
         record, *_ = self._subclass_record()
         return {"file": str(self.subclasses.path), "child_outputs": record["num_outputs"]}
 
-    def _classifier_run(self) -> tuple[dict, dict, dict, dict]:
-        """``(network arguments, card, training arguments, data settings)`` of the classifier: all known before the
-        earlier stages run (the sub-class record is added to the card by :meth:`classifier`)."""
-        args = dict(self.classifier_args)
-        network = dict(args.pop("network"))
+    def _classifier_run(self) -> tuple[dict, dict, dict]:
+        """``(network arguments, card, data settings)`` of the classifier: all known before the earlier stages run
+        (the sub-class record is added to the card when it trains)."""
+        network = dict(self.classifier_network)
         if self.classifier_kind == "sam_frozen":  # heads on the embeddings: no backbone, no image channels
             channels = int(self.features.miner.engine.info.config.get("prompt_embed_dim", 256))
             network = {"kind": "sam_frozen", "embedding_channels": channels,
@@ -336,24 +338,30 @@ class WeakPipeline:
         extractor = self.subclasses.extractor
         data = {"datalist": datalist_digest(self.datalist),
                 "features": extractor.signature() if extractor is not None else self.features.cache.digest}
-        return network, card, args, data
+        return network, card, data
 
     def check_classifier_run(self) -> str:
         """What the classifier stage will do (``reuse``, ``resume``, ``fresh``), checked before any stage: a
         classifier or checkpoint made with other settings is refused here, not after the SAM features."""
-        network, card, args, data = self._classifier_run()
-        plan, _ = classifier_plan(self.output_dir, self.classifier_path,
-                                  classifier_card(card, network, seed=self.seed, **args), data, self.resume)
+        network, card, data = self._classifier_run()
+        card = classifier_card(card, network, seed=self.seed, **dataclasses.asdict(self.classifier_training))
+        plan, _ = classifier_plan(self.output_dir, self.classifier_path, card, data, self.resume)
         return plan
 
-    def classifier(self) -> dict:
-        # the pseudo-label stage after it reads every case's SAM features: a damaged file must stop the run now,
-        # not once the classifier has trained
-        self.features.check_cached(self.entries("training") + self.entries("validation"))
-        record, train_entries, train_items, val_entries, val_items = self._subclass_record()
-        train_items = with_targets(train_items, self.task, self.subclasses.child_targets(record, train_items))
-        val_items = with_targets(val_items, self.task, self.subclasses.child_targets(record, val_items))
+    @functools.cached_property
+    def classifier_run(self) -> ClassifierRun:
+        """The classifier's training: the parts ``train#trainer`` (MONAI's ``SupervisedTrainer``) of
+        ``configs/train_weak.json`` is built from. Its slice datasets are built without targets (the sub-class stage
+        gives them) and, for the ``resnet`` classifier, without loading a volume, so building it for MONAI's
+        ``check_properties`` computes no SAM feature. The SAM classifiers train on the slices SAM ran on, which the
+        ``sam_features`` stage finds: for them it runs first (cached, resumable, after the datalist checks).
+        Other classifier settings than a finished model's or checkpoint's are refused here."""
+        train_entries, train_items = self._items("training")
+        val_entries, val_items = self._items("validation")
         initial_sam = None
+        if self.classifier_kind != "resnet":
+            self.check()
+            self.sam_features()
         if self.classifier_kind == "sam_frozen":  # the cached embeddings: no volume is loaded, no encoder run
             train = EmbeddingSlices(self.features, train_items)
             val = EmbeddingSlices(self.features, val_items) if val_items else None
@@ -367,11 +375,22 @@ class WeakPipeline:
                                   self.cache_rate, self.num_workers)
             val = slice_dataset(val_entries, val_items, self.volume_transform, self.val_item_transform,
                                 self.cache_rate, self.num_workers) if val_items else None
-        network, card, args, data = self._classifier_run()
-        card["subclasses"] = record["signature"]
-        card = train_classifier(network, train, val, self.output_dir, self.classifier_path, card, device=self.device,
-                                seed=self.seed, num_workers=self.num_workers, summary_writer=self.summary_writer,
-                                data_settings=data, resume=self.resume, initial_sam=initial_sam, **args)
+        network, card, data = self._classifier_run()
+        return ClassifierRun(network, train, val, self.output_dir, self.classifier_path, card,
+                             self.classifier_training, device=self.device, seed=self.seed,
+                             num_workers=self.num_workers, summary_writer=self.summary_writer, data_settings=data,
+                             resume=self.resume, initial_sam=initial_sam)
+
+    def classifier(self, trainer) -> dict:
+        """Train (resume, or reuse) the classifier with ``trainer`` (``train#trainer``, built from
+        :attr:`classifier_run`) on the targets of the sub-class stage."""
+        # the pseudo-label stage after it reads every case's SAM features: a damaged file must stop the run now,
+        # not once the classifier has trained
+        self.features.check_cached(self.entries("training") + self.entries("validation"))
+        record, _, train_items, _, val_items = self._subclass_record()
+        train_items = with_targets(train_items, self.task, self.subclasses.child_targets(record, train_items))
+        val_items = with_targets(val_items, self.task, self.subclasses.child_targets(record, val_items))
+        card = self.classifier_run.run(trainer, train_items, val_items or None, record["signature"])
         return {"model": str(self.classifier_path), "validation": card.get("validation", {})}
 
     @property
@@ -483,10 +502,17 @@ class WeakPipeline:
             workflow.finalize()
 
     # ---- driver --------------------------------------------------------------------------------------------------
-    def run(self, stages: str | Sequence[str] = STAGES) -> dict:
-        """Run stages in pipeline order; writes ``weak_summary.json`` (what each stage did, how long it took)."""
+    def run(self, stages: str | Sequence[str] = STAGES, trainer=None) -> dict:
+        """Run stages in pipeline order; writes ``weak_summary.json`` (what each stage did, how long it took).
+
+        Args:
+            trainer: the classifier's ``SupervisedTrainer`` (``train#trainer``), needed by the ``classifier`` stage.
+        """
         names = [stages] if isinstance(stages, str) else list(stages)
         names = [look_up_option(s, STAGES) for s in names]
+        if "classifier" in names and trainer is None:
+            raise ValueError("the classifier stage trains with train#trainer: run it from configs/train_weak.json "
+                             "(run ids training or classifier)")
         summary_path = self.output_dir / "weak_summary.json"
         try:
             summary = json.loads(summary_path.read_text())
@@ -502,8 +528,10 @@ class WeakPipeline:
         for name in sorted(names, key=STAGES.index):
             logger.info("WeakMedSAM stage %r (%s)", name, self.task.name)
             start = time.perf_counter()
-            method = self.subclasses_stage if name == "subclasses" else getattr(self, name)
-            result = method()
+            if name == "classifier":
+                result = self.classifier(trainer)
+            else:
+                result = (self.subclasses_stage if name == "subclasses" else getattr(self, name))()
             seconds = time.perf_counter() - start
             summary[name] = {**result, "seconds": round(seconds, 2)}
             if distributed.is_main_process():

@@ -29,7 +29,7 @@ def _config(**overrides) -> ConfigParser:
 def test_the_default_classifier_has_a_32_x_32_cam_for_a_256_x_256_slice():
     parser = _config()
     assert parser.get_parsed_content("classifier_network") == "resnet"
-    network = parser.get_parsed_content("classifier_args")["network"]
+    network = parser.get_parsed_content("classifier_def")
     args = {k: v for k, v in network.items() if k not in ("kind", "block_channels", "lora_rank")}
     net = ParentChildClassifier(num_classes=1, num_subclasses=8, **args)
     roi = parser.get_parsed_content("roi_size")

@@ -271,3 +271,36 @@ def test_an_edited_label_is_refused_before_any_sam_work(phantom_set, tmp_path, t
     cause = failed.value.__cause__
     assert isinstance(cause, InputError) and cause.path == str(label) and "prepare_datalist" in str(cause)
     assert not list(tmp_path.rglob("partition.json"))
+
+
+def test_training_config_passes_check_properties_without_sam_work(phantom_set, tmp_path, tiny_sam_checkpoint, caplog):
+    """configs/train_weak.json is a MONAI train workflow: train#trainer is the classifier's SupervisedTrainer,
+    train#dataset its slices, network_def the classifier. Checking it computes no SAM feature and loads no volume; the
+    training run then trains the classifier with that trainer."""
+    from monai.bundle import ConfigWorkflow
+    from monai.engines import SupervisedTrainer
+    from weak_utils import weak_files, weak_overrides
+    from workflow_utils import METADATA
+
+    caplog.set_level(logging.WARNING)
+    data = phantom_set("brats")
+    workflow = ConfigWorkflow(config_file=weak_files("brats"), workflow_type="train", meta_file=METADATA,
+                              logging_file=False, run_id="training",
+                              **weak_overrides(data, tmp_path, **{"priors#sam_checkpoint": str(tiny_sam_checkpoint)}))
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    assert not [r for r in caplog.records if "property" in r.getMessage().lower()]
+    assert isinstance(workflow.trainer, SupervisedTrainer) and workflow.trainer.network is workflow.network_def
+    assert not workflow.train_dataset.volumes.filled and len(workflow.train_dataset) > 0
+    weak_cache = Path(workflow.parser.get_parsed_content("weak_cache_dir"))
+    assert not [f for f in weak_cache.rglob("*") if f.is_file()] and not (tmp_path / "run" / "subclasses.json").exists()
+    workflow.run()
+    assert workflow.trainer.state.epoch == 1 and (tmp_path / "models" / "classifier.pt").is_file()
+    assert "subclasses" in torch.load(tmp_path / "models" / "classifier.pt", weights_only=True)["card"]
+
+
+def test_the_classifier_stage_needs_the_configs_trainer(phantom_set, tmp_path):
+    from bundle.workflows.weak.pipeline import WeakPipeline
+
+    with pytest.raises(ValueError, match="the classifier stage trains with train#trainer"):
+        WeakPipeline.run(object(), "classifier")
