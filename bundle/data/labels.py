@@ -52,6 +52,8 @@ class DatasetSpec:
         description: one line for humans.
         channel_names: the image channel names of the workflows and model cards (``FLAIR``, ``T1`` ...), when they
             are not ``modalities`` themselves.
+        weak_task: the slice task WeakMedSAM trains on by default (a name of :data:`bundle.data.tasks.TASKS`).
+        organ: the region SAM-Mix segments by default (a key of ``regions``).
     """
 
     name: str
@@ -61,6 +63,8 @@ class DatasetSpec:
     file_modalities: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
     channel_names: tuple[str, ...] = ()
+    weak_task: str = ""
+    organ: str = ""
 
     def __post_init__(self):
         if 0 not in self.labels:
@@ -69,6 +73,8 @@ class DatasetSpec:
             unknown = sorted(set(values) - set(self.labels))
             if unknown:
                 raise ValueError(f"dataset {self.name!r}: region {region!r} uses unknown label values {unknown}.")
+        if self.organ and self.organ not in self.regions:
+            raise ValueError(f"dataset {self.name!r}: organ {self.organ!r} is none of its regions {list(self.regions)}.")
         if self.channel_names and len(self.channel_names) != len(self.modalities):
             raise ValueError(f"dataset {self.name!r}: {len(self.channel_names)} channel names for "
                              f"{len(self.modalities)} modalities.")
@@ -120,6 +126,7 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
             file_modalities={m: m for m in BRATS_MODALITIES},
             description="BraTS 2019-2021 brain tumour MRI (4 modalities, ET = 4)",
             channel_names=BRATS_CHANNEL_NAMES,
+            weak_task="brats_wt",
         ),
         "brats2023": DatasetSpec(
             name="brats2023",
@@ -137,6 +144,8 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
             # the tumour lies inside the liver, so "liver" is the organ with its lesions (docs/methods.md §4, SAM-Mix)
             regions={"liver": (1, 2), "tumour": (2,)},
             description="LiTS liver and liver tumour CT",
+            weak_task="lits_liver",
+            organ="liver",
         ),
         "abdomenct1k": DatasetSpec(
             name="abdomenct1k",
@@ -144,6 +153,8 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
             modalities=("CT",),
             regions={"liver": (1,), "kidney": (2,), "spleen": (3,), "pancreas": (4,)},
             description="AbdomenCT-1K abdominal organ CT",
+            weak_task="abdomenct_organs",
+            organ="liver",
         ),
     }
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 
 import numpy as np
@@ -185,3 +186,21 @@ def test_check_datalist_refuses_other_numbering_and_dataset(task_phantoms):
         get_task("brats_wt").check_datalist(brats2023, "dl.json")
     with pytest.raises(InputError, match="for 'lits' datalists, this one is 'brats'"):
         get_task("lits_tumour").check_datalist(task_phantoms("brats2021").datalist)
+
+
+def test_each_datasets_default_weak_task_and_organ_are_its_own():
+    """WeakMedSAM's and SAM-Mix's defaults come from the dataset's spec: a slice task of that dataset, a region."""
+    from bundle.data.labels import DATASETS
+    from bundle.workflows.semisup.data import DEFAULT_ORGANS, organ_task
+    from bundle.workflows.weak.pipeline import DEFAULT_TASKS
+
+    assert dict(DEFAULT_TASKS) == {"brats": "brats_wt", "lits": "lits_liver", "abdomenct1k": "abdomenct_organs"}
+    assert dict(DEFAULT_ORGANS) == {"lits": ("liver", (1, 2)), "abdomenct1k": ("liver", (1,))}
+    for name, spec in DATASETS.items():
+        if spec.weak_task:
+            task = get_task(spec.weak_task)
+            assert task.dataset == name and task.level == "slice"
+        if spec.organ:
+            assert organ_task(name).values == (spec.regions[spec.organ],)
+    with pytest.raises(ValueError, match="organ 'spleen' is none of its regions"):
+        dataclasses.replace(DATASETS["lits"], organ="spleen")

@@ -11,23 +11,23 @@ model); every slice carries its class label (:func:`bundle.data.slice_dataset.sl
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from bundle.data.labels import DATASETS
 from bundle.data.slice_dataset import CLASS_LABEL_KEY
 from bundle.data.tasks import TASKS, ClassificationTask
 from bundle.errors import InputError
 
 __all__ = ["DEFAULT_ORGANS", "OrganMaskd", "organ_task", "labelled_count", "draw_labelled_slices", "labelled_subset"]
 
-DEFAULT_ORGANS: Mapping[str, tuple[str, tuple[int, ...]]] = {
-    "lits": ("liver", (1, 2)),
-    "abdomenct1k": ("liver", (1,)),
-}
-"""The organ SAM-Mix segments by default in each dataset preset: (name, label values)."""
+DEFAULT_ORGANS: Mapping[str, tuple[str, tuple[int, ...]]] = MappingProxyType(
+    {name: (spec.organ, tuple(spec.regions[spec.organ])) for name, spec in DATASETS.items() if spec.organ})
+"""The organ SAM-Mix segments by default in each dataset preset: (name, label values), the spec's ``organ`` region."""
 
 
 def organ_task(dataset: str, organ: str | None = None, values: Sequence[int] | None = None) -> ClassificationTask:

@@ -38,6 +38,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -50,6 +51,7 @@ from bundle.atomic import write_text_atomic
 from bundle.data.case_ids import case_id_of
 from bundle.data.channel_select import SelectChannelsd
 from bundle.data.datalist_io import load_checked_section, read_datalist
+from bundle.data.labels import DATASETS
 from bundle.data.summaries import SUMMARY_KEY
 from bundle.data.tasks import get_task
 from bundle.errors import InputError
@@ -72,8 +74,9 @@ __all__ = ["DEFAULT_TASKS", "SEG_LABELS", "STAGES", "WeakPipeline", "default_tas
 logger = logging.getLogger(__name__)
 
 STAGES = ("sam_features", "subclasses", "classifier", "pseudo_labels", "pseudo_quality", "segmentation", "evaluation")
-DEFAULT_TASKS = {"brats": "brats_wt", "lits": "lits_liver", "abdomenct1k": "abdomenct_organs"}
-"""The weak task of each dataset preset: BraTS whole tumour, LiTS liver, AbdomenCT-1K's four organs."""
+DEFAULT_TASKS = MappingProxyType({name: spec.weak_task for name, spec in DATASETS.items() if spec.weak_task})
+"""The weak task of each dataset preset (the spec's ``weak_task``): BraTS whole tumour, LiTS liver, AbdomenCT-1K's four
+organs."""
 SEG_LABELS = (PSEUDO_KIND, CAM_KIND, "ground_truth")
 """What the segmentation stage trains on: the pseudo labels, the CAM-alone labels, or (the fully supervised baseline
 with the same settings) the datalist's real labels."""
