@@ -160,6 +160,9 @@ def _module_graph() -> dict[str, set[str]]:
                 parts.pop()
             if parts and ".".join(parts) != module:
                 targets.add(".".join(parts))
+        if path.name == "__init__.py" and "iter_modules" in path.read_text(encoding="utf-8"):
+            # a package that finds its modules by listing itself (bundle.data.datasets) imports each of them
+            targets |= {m for m in modules if m.rpartition(".")[0] == module}
         graph[module] = targets
     return graph
 

@@ -28,7 +28,7 @@ from monai.utils import TransformBackends
 
 from bundle.data.case_ids import SOURCE_FILES_KEY
 from bundle.data.headers import ImageHeader
-from bundle.data.image_files import check_image_file
+from bundle.data.image_files import check_image_file, read_failure_reason
 from bundle.errors import InputError, MissingInputError
 
 __all__ = [
@@ -426,7 +426,7 @@ class LoadCheckedImaged(LoadImaged):
                 if len(_filenames(data[key])) > 1:  # readable one by one: stacking failed, e.g. shapes differ
                     check_case(_filenames(data[key]), channels=None, affine_atol=float("inf"))
             where = ", ".join(paths) if paths else "<input>"
-            raise InputError(where, f"cannot be loaded: {_reason(err)}") from err
+            raise InputError(where, f"cannot be loaded: {read_failure_reason(err)}") from err
         for key in self.key_iterator(d):
             paths = _filenames(data[key])
             if len(paths) > 1 and isinstance(d[key], MetaTensor):

@@ -14,10 +14,10 @@ from monai.transforms import LoadImage
 
 from bundle.errors import InputError, MissingInputError
 
-__all__ = ["check_image_file"]
+__all__ = ["check_image_file", "read_failure_reason"]
 
 
-def _reason(err: BaseException) -> str:
+def read_failure_reason(err: BaseException) -> str:
     """A one-line, user-facing reason for a reader failure (the original stays chained for debugging)."""
     text = str(err).strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -60,4 +60,4 @@ def check_image_file(path: str | os.PathLike, **load_kwargs) -> MetaTensor:
         return loader(path)
     # readers raise EOFError, OSError, zlib.error, ImageFileError, RuntimeError, ...: all mean "unreadable"
     except Exception as err:  # noqa: BLE001 - re-raised with the file named, original chained
-        raise InputError(path, f"cannot be read: {_reason(err)}") from err
+        raise InputError(path, f"cannot be read: {read_failure_reason(err)}") from err

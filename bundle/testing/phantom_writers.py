@@ -34,6 +34,7 @@ import nibabel as nib
 import numpy as np
 
 from bundle.atomic import write_bytes_atomic
+from bundle.data.datasets import MODULES
 from bundle.testing.dicom_series import write_ct_series
 from bundle.testing.phantoms import CT_TISSUES, MR_MODALITIES, brain_phantom, ct_phantom
 
@@ -50,7 +51,28 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BRATS_DATASETS = ("brats2019", "brats2021", "brats2023")
-CT_DATASETS = ("lits", "abdomenct1k", "msd")
+
+
+def _recipes() -> dict[str, dict]:
+    """The phantoms of dataset modules' recipes (``DatasetModule.phantom``, e.g. ``msd_spleen``): CT anatomy written
+    in the MSD layout, the recipe's tissues as its label values."""
+    recipes = {}
+    for name, module in MODULES.items():
+        if module.phantom is None:
+            continue
+        recipe = dict(module.phantom)
+        if (recipe.get("anatomy"), recipe.get("layout")) != ("ct", "msd"):
+            raise ValueError(f"dataset module {name!r}: the phantom writer makes CT phantoms in the MSD layout, not "
+                             f"{recipe.get('anatomy')!r} in {recipe.get('layout')!r}")
+        unknown = sorted(set(recipe["labels"]) - set(CT_TISSUES))
+        if unknown:
+            raise ValueError(f"dataset module {name!r}: phantom tissues {unknown} are none of {sorted(CT_TISSUES)}")
+        recipes[name] = recipe
+    return recipes
+
+
+RECIPES = _recipes()
+CT_DATASETS = ("lits", "abdomenct1k", "msd", *RECIPES)
 DATASETS = BRATS_DATASETS + CT_DATASETS
 #: label values each dataset's label maps use (background included)
 DATASET_LABELS = {
@@ -60,6 +82,7 @@ DATASET_LABELS = {
     "lits": (0, 1, 2),
     "abdomenct1k": (0, 1, 2, 3, 4),
     "msd": (0, 1, 2),
+    **{name: (0, *sorted(set(r["labels"].values()))) for name, r in RECIPES.items()},
 }
 MIN_SIZE, MAX_SIZE, MAX_SLICES = 16, 1024, 200
 
@@ -77,6 +100,7 @@ _CT_REMAP = {
     "lits": {"liver": 1, "liver_tumour": 2},
     "msd": {"liver": 1, "liver_tumour": 2},
     "abdomenct1k": {"liver": 1, "liver_tumour": 1, "kidney": 2, "spleen": 3, "pancreas": 4},
+    **{name: dict(r["labels"]) for name, r in RECIPES.items()},
 }
 
 _MSD_JSON = {
@@ -225,7 +249,7 @@ def _ct_paths(dataset: str, out: Path, index: int) -> tuple[str, Path, Path]:
     if dataset == "abdomenct1k":
         case_id = f"Case_{index + 1:05d}"
         return case_id, out / f"{case_id}_0000.nii.gz", out / "Mask" / f"{case_id}.nii.gz"
-    case_id = f"liver_{index}"
+    case_id = f"{RECIPES[dataset]['case_prefix'] if dataset in RECIPES else 'liver'}_{index}"  # MSD layout
     return case_id, out / "imagesTr" / f"{case_id}.nii.gz", out / "labelsTr" / f"{case_id}.nii.gz"
 
 
@@ -248,8 +272,8 @@ def _write_ct_case(
     return PhantomCase(case_id, {"ct": image}, label, affine, shape, dicom_dir=dicom_dir)
 
 
-def _write_msd_json(out: Path, cases: list[PhantomCase]) -> None:
-    content = dict(_MSD_JSON)
+def _write_msd_json(out: Path, cases: list[PhantomCase], dataset: str = "msd") -> None:
+    content = {**_MSD_JSON, **RECIPES[dataset]["dataset_json"]} if dataset in RECIPES else dict(_MSD_JSON)
     content["numTraining"] = len(cases)
     content["numTest"] = 0
     content["training"] = [
@@ -312,6 +336,6 @@ def make_phantoms(
         written.append(case)
         if progress is not None:
             progress(case)
-    if dataset == "msd":
-        _write_msd_json(out, written)
+    if dataset == "msd" or dataset in RECIPES:
+        _write_msd_json(out, written, dataset)
     return written

@@ -336,3 +336,11 @@ def test_loader_checks_label_values_and_channels(case, tmp_path):
     out = LoadCheckedImaged(keys=["image", "label"], ensure_channel_first=True, label_values=BRATS_LABELS,
                             image_channels=2)({"image": images, "label": case[1]})
     assert tuple(out["image"].shape) == (2, *SHAPE)
+
+
+def test_a_load_failure_of_readable_files_is_named(tmp_path):
+    """A failure after every file read fine on its own (here the requested dtype) names the file and the reason."""
+    path = tmp_path / "ok.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), path)
+    with pytest.raises(InputError, match=r"ok\.nii\.gz: cannot be loaded: .*not_a_dtype"):
+        LoadCheckedImaged(keys="image", label_key=None, dtype="not_a_dtype")({"image": str(path)})

@@ -43,6 +43,7 @@ REGISTRY = [
     ("abdomenct_organs", "abdomenct1k", "slice", ("liver", "kidney", "spleen", "pancreas"), True),
     ("brats_grade", "brats", "volume", ("LGG", "HGG"), False),
     ("lits_tumour_volume", "lits", "volume", ("no_tumour", "tumour"), False),
+    ("msd_spleen_spleen", "msd_spleen", "slice", ("no_spleen", "spleen"), False),
 ]
 
 
@@ -194,8 +195,10 @@ def test_each_datasets_default_weak_task_and_organ_are_its_own():
     from bundle.workflows.semisup.data import DEFAULT_ORGANS, organ_task
     from bundle.workflows.weak.pipeline import DEFAULT_TASKS
 
-    assert dict(DEFAULT_TASKS) == {"brats": "brats_wt", "lits": "lits_liver", "abdomenct1k": "abdomenct_organs"}
-    assert dict(DEFAULT_ORGANS) == {"lits": ("liver", (1, 2)), "abdomenct1k": ("liver", (1,))}
+    assert dict(DEFAULT_TASKS) == {"brats": "brats_wt", "lits": "lits_liver", "abdomenct1k": "abdomenct_organs",
+                                   "msd_spleen": "msd_spleen_spleen"}
+    assert dict(DEFAULT_ORGANS) == {"lits": ("liver", (1, 2)), "abdomenct1k": ("liver", (1,)),
+                                    "msd_spleen": ("spleen", (1,))}
     for name, spec in DATASETS.items():
         if spec.weak_task:
             task = get_task(spec.weak_task)

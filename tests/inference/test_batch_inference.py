@@ -413,13 +413,15 @@ def test_files_the_bundle_did_not_write_are_never_written_over(lits_data, seg_wo
 
 
 def test_prediction_names_never_collide_with_the_datasets_label_names(tmp_path):
-    from bundle.data.layouts import _ACT1K_MASK, _BRATS_2023, _BRATS_LEGACY, _LITS_SEGMENTATION
+    from bundle.data.datasets.abdomenct1k import ACT1K_MASK
+    from bundle.data.datasets.brats import BRATS_2023, BRATS_LEGACY
+    from bundle.data.datasets.lits import LITS_SEGMENTATION
     from bundle.inference.outputs import expected_outputs
     from bundle.inference.sources import InputSource
 
     for stem in ("BraTS2021_00003", "BraTS2021_00003_flair", "volume-7", "Case_00001_0000", "Case_00001", "la_003"):
         (nifti,) = expected_outputs(tmp_path, InputSource(stem, "image", [], stem), "segmentation")
-        assert not any(p.match(nifti.name) for p in (_BRATS_LEGACY, _BRATS_2023, _LITS_SEGMENTATION, _ACT1K_MASK))
+        assert not any(p.match(nifti.name) for p in (BRATS_LEGACY, BRATS_2023, LITS_SEGMENTATION, ACT1K_MASK))
         assert "seg" not in nifti.name.lower()  # the BraTS scan adopts a lone '*seg*' file as a case's label
 
 

@@ -55,6 +55,7 @@ LABEL_SETS = {
     "lits": {0, 1, 2},
     "abdomenct1k": {0, 1, 2, 3, 4},
     "msd": {0, 1, 2},
+    "msd_spleen": {0, 1},
 }
 ET_LABEL = {"brats2019": 4, "brats2021": 4, "brats2023": 3}
 LOAD_RAS = Compose([LoadImage(image_only=True), EnsureChannelFirst(), Orientation(axcodes="RAS")])

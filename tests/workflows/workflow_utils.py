@@ -21,7 +21,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bundle.data.datalist import build_datalist, write_datalist
-from bundle.testing.phantom_writers import make_phantoms
+from bundle.testing.phantom_writers import RECIPES, make_phantoms
 from bundle.workflows.common.model_card import write_card
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,13 +32,15 @@ PRECOMPUTE = str(CONFIGS / "precompute_priors.json")
 EVALUATE = str(CONFIGS / "evaluate.json")
 INFERENCE = str(CONFIGS / "inference.json")
 METADATA = str(CONFIGS / "metadata.json")
-PRESET_NAMES = ("brats", "lits", "abdomenct1k")
+#: the built-in datasets' presets, then every dataset module's with a phantom recipe (msd_spleen)
+PRESET_NAMES = ("brats", "lits", "abdomenct1k", *RECIPES)
 PRESETS = {name: str(CONFIGS / "presets" / f"{name}.json") for name in PRESET_NAMES}
 #: preset -> (phantom layout written by make_phantoms, dataset name of build_datalist)
 PHANTOM_LAYOUTS = {
     "brats": ("brats2021", "brats"),
     "lits": ("lits", "lits"),
     "abdomenct1k": ("abdomenct1k", "abdomenct1k"),
+    **{name: (name, name) for name in RECIPES},
 }
 
 #: overrides shared by every workflow run of the tests (train, evaluate and inference must build the same network)
