@@ -274,6 +274,48 @@ def _frame_order(frame_order: Sequence[int] | None, n_frames: int) -> np.ndarray
     return order
 
 
+def _seg_frames(label, datasets: Sequence[Dataset], multiframe: bool, frame_order: Sequence[int] | None,
+                specs: Sequence[SegmentSpec], source: str) -> np.ndarray:
+    """The SEG's ``[frames, rows, columns]`` segment numbers: ``label`` ``[I, J, K]`` on the source frames of
+    ``frame_order``, the other frames empty.
+
+    Raises:
+        InputError: (naming the source) the label's shape is not the source's.
+    """
+    n_frames = int(datasets[0].get("NumberOfFrames", 1)) if multiframe else len(datasets)
+    rows, columns = int(datasets[0].Rows), int(datasets[0].Columns)
+    label = _label_array(label)
+    order = _frame_order(frame_order, n_frames)
+    if label.shape != (columns, rows, len(order)):
+        raise InputError(
+            source,
+            f"label shape [I, J, K] = {tuple(label.shape)} does not match the source series "
+            f"{(columns, rows, len(order))} ({columns} columns, {rows} rows, {len(order)} slices).",
+        )
+    numbers = _segment_numbers(label, specs)
+    frames = np.zeros((n_frames, rows, columns), numbers.dtype)
+    frames[order] = numbers.transpose(2, 1, 0)
+    return frames
+
+
+def _segment_descriptions(specs: Sequence[SegmentSpec], names: Sequence[str], model: str,
+                          version: str) -> list:
+    """One highdicom ``SegmentDescription`` per segment (numbered from 1), each naming the algorithm."""
+    algorithm = hd.AlgorithmIdentificationSequence(name=model, family=codes.DCM.ArtificialIntelligence, version=version)
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=name,
+            segmented_property_category=spec.category,
+            segmented_property_type=spec.property_type,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            anatomic_regions=None if spec.anatomic_region is None else [spec.anatomic_region],
+        )
+        for number, (spec, name) in enumerate(zip(specs, names), start=1)
+    ]
+
+
 def write_dicom_seg(
     label,
     source_datasets: Sequence[Dataset],
@@ -327,20 +369,7 @@ def write_dicom_seg(
     source = _source_name(datasets)
     multiframe = _is_multiframe(datasets, multiframe, source)
     _check_source(datasets, multiframe, source)
-    n_frames = int(datasets[0].get("NumberOfFrames", 1)) if multiframe else len(datasets)
-    rows, columns = int(datasets[0].Rows), int(datasets[0].Columns)
-
-    label = _label_array(label)
-    order = _frame_order(frame_order, n_frames)
-    if label.shape != (columns, rows, len(order)):
-        raise InputError(
-            source,
-            f"label shape [I, J, K] = {tuple(label.shape)} does not match the source series "
-            f"{(columns, rows, len(order))} ({columns} columns, {rows} rows, {len(order)} slices).",
-        )
-    numbers = _segment_numbers(label, specs)
-    frames = np.zeros((n_frames, rows, columns), numbers.dtype)
-    frames[order] = numbers.transpose(2, 1, 0)
+    frames = _seg_frames(label, datasets, multiframe, frame_order, specs, source)
 
     description = clean_text("LO", series_description)
     names = [clean_text("LO", s.name) or f"segment {s.value}" for s in specs]
@@ -348,20 +377,7 @@ def write_dicom_seg(
     version = clean_text("LO", str(algorithm_version)) or "unknown"
     maker = clean_text("LO", manufacturer) or MANUFACTURER
     header = _header_for_highdicom(datasets, multiframe, source, [description, *names, model, version, maker])
-
-    algorithm = hd.AlgorithmIdentificationSequence(name=model, family=codes.DCM.ArtificialIntelligence, version=version)
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=name,
-            segmented_property_category=spec.category,
-            segmented_property_type=spec.property_type,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-            anatomic_regions=None if spec.anatomic_region is None else [spec.anatomic_region],
-        )
-        for number, (spec, name) in enumerate(zip(specs, names), start=1)
-    ]
+    descriptions = _segment_descriptions(specs, names, model, version)
     digest = hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()
     seed = [
         str(datasets[0].SeriesInstanceUID),

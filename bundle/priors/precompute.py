@@ -149,11 +149,9 @@ class PriorPrecompute:
         with distributed.process_group():
             return self._run()
 
-    def _run(self) -> dict:
-        data = read_datalist(self.datalist)
-        label_values, channels = datalist_label_values(data), datalist_image_channels(data)
-        entries = self.entries()
-        rank, world = distributed.rank(), distributed.world_size()
+    def _plan(self, entries: list, rank: int, world: int) -> tuple[list, list, dict]:
+        """``(this rank's cases, those to compute, the bad ones)``: a case is computed when its cache entry is
+        missing, stale or bad (a bad entry of a read-only cache is refused, naming the file at fault)."""
         ids = shard_case_ids([case_id_of(e, self.image_key) for e in entries], rank, world)
         # datalist order within the share: a single process runs exactly as it always did
         mine = [e for e in entries if case_id_of(e, self.image_key) in ids]
@@ -176,11 +174,18 @@ class PriorPrecompute:
         if world > 1:
             logger.info("SAM priors, rank %d of %d: %d of %d cases, %d to compute", rank, world, len(mine),
                         len(entries), len(todo))
+        return mine, todo, invalid
+
+    def _compute(self, mine: list, todo: list, rank: int, world: int, label_values,
+                 channels) -> tuple[list[str], dict[str, str], Exception | None, Path | None]:
+        """Compute the priors of ``todo`` with a progress bar over ``mine``'s slices: ``(computed case ids, failed
+        case id -> reason, the error that stopped this rank under torchrun, the manifest written in one process)``.
+        """
+        cache = self.cached.cache
         total = sum(int(e.get("num_slices") or 0) for e in mine) or None
         computed: list[str] = []
         failed: dict[str, str] = {}
         stopped: Exception | None = None
-        start = time.perf_counter()
         desc = "SAM priors" if world == 1 else f"SAM priors rank {rank}/{world}"
         bar = tqdm(total=total, unit="slice", desc=desc, disable=not self.progress, dynamic_ncols=True)
         manifest = None
@@ -204,11 +209,22 @@ class PriorPrecompute:
         except Exception as err:
             if world == 1:
                 raise
-            stopped = err  # raised after the meeting below, so the other ranks are not left waiting
+            stopped = err  # raised after the meeting in _run, so the other ranks are not left waiting
         finally:
             bar.close()
             if world == 1:  # whatever happened, the manifest describes what the partition holds
                 manifest = cache.write_manifest()
+        return computed, failed, stopped, manifest
+
+    def _run(self) -> dict:
+        data = read_datalist(self.datalist)
+        label_values, channels = datalist_label_values(data), datalist_image_channels(data)
+        entries = self.entries()
+        rank, world = distributed.rank(), distributed.world_size()
+        mine, todo, invalid = self._plan(entries, rank, world)
+        cache = self.cached.cache
+        start = time.perf_counter()
+        computed, failed, stopped, manifest = self._compute(mine, todo, rank, world, label_values, channels)
         share = {"rank": rank, "cases": len(mine), "computed": len(computed), "up_to_date": len(mine) - len(todo),
                  "failed": len(failed), "computed_cases": computed,
                  "recomputed_bad": {k: v.describe() for k, v in invalid.items()},
