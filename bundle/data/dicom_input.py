@@ -488,21 +488,27 @@ def _checked_geometry(series: DicomSeries) -> tuple[list[_Frame], np.ndarray]:
     return frames, lps
 
 
-def check_dicom_series(series: DicomSeries) -> None:
+def check_dicom_series(series: DicomSeries) -> tuple[list[_Frame], np.ndarray]:
     """The checks of :func:`read_dicom_volume` that need no pixel data (colour, geometry, missing slices), on the
     headers :func:`scan_dicom_files` read: cheap enough to run on every series before any work starts.
+
+    Returns:
+        the checked geometry (frames in ``k`` order, voxel-to-LPS affine), which :func:`read_dicom_volume` takes so
+        that a series is checked once.
 
     Raises:
         InputError: as :func:`read_dicom_volume`, with ``path`` = ``series.label``.
     """
-    _checked_geometry(series)
+    return _checked_geometry(series)
 
 
-def read_dicom_volume(series: DicomSeries) -> tuple[np.ndarray, np.ndarray]:
+def read_dicom_volume(series: DicomSeries, geometry: tuple[list[_Frame], np.ndarray] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Read a series' pixels as one checked volume, with the modality LUT applied.
 
     Args:
         series: a series from :func:`scan_dicom_files`.
+        geometry: what :func:`check_dicom_series` returned for it (None: checked here).
 
     Returns:
         ``(values, affine)``: float32 ``[I, J, K]`` (``i`` = column, ``j`` = row, ``k`` = slice along the normal)
@@ -514,7 +520,7 @@ def read_dicom_volume(series: DicomSeries) -> tuple[np.ndarray, np.ndarray]:
             missing geometry, mixed orientations, sizes or spacings, sheared stack, duplicate or missing slices,
             uneven spacing); with ``path`` = the file when its pixel data cannot be read or decoded.
     """
-    frames, lps = _checked_geometry(series)
+    frames, lps = geometry if geometry is not None else _checked_geometry(series)
     rows, columns = frames[0].size
     values = np.empty((columns, rows, len(frames)), np.float32)
     by_file: dict[int, list[int]] = {}

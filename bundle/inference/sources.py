@@ -53,6 +53,8 @@ class InputSource:
         files: the image file(s) (several: one per modality, stacked as channels) or the series' files.
         label: how messages and the summary name it (a path, or the series folder and UID).
         series: the DICOM series (``dicom`` only).
+        checked: what :func:`bundle.inference.volumes.check_input` read (the series' geometry, the files' headers),
+            handed to the loader so that an input is read and checked once; None before the check.
     """
 
     name: str
@@ -60,6 +62,7 @@ class InputSource:
     files: list[str]
     label: str
     series: DicomSeries | None = None
+    checked: Any = field(default=None, repr=False)
     stem: str = field(default="", repr=False)
     key: str = field(default="", repr=False)
 

@@ -1,8 +1,10 @@
 """Load one batch-inference input as the model's image: ``[C, I, J, K]`` float32 with its voxel-to-RAS affine, after
 checking that it is what the model takes.
 
-:func:`check_input` reads headers only and runs on every input before any work starts; :func:`load_input` checks the
-loaded array again, before its priors are computed. Both fail with one :class:`~bundle.errors.InputError` naming the
+:func:`check_input` reads headers only and runs on every input before any work starts; what it read (a DICOM series'
+checked geometry, the files' headers and colour check) goes with the input to :func:`load_input`, which reads the
+voxels once (:func:`bundle.data.checks.check_image_file`, or the series' pixels) and checks only what needs them:
+shape and channels as loaded, one grid, finite values. Both fail with one :class:`~bundle.errors.InputError` naming the
 file and what it is: a 4D file (time series) or an RGB image where one grey-scale 3D volume is expected, a
 channel count the model was not trained with, modality files on different grids, NaN or infinite voxels. A single
 2D image (a 2D NIfTI, one DICOM slice) is run as a one-slice volume; :attr:`LoadedInput.spatial_shape` keeps the
@@ -59,9 +61,10 @@ def _rgb_problem(path: str) -> str | None:
     return None
 
 
-def _file_volume(path: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-    """``(array [I, J, K, T], affine, loaded spatial shape)`` of one image file; T = 1 for a 3D (or 2D) image."""
-    problem = _rgb_problem(path)
+def _file_volume(path: str, colour_checked: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """``(array [I, J, K, T], affine, loaded spatial shape)`` of one image file; T = 1 for a 3D (or 2D) image.
+    ``colour_checked``: :func:`check_input` found it grey-scale from its header (not read again)."""
+    problem = None if colour_checked else _rgb_problem(path)
     if problem:
         raise InputError(path, problem)
     image = check_image_file(path)
@@ -132,10 +135,10 @@ def check_input(source: InputSource, channel_names: Sequence[str]) -> None:
     """
     if source.kind == "dicom":
         _dicom_channels(source, channel_names)
-        check_dicom_series(source.series)
+        source.checked = check_dicom_series(source.series)
         return
     _check_file_count(source, channel_names)
-    first = None
+    first, headers = None, []
     for path in source.files:
         problem = _rgb_problem(path)
         if problem:
@@ -149,13 +152,15 @@ def check_input(source: InputSource, channel_names: Sequence[str]) -> None:
             first = header
         else:
             _check_grid(path, header.spatial_shape, header.affine, first.path, first.spatial_shape, first.affine)
+        headers.append(header)
+    source.checked = headers
 
 
 def _image_input(source: InputSource, channel_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, tuple]:
     _check_file_count(source, channel_names)
     arrays, affine, spatial = [], None, None
     for path in source.files:
-        data, file_affine, file_spatial = _file_volume(path)
+        data, file_affine, file_spatial = _file_volume(path, colour_checked=source.checked is not None)
         _check_volumes(path, data.shape[-1], tuple(data.shape), len(source.files), channel_names)
         if affine is None:
             affine, spatial = file_affine, file_spatial
@@ -168,7 +173,7 @@ def _image_input(source: InputSource, channel_names: Sequence[str]) -> tuple[np.
 
 def _dicom_input(source: InputSource, channel_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, tuple]:
     _dicom_channels(source, channel_names)
-    values, affine = read_dicom_volume(source.series)
+    values, affine = read_dicom_volume(source.series, geometry=source.checked)
     values = np.asarray(values, np.float32)
     return values[None], np.asarray(affine, np.float64), tuple(int(s) for s in values.shape)
 
