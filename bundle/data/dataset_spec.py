@@ -46,7 +46,8 @@ class DatasetSpec:
             if unknown:
                 raise ValueError(f"dataset {self.name!r}: region {region!r} uses unknown label values {unknown}.")
         if self.organ and self.organ not in self.regions:
-            raise ValueError(f"dataset {self.name!r}: organ {self.organ!r} is none of its regions {list(self.regions)}.")
+            raise ValueError(f"dataset {self.name!r}: organ {self.organ!r} is none of its regions "
+                             f"{list(self.regions)}.")
         if self.channel_names and len(self.channel_names) != len(self.modalities):
             raise ValueError(f"dataset {self.name!r}: {len(self.channel_names)} channel names for "
                              f"{len(self.modalities)} modalities.")

@@ -17,7 +17,7 @@ from bundle.data.dataset_spec import DatasetSpec
 from bundle.errors import BundleError
 
 __all__ = ["NIFTI", "DatasetLayoutError", "DatasetScan", "case_stem", "duplicates", "folder_niftis", "natural_key",
-           "nifti_files", "pair_by_number", "scan_numbered", "warn_unrecognised"]
+           "nifti_files", "scan_by_number", "warn_unrecognised"]
 
 NIFTI = re.compile(r"\.nii(?:\.gz)?$", re.IGNORECASE)
 
@@ -72,8 +72,27 @@ def duplicates(kind: str, key: str, paths: list[str]) -> str:
     return f"duplicate case id {key}: {len(paths)} {kind} files: " + ", ".join(paths)
 
 
-def pair_by_number(scan: DatasetScan, images: dict, labels: dict, case_id, image_name, label_name) -> None:
-    """Cases of ``scan`` from image and label files by case number; every unpaired or repeated file a problem."""
+def scan_by_number(root: str, dataset: str, spec: DatasetSpec, image_re, label_re, expected: str, case_id,
+                   image_name, label_name) -> DatasetScan:
+    """The cases of a folder whose image and label files carry a case number in their names (LiTS, AbdomenCT-1K),
+    paired by number wherever they sit under ``root``.
+
+    Args:
+        image_re, label_re: the file name patterns; group 1 is the case number.
+        expected: the names looked for, quoted in the warning about other NIfTI files.
+        case_id, image_name, label_name: case number -> the case id, and the image and label names a problem quotes.
+    """
+    scan = DatasetScan(dataset, root, dataset, spec)
+    images, labels, unrecognised = defaultdict(list), defaultdict(list), []
+    for path in nifti_files(root):
+        name = os.path.basename(path)
+        if m := image_re.match(name):
+            images[int(m[1])].append(path)
+        elif m := label_re.match(name):
+            labels[int(m[1])].append(path)
+        else:
+            unrecognised.append(path)
+    warn_unrecognised(root, unrecognised, expected)
     for number in sorted(set(images) | set(labels)):
         case = case_id(number)
         image_paths, label_paths = images.get(number, []), labels.get(number, [])
@@ -91,23 +110,7 @@ def pair_by_number(scan: DatasetScan, images: dict, labels: dict, case_id, image
             )
         else:
             scan.cases.append({"case_id": case, "image": image_paths[0], "label": label_paths[0]})
-
-
-def scan_numbered(root: str, dataset: str, spec: DatasetSpec, image_re, label_re,
-                  expected: str) -> tuple[DatasetScan, dict, dict]:
-    """The NIfTI files under ``root`` whose names carry a case number, by number: ``(scan, images, labels)``."""
-    scan = DatasetScan(dataset, root, dataset, spec)
-    images, labels, unrecognised = defaultdict(list), defaultdict(list), []
-    for path in nifti_files(root):
-        name = os.path.basename(path)
-        if m := image_re.match(name):
-            images[int(m[1])].append(path)
-        elif m := label_re.match(name):
-            labels[int(m[1])].append(path)
-        else:
-            unrecognised.append(path)
-    warn_unrecognised(root, unrecognised, expected)
-    return scan, images, labels
+    return scan
 
 
 def case_stem(path: str) -> str:

@@ -26,7 +26,8 @@ def test_msd_spleen_from_phantoms_to_batch_inference(tmp_path):
                 "--size", "32")
     assert made.returncode == 0, made.stderr
     assert json.loads((data / "dataset.json").read_text())["labels"] == {"0": "background", "1": "spleen"}
-    listed = _run("scripts/prepare_datalist.py", "--dataset", "msd_spleen", "--root", str(data), "--out", str(data / "datalist.json"),
+    listed = _run("scripts/prepare_datalist.py", "--dataset", "msd_spleen", "--root", str(data), "--out",
+                  str(data / "datalist.json"),
                   "--no-progress", "--val-fraction",
                   "0.25", "--test-fraction", "0.25")
     assert listed.returncode == 0, listed.stderr

@@ -8,6 +8,7 @@ seconds on two CPU cores.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -95,6 +96,18 @@ def config_files(preset: str | None, *extra: str, main: str = TRAIN) -> list[str
     """The shared SAM/prior settings, ``main`` (the training config), the preset (if any), then ``extra`` files, in
     merge order."""
     return [SAM_PRIORS, main] + ([PRESETS[preset]] if preset else []) + list(extra)
+
+
+def checked_workflow(files, workflow_type: str, caplog, run_id: str = "run", **overrides) -> ConfigWorkflow:
+    """``files`` as MONAI's ``ConfigWorkflow`` of ``workflow_type`` (``train`` / ``infer``), initialised, after asserting
+    that it passes ``check_properties`` without a warning about a property (MONAI Label reads several of them)."""
+    caplog.set_level(logging.WARNING)
+    workflow = ConfigWorkflow(config_file=files, workflow_type=workflow_type, meta_file=METADATA, logging_file=False,
+                              run_id=run_id, **overrides)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    assert not [r for r in caplog.records if "property" in r.getMessage().lower()]
+    return workflow
 
 
 def initialized_training(files, meta_file: str, **overrides) -> ConfigWorkflow:

@@ -7,7 +7,7 @@ import re
 from bundle.data.classification_task import ClassificationTask
 from bundle.data.dataset_spec import DatasetSpec
 from bundle.data.dataset_module import DatasetModule
-from bundle.data.layout_scan import DatasetScan, pair_by_number, scan_numbered
+from bundle.data.layout_scan import DatasetScan, scan_by_number
 
 ABDOMENCT1K = DatasetSpec(
     name="abdomenct1k",
@@ -28,18 +28,10 @@ def scan(root: str) -> DatasetScan:
     Masks are paired by number wherever they sit: ``Mask/`` under the root, a sibling ``Mask/`` folder of an image
     folder, or next to the images (the released archives have been repacked in all three ways).
     """
-    scan, images, labels = scan_numbered(
-        root, "abdomenct1k", ABDOMENCT1K, ACT1K_IMAGE, ACT1K_MASK, "Case_XXXXX_0000.nii[.gz] or Case_XXXXX.nii[.gz]"
-    )
-    pair_by_number(
-        scan,
-        images,
-        labels,
-        case_id=lambda n: f"Case_{n:05d}",
-        image_name=lambda n: f"Case_{n:05d}_0000.nii[.gz]",
-        label_name=lambda n: f"Mask/Case_{n:05d}.nii[.gz]",
-    )
-    return scan
+    return scan_by_number(root, "abdomenct1k", ABDOMENCT1K, ACT1K_IMAGE, ACT1K_MASK,
+                          "Case_XXXXX_0000.nii[.gz] or Case_XXXXX.nii[.gz]", case_id=lambda n: f"Case_{n:05d}",
+                          image_name=lambda n: f"Case_{n:05d}_0000.nii[.gz]",
+                          label_name=lambda n: f"Mask/Case_{n:05d}.nii[.gz]")
 
 
 DATASET = DatasetModule(

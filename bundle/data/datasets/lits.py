@@ -7,7 +7,7 @@ import re
 from bundle.data.classification_task import binary_task
 from bundle.data.dataset_spec import DatasetSpec
 from bundle.data.dataset_module import DatasetModule
-from bundle.data.layout_scan import DatasetScan, pair_by_number, scan_numbered
+from bundle.data.layout_scan import DatasetScan, scan_by_number
 
 LITS = DatasetSpec(
     name="lits",
@@ -25,18 +25,10 @@ LITS_SEGMENTATION = re.compile(r"^segmentation-(\d+)\.nii(?:\.gz)?$", re.IGNOREC
 
 def scan(root: str) -> DatasetScan:
     """The cases of a LiTS folder, paired by number wherever the files sit."""
-    scan, images, labels = scan_numbered(
-        root, "lits", LITS, LITS_VOLUME, LITS_SEGMENTATION, "volume-N.nii[.gz] or segmentation-N.nii[.gz]"
-    )
-    pair_by_number(
-        scan,
-        images,
-        labels,
-        case_id=lambda n: f"lits_{n:03d}",
-        image_name=lambda n: f"volume-{n}.nii[.gz]",
-        label_name=lambda n: f"segmentation-{n}.nii[.gz]",
-    )
-    return scan
+    return scan_by_number(root, "lits", LITS, LITS_VOLUME, LITS_SEGMENTATION,
+                          "volume-N.nii[.gz] or segmentation-N.nii[.gz]", case_id=lambda n: f"lits_{n:03d}",
+                          image_name=lambda n: f"volume-{n}.nii[.gz]",
+                          label_name=lambda n: f"segmentation-{n}.nii[.gz]")
 
 
 DATASET = DatasetModule(
@@ -46,7 +38,8 @@ DATASET = DatasetModule(
     scan=scan,
     tasks=(
         binary_task("lits_tumour", "lits", "slice", (2,), "tumour", "LiTS: liver tumour (2) in the slice"),
-        binary_task("lits_liver", "lits", "slice", (1, 2), "liver", "LiTS: liver, tumour included (1 or 2), in the slice"),
+        binary_task("lits_liver", "lits", "slice", (1, 2), "liver",
+                    "LiTS: liver, tumour included (1 or 2), in the slice"),
         binary_task("lits_tumour_volume", "lits", "volume", (2,), "tumour", "LiTS: liver tumour (2) in the volume"),
     ),
     order=1,

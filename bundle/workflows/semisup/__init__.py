@@ -2,7 +2,8 @@
 
 ``data`` (organ task, organ mask, labelled-slice draw, slice datasets) -> ``training`` (joint loss, baselines,
 checkpoints) -> ``predictor`` (a model folder rebuilt from its card) -> ``evaluation`` (fair and anchor protocols)
--> ``pipeline`` (what the training configs call), ``outputs`` (the inference output folder) ; ``panels`` draws TensorBoard images.
+-> ``pipeline`` (what the training configs call), ``outputs`` (the inference output folder); ``panels`` draws
+TensorBoard images.
 """
 
 from bundle.workflows.semisup.data import DEFAULT_ORGANS, OrganMaskd, draw_labelled_slices, organ_task

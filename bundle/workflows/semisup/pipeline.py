@@ -1,9 +1,11 @@
 """The SAM-Mix workflow: train (SAM-Mix or a baseline), evaluate both ways, predict NIfTI files.
 
-``configs/train_sam_mix.json`` builds one :class:`SamMixWorkflow` and MONAI's ``SupervisedTrainer`` (``train#trainer``)
-from its :attr:`SamMixWorkflow.training_run`; its run ids call :meth:`SamMixWorkflow.train` (``training``) and, with ``configs/evaluate_sam_mix.json`` merged on top, :meth:`SamMixWorkflow.evaluate`
-(``evaluating``). ``configs/inference_sam_mix.json`` needs only the model folder (MONAI's ``SupervisedEvaluator`` with
-:class:`~bundle.workflows.semisup.predictor.SamMixInferer` and :class:`~bundle.workflows.semisup.outputs.OutputRecords`).
+``configs/train_sam_mix.json`` builds one :class:`SamMixWorkflow` and MONAI's ``SupervisedTrainer``
+(``train#trainer``) from its :attr:`SamMixWorkflow.training_run`; its run ids call :meth:`SamMixWorkflow.train`
+(``training``) and, with ``configs/evaluate_sam_mix.json`` merged on top, :meth:`SamMixWorkflow.evaluate`
+(``evaluating``). ``configs/inference_sam_mix.json`` needs only the model folder (MONAI's ``SupervisedEvaluator``
+with :class:`~bundle.workflows.semisup.predictor.SamMixInferer` and
+:class:`~bundle.workflows.semisup.outputs.OutputRecords`).
 
 What is checked before any SAM work: ``num_labelled`` is a whole number the method can use, the datalist is of the
 organ's dataset and has its label values, every training / validation / testing case passes the case check and

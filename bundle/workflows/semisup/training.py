@@ -503,7 +503,8 @@ class TrainingRun:
             if fill is not None:
                 fill()  # the volumes, loaded once here (not when the config was built)
         if self.labelled is not None:
-            trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: self.labelled.start_epoch(engine.state.epoch))
+            trainer.add_event_handler(Events.EPOCH_STARTED,
+                                      lambda engine: self.labelled.start_epoch(engine.state.epoch))
         if self.epoch_callback is not None:
             trainer.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_callback)
         trainer.run()

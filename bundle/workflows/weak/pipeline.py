@@ -138,10 +138,11 @@ class WeakPipeline:
         volume_transform: the classifier's volume transform (``sam_loader`` + intensity scaling).
         train_item_transform, val_item_transform: per-slice transforms (resize to ``roi_size``, augmentation).
         classifier_training: :class:`~bundle.workflows.weak.classifier.ClassifierSettings` (or its fields).
-        classifier_network: the classifier's arguments: its ``kind`` (:data:`~bundle.workflows.weak.classifier.CLASSIFIERS`), ``block_channels`` for the SAM
-            classifiers (``sam_frozen`` trains on the image embeddings that ``features`` caches: build it
-            ``with_embeddings``; ``sam_lora``, with ``lora_rank``, tunes a copy of the features' SAM encoder and makes
-            its own ``M``: build ``features`` without maps), the backbone's arguments for ``resnet``.
+        classifier_network: the classifier's arguments: its ``kind``
+            (:data:`~bundle.workflows.weak.classifier.CLASSIFIERS`), ``block_channels`` for the SAM classifiers
+            (``sam_frozen`` trains on the image embeddings that ``features`` caches: build it ``with_embeddings``;
+            ``sam_lora``, with ``lora_rank``, tunes a copy of the features' SAM encoder and makes its own ``M``: build
+            ``features`` without maps), the backbone's arguments for ``resnet``.
         card: fields recorded with the classifier (roi size, channel names, intensity, ...); its
             ``image_channel_names`` name the channels of the loaded volume.
         classifier_channels: the channels the ``resnet`` classifier sees, by name (e.g. ``["FLAIR"]``, the authors'

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from semisup_utils import TINY_MIX, TRAIN_SAM_MIX, infer_mix, mix_files, mix_overrides, run_mix
-from workflow_utils import CONFIGS, METADATA, initialized_training, tensorboard_tags
+from workflow_utils import CONFIGS, METADATA, checked_workflow, initialized_training, tensorboard_tags
 
 from bundle.errors import InputError, RunSettingsError, exception_chain
 from bundle.sam.adapter import read_adapter
@@ -294,20 +294,12 @@ def test_an_edited_label_is_refused_before_any_model_is_built(lits, tiny_sam_che
 def test_inference_config_runs_alone_and_passes_check_properties(lits, trained, tmp_path, caplog):
     """configs/inference_sam_mix.json alone with a model folder is a MONAI infer workflow (dataset, evaluator,
     network_def, inferer), and building it for the check predicts nothing."""
-    import logging
-
-    from monai.bundle import ConfigWorkflow
-
     from bundle.workflows.semisup.predictor import SamMixInferer
 
-    caplog.set_level(logging.WARNING)
     out = tmp_path / "pred"
-    workflow = ConfigWorkflow(config_file=str(CONFIGS / "inference_sam_mix.json"), workflow_type="infer",
-                              meta_file=METADATA, logging_file=False, model_dir=str(trained / "models"),
-                              dataset_dir=str(lits.root), datalist=str(lits.datalist), output_dir=str(out))
-    workflow.initialize()
-    assert workflow.check_properties() == []
-    assert not [r for r in caplog.records if "property" in r.getMessage().lower()]
+    workflow = checked_workflow(str(CONFIGS / "inference_sam_mix.json"), "infer", caplog, "inferring",
+                                model_dir=str(trained / "models"), dataset_dir=str(lits.root),
+                                datalist=str(lits.datalist), output_dir=str(out))
     assert isinstance(workflow.inferer, SamMixInferer) and workflow.evaluator.network is workflow.network_def
     assert len(workflow.dataset) == len(lits.cases["testing"]) and not list(out.glob("*.nii.gz"))
     workflow.run()
@@ -318,18 +310,10 @@ def test_training_config_passes_check_properties_without_loading_volumes(lits, t
                                                                           caplog):
     """configs/train_sam_mix.json is a MONAI train workflow (train#trainer is a SupervisedTrainer, train#dataset,
     train#inferer, network_def); checking it loads no volume, and the training run trains with that trainer."""
-    import logging
-
-    from monai.bundle import ConfigWorkflow
     from monai.engines import SupervisedTrainer
 
-    caplog.set_level(logging.WARNING)
-    workflow = ConfigWorkflow(config_file=mix_files("lits"), workflow_type="train", meta_file=METADATA,
-                              logging_file=False, run_id="training",
-                              **mix_overrides(lits, tmp_path, tiny_sam_checkpoint))
-    workflow.initialize()
-    assert workflow.check_properties() == []
-    assert not [r for r in caplog.records if "property" in r.getMessage().lower()]
+    workflow = checked_workflow(mix_files("lits"), "train", caplog, "training",
+                                **mix_overrides(lits, tmp_path, tiny_sam_checkpoint))
     assert isinstance(workflow.trainer, SupervisedTrainer) and workflow.trainer.network is workflow.network_def
     assert not workflow.train_dataset.volumes.filled and len(workflow.train_dataset) > 0
     workflow.run()

@@ -277,19 +277,13 @@ def test_training_config_passes_check_properties_without_sam_work(phantom_set, t
     """configs/train_weak.json is a MONAI train workflow: train#trainer is the classifier's SupervisedTrainer,
     train#dataset its slices, network_def the classifier. Checking it computes no SAM feature and loads no volume; the
     training run then trains the classifier with that trainer."""
-    from monai.bundle import ConfigWorkflow
     from monai.engines import SupervisedTrainer
     from weak_utils import weak_files, weak_overrides
-    from workflow_utils import METADATA
+    from workflow_utils import checked_workflow
 
-    caplog.set_level(logging.WARNING)
     data = phantom_set("brats")
-    workflow = ConfigWorkflow(config_file=weak_files("brats"), workflow_type="train", meta_file=METADATA,
-                              logging_file=False, run_id="training",
-                              **weak_overrides(data, tmp_path, **{"priors#sam_checkpoint": str(tiny_sam_checkpoint)}))
-    workflow.initialize()
-    assert workflow.check_properties() == []
-    assert not [r for r in caplog.records if "property" in r.getMessage().lower()]
+    workflow = checked_workflow(weak_files("brats"), "train", caplog, "training",
+                                **weak_overrides(data, tmp_path, **{"priors#sam_checkpoint": str(tiny_sam_checkpoint)}))
     assert isinstance(workflow.trainer, SupervisedTrainer) and workflow.trainer.network is workflow.network_def
     assert not workflow.train_dataset.volumes.filled and len(workflow.train_dataset) > 0
     weak_cache = Path(workflow.parser.get_parsed_content("weak_cache_dir"))
