@@ -69,8 +69,7 @@ class OutputRecords:
 
     def plan(self, cases: Sequence[Mapping]) -> list[dict]:
         """The cases to predict (``{"case_id", "image", "source", "output", "input_sha256"}``; ``source`` keeps the
-        input's path once ``image`` is loaded); the others are kept as
-        ``exists``.
+        input's path once ``image`` is loaded); the others are kept as ``exists``.
 
         Raises:
             InputError: an output path holds a file this workflow did not write, or one changed since (named, before
@@ -97,6 +96,8 @@ class OutputRecords:
 
     # ---- the evaluator's handler ---------------------------------------------------------------------------------
     def attach(self, engine) -> None:
+        """Mark outputs before each iteration and write them after it (an outputs' ``seconds``: prediction and
+        writing, the loading before excluded)."""
         engine.add_event_handler(Events.ITERATION_STARTED, self.started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.completed)
 

@@ -469,14 +469,14 @@ class TrainingRun:
                                                         output_transform=_scalar(key)))
         return handlers
 
-    def _check_trainer(self, trainer) -> None:
+    def check_trainer(self, trainer) -> None:
         """The trainer is built from this run's parts and for its epochs (an override of ``train#trainer#...``
         alone would train something the card does not say)."""
         parts = {"network": self.network, "optimizer": self.optimizer, "data_loader": self.loader}
         other = [name for name, part in parts.items() if getattr(trainer, name, None) is not part]
         if other or getattr(trainer, "_process_function", None) is not self.step:
             raise ValueError(f"train#trainer: its {', '.join(other) or 'iteration_update'} is not the training run's "
-                             "(configs/train_sam_mix.json builds it from @sam_mix.run)")
+                             "(configs/train_sam_mix.json builds it from @sam_mix.training_run)")
         if int(trainer.state.max_epochs) != self.settings.max_epochs:
             raise ValueError(f"train#trainer#max_epochs {trainer.state.max_epochs} differs from max_epochs "
                              f"{self.settings.max_epochs}, which the card records: set max_epochs instead")
@@ -489,6 +489,7 @@ class TrainingRun:
             sha256 (:func:`trained_digest` of the weights it ends with)]}``; ``ranks`` is None when a finished model
             was reused.
         """
+        self.check_trainer(trainer)  # a reused model too: it was trained for the card's max_epochs
         model_path = os.path.join(os.fspath(self.model_dir), "model.pt")
         if self.plan == "reuse":
             card = dict(self.stored["card"])
@@ -497,7 +498,6 @@ class TrainingRun:
                            model_path)
             distributed.barrier()
             return {"card": card, "ranks": None}
-        self._check_trainer(trainer)
         for data in (self.train_data, getattr(self.labelled, "dataset", None)):
             fill = getattr(data, "fill", None)
             if fill is not None:

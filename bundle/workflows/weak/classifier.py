@@ -282,7 +282,7 @@ class ClassifierRun:
                          LearningRateLogger(self.optimizer, self.summary_writer, tag="classifier/lr")]
         return handlers
 
-    def _check_trainer(self, trainer) -> None:
+    def check_trainer(self, trainer) -> None:
         """The trainer is built from this run's parts and for its epochs (an override of ``train#trainer#...``
         alone would train something the card does not say)."""
         parts = {"network": self.network, "optimizer": self.optimizer, "data_loader": self.loader,
@@ -304,9 +304,9 @@ class ClassifierRun:
                 (:func:`~bundle.workflows.weak.slices.with_targets`).
             subclasses: the signature of the sub-class record the targets come from (recorded in the card).
         """
+        self.check_trainer(trainer)  # a reused classifier too: it was trained for the card's max_epochs
         if self.plan == "reuse":
             return dict(self.stored["card"])
-        self._check_trainer(trainer)
         self.card["subclasses"] = subclasses
         for data, items in ((self.train_data, train_items), (self.val_data, val_items)):
             if data is not None:

@@ -527,6 +527,8 @@ class WeakPipeline:
             self.check()
         if {"classifier", "pseudo_labels"} & set(names):  # the pseudo labels come from the classifier in model_dir
             self.check_classifier_run()
+        if "classifier" in names:  # an override of train#trainer alone is refused before the first stage
+            self.classifier_run.check_trainer(trainer)
         torch.manual_seed(self.seed)
         np.random.seed(self.seed)
         for name in sorted(names, key=STAGES.index):

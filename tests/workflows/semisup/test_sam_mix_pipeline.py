@@ -321,8 +321,12 @@ def test_training_config_passes_check_properties_without_loading_volumes(lits, t
     assert (tmp_path / "models" / "model.pt").is_file()
 
 
-def test_a_trainer_epochs_override_unlike_the_card_is_refused(lits, tiny_sam_checkpoint, tmp_path):
-    with pytest.raises(Exception) as info:
-        run_mix(lits, tmp_path, tiny_sam_checkpoint, **{"train#trainer#max_epochs": 3})
-    assert any("train#trainer#max_epochs 3 differs from max_epochs 1" in str(e) for e in exception_chain(info.value))
+def test_a_trainer_epochs_override_unlike_the_card_is_refused(lits, trained, tiny_sam_checkpoint, tmp_path):
+    """Overriding the trainer's epochs alone would train (or, for a finished model, reuse) something the card does not
+    say: refused, before training and before reusing."""
+    for work in (tmp_path, trained):  # nothing trained yet; a finished model of max_epochs 2
+        with pytest.raises(Exception) as info:
+            run_mix(lits, work, tiny_sam_checkpoint, **{"max_epochs": 2, "train#trainer#max_epochs": 3})
+        assert any("train#trainer#max_epochs 3 differs from max_epochs 2" in str(e)
+                   for e in exception_chain(info.value))
     assert not (tmp_path / "models" / "model.pt").exists()

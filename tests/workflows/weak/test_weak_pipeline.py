@@ -298,3 +298,12 @@ def test_the_classifier_stage_needs_the_configs_trainer(phantom_set, tmp_path):
 
     with pytest.raises(ValueError, match="the classifier stage trains with train#trainer"):
         WeakPipeline.run(object(), "classifier")
+
+
+def test_a_trainer_epochs_override_unlike_the_card_is_refused_before_the_first_stage(phantom_set, tmp_path,
+                                                                                     tiny_sam_checkpoint):
+    data = phantom_set("brats")
+    with pytest.raises(Exception) as info:
+        run_weak(data, tmp_path, **{"priors#sam_checkpoint": str(tiny_sam_checkpoint), "train#trainer#max_epochs": 3})
+    assert any("train#trainer#max_epochs 3 differs from max_epochs 1" in str(e) for e in exception_chain(info.value))
+    assert not (tmp_path / "run" / "weak_summary.json").exists() and not (tmp_path / "run" / "subclasses.json").exists()
