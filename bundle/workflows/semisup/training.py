@@ -1,4 +1,5 @@
-"""SAM-Mix training (METHODS.md §4) and its two baselines, with MONAI's ``SupervisedTrainer``.
+"""SAM-Mix training (METHODS.md §4) and its two baselines, with MONAI's ``SupervisedTrainer``, which
+``configs/train_sam_mix.json`` builds (``train#trainer``) from the parts of a :class:`TrainingRun`.
 
 One iteration of SAM-Mix (:class:`JointStep`):
 
@@ -27,7 +28,7 @@ Under ``torchrun`` (``configs/multi_gpu_train.json``) every rank trains on its s
 ``prompts`` / ``segment`` methods, which ``DistributedDataParallel``'s hooks do not see, so the steps average the
 gradients themselves (:func:`bundle.workflows.common.ddp.average_gradients`) and, as DDP does, give every rank rank
 0's buffers (batch-norm statistics) before each step: every rank holds the same weights throughout, which
-:func:`train_model` checks at the end (:func:`trained_digest`). Rank 0 alone writes checkpoints and the finished
+:class:`TrainingRun` checks at the end (:func:`trained_digest`). Rank 0 alone writes checkpoints and the finished
 files; the other ranks wait for them.
 """
 
@@ -263,7 +264,7 @@ def trained_digest(model: Mapping, adapter_state: Mapping | None = None) -> str:
         model: the content of ``model.pt`` (``network`` state dict, ``guidance_gain`` for the SAM methods).
         adapter_state: the ``state`` of ``adapter.pt`` (SAM-Mix), else None.
 
-    Every rank of a ``torchrun`` job reports the digest of the weights it ends with (:func:`train_model`); the ranks
+    Every rank of a ``torchrun`` job reports the digest of the weights it ends with (:meth:`TrainingRun.run`); the ranks
     agree with each other and with the digest of the files rank 0 writes. Batch-norm statistics are left out
     (:data:`BATCH_NORM_STATISTICS`).
     """

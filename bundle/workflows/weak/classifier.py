@@ -1,4 +1,5 @@
-"""WeakMedSAM stage 3: the parent/child slice classifier, trained with MONAI's ``SupervisedTrainer`` on slice labels.
+"""WeakMedSAM stage 3: the parent/child slice classifier, trained with MONAI's ``SupervisedTrainer`` on slice labels;
+``configs/train_weak.json`` builds the trainer (``train#trainer``) from the parts of a :class:`ClassifierRun`.
 
 The samples are axial slices of the training volumes (image only: the datalist's segmentation path is dropped from
 the items, :func:`bundle.workflows.weak.slices.weak_slice_items`) with the target ``[parent | child]`` of

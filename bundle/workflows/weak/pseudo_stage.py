@@ -66,7 +66,7 @@ class PseudoLabels:
     Args:
         features: the SAM feature stage (logit maps ``M``; with the ``cam_peaks`` placement its miner decodes
             prompts placed on the CAMs here).
-        classifier_path: the classifier file of :func:`bundle.workflows.weak.classifier.train_classifier`.
+        classifier_path: the classifier file of :class:`bundle.workflows.weak.classifier.ClassifierRun`.
         cache_dir: the cache folder (one partition per configuration).
         beta, steps, radius, border, transition: random-walk settings (METHODS.md §5: 4, 4, 5, every pixel,
             ``column`` = ``A D^-1`` as the authors' code, the default; ``row`` = ``D^-1 A``, the usual form); an unknown
