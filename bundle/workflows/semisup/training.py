@@ -46,6 +46,7 @@ from ignite.engine import Events
 from monai.data import DataLoader
 from monai.engines import IterationEvents
 from monai.handlers import StatsHandler, TensorBoardStatsHandler
+from monai.inferers import SimpleInferer
 from monai.losses import DiceLoss
 from monai.utils import CommonKeys
 
@@ -481,6 +482,9 @@ class TrainingRun:
         if int(trainer.state.max_epochs) != self.settings.max_epochs:
             raise ValueError(f"train#trainer#max_epochs {trainer.state.max_epochs} differs from max_epochs "
                              f"{self.settings.max_epochs}, which the card records: set max_epochs instead")
+        if type(trainer.inferer) is not SimpleInferer:
+            raise ValueError(f"train#inferer: {type(trainer.inferer).__name__} would not be used: the SAM-Mix steps "
+                             "call the network themselves (leave train#inferer a SimpleInferer)")
 
     def run(self, trainer) -> dict:
         """Train with ``trainer`` (or reuse the finished model, rewriting its card), then save the finished files.

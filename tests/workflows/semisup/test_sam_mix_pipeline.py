@@ -329,4 +329,8 @@ def test_a_trainer_epochs_override_unlike_the_card_is_refused(lits, trained, tin
             run_mix(lits, work, tiny_sam_checkpoint, **{"max_epochs": 2, "train#trainer#max_epochs": 3})
         assert any("train#trainer#max_epochs 3 differs from max_epochs 2" in str(e)
                    for e in exception_chain(info.value))
+    with pytest.raises(Exception) as info:
+        run_mix(lits, tmp_path, tiny_sam_checkpoint, **{"train#inferer": {"_target_": "SlidingWindowInferer",
+                                                                          "roi_size": [16, 16]}})
+    assert any("train#inferer: SlidingWindowInferer would not be used" in str(e) for e in exception_chain(info.value))
     assert not (tmp_path / "models" / "model.pt").exists()
