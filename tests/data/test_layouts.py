@@ -358,3 +358,15 @@ def test_empty_folder_names_root_and_layouts(tmp_path, dataset, pattern):
 def test_missing_root(tmp_path):
     with pytest.raises(DatasetLayoutError, match="does not exist"):
         discover_cases("lits", tmp_path / "nope")
+
+
+def test_an_msd_task_module_refuses_another_tasks_folder(tmp_path):
+    """msd_spleen scans the MSD layout with its own labels: the Liver task's folder is refused, naming its
+    dataset.json, not read as spleens; the generic msd reads it with the labels it describes."""
+    from bundle.testing.phantom_writers import make_phantoms
+
+    make_phantoms("msd", tmp_path, cases=2, size=16)
+    with pytest.raises(DatasetLayoutError, match=r"dataset\.json: labels .*liver.* are not those of dataset "
+                                                  r"'msd_spleen'"):
+        scan_dataset("msd_spleen", tmp_path)
+    assert scan_dataset("msd", tmp_path).spec.regions == {"liver": (1,), "cancer": (2,)}
