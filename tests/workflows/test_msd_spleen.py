@@ -1,36 +1,29 @@
 """The worked example of a new dataset (docs/design.md): MSD Task09 Spleen, added as one dataset module
 (bundle/data/datasets/msd_spleen.py) and one preset (configs/presets/msd_spleen.json), through the commands a user
-runs: phantoms in the MSD layout, the datalist, SAMAug training, batch inference."""
+runs (their entry points, in this process): phantoms in the MSD layout, the datalist, SAMAug training, batch
+inference."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 from workflow_utils import REPO, TINY, config_files, run_workflow
 
+from bundle.data.datalist_cli import main as prepare_datalist
 from bundle.data.datasets import MODULES
-
-
-def _run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=600)
+from bundle.inference.cli import main as batch_inference
+from bundle.testing.phantoms_cli import main as make_phantoms
 
 
 def test_msd_spleen_from_phantoms_to_batch_inference(tmp_path):
     assert "msd_spleen" in MODULES and (REPO / "configs" / "presets" / "msd_spleen.json").is_file()
     data = tmp_path / "Task09_Spleen"
-    made = _run("scripts/make_phantoms.py", "--dataset", "msd_spleen", "--out", str(data), "--cases", "4",
-                "--size", "32")
-    assert made.returncode == 0, made.stderr
+    assert make_phantoms(["--dataset", "msd_spleen", "--out", str(data), "--cases", "4", "--size", "32"]) == 0
     assert json.loads((data / "dataset.json").read_text())["labels"] == {"0": "background", "1": "spleen"}
-    listed = _run("scripts/prepare_datalist.py", "--dataset", "msd_spleen", "--root", str(data), "--out",
-                  str(data / "datalist.json"),
-                  "--no-progress", "--val-fraction",
-                  "0.25", "--test-fraction", "0.25")
-    assert listed.returncode == 0, listed.stderr
+    assert prepare_datalist(["--dataset", "msd_spleen", "--root", str(data), "--out", str(data / "datalist.json"),
+                             "--no-progress", "--val-fraction", "0.25", "--test-fraction", "0.25"]) == 0
     datalist = json.loads((data / "datalist.json").read_text())
     assert datalist["dataset"] == "msd_spleen" and datalist["labels"] == {"0": "background", "1": "spleen"}
     assert datalist["regions"] == {"spleen": [1]} and len(datalist["training"]) == 2
@@ -44,9 +37,8 @@ def test_msd_spleen_from_phantoms_to_batch_inference(tmp_path):
     assert card["config"]["image_channel_names"] == ["CT"] and card["config"]["regions"] == {"spleen": [1]}
 
     test_image = data / datalist["testing"][0]["image"]
-    inferred = _run("-m", "bundle.inference.cli", "--input", str(test_image), "--output", str(work / "pred"),
-                    "--model", str(work / "models"))
-    assert inferred.returncode == 0, inferred.stderr
+    assert batch_inference(["--input", str(test_image), "--output", str(work / "pred"), "--model",
+                            str(work / "models")]) == 0
     (output,) = (work / "pred").glob("*.nii.gz")
     written, source = nib.load(output), nib.load(test_image)
     assert written.shape == source.shape and np.allclose(written.affine, source.affine, atol=1e-5)
