@@ -66,6 +66,80 @@ def _ds(values: Sequence[float]) -> list[str]:
     return [format_number_as_ds(float(v)) for v in values]
 
 
+@dataclass(frozen=True)
+class _CtSeries:
+    """What every slice of a written series shares."""
+
+    study_uid: str
+    series_uid: str
+    frame_uid: str
+    description: str
+    patient_id: str
+    patient_name: str
+    bits_stored: int
+    rescale_intercept: int
+
+
+def _ct_slice(k: int, sop_uid: str, stored: np.ndarray, geo, series: _CtSeries) -> Dataset:
+    """The CT Image dataset of slice ``k`` (``stored``: its ``[I, J]`` unsigned pixels)."""
+    normal = geo.normal
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = _FIXED_DATE
+    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = _FIXED_TIME
+    ds.AccessionNumber = ""
+    ds.Modality = "CT"
+    ds.Manufacturer = "monai-sam-priors phantom"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "phantom abdomen CT"
+    ds.SeriesDescription = series.description
+    ds.PatientName = series.patient_name
+    ds.PatientID = series.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.BodyPartExamined = "ABDOMEN"
+    ds.SliceThickness = _ds([np.linalg.norm(geo.slice_step)])[0]
+    ds.SpacingBetweenSlices = _ds([np.linalg.norm(geo.slice_step)])[0]
+    ds.KVP = "120"
+    ds.PatientPosition = "HFS"
+    ds.StudyInstanceUID = series.study_uid
+    ds.SeriesInstanceUID = series.series_uid
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.AcquisitionNumber = 1
+    ds.InstanceNumber = k + 1
+    ds.ImagePositionPatient = _ds(geo.positions[k])
+    ds.ImageOrientationPatient = _ds([*geo.row_cosine, *geo.column_cosine])
+    ds.FrameOfReferenceUID = series.frame_uid
+    ds.PositionReferenceIndicator = ""
+    ds.SliceLocation = _ds([float(np.dot(geo.positions[k], normal))])[0]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(stored.shape[1]), int(stored.shape[0])
+    ds.PixelSpacing = _ds(geo.pixel_spacing)
+    ds.BitsAllocated = 16
+    ds.BitsStored = series.bits_stored
+    ds.HighBit = series.bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.WindowCenter = "40"
+    ds.WindowWidth = "400"
+    ds.RescaleIntercept = str(int(series.rescale_intercept))
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
+    ds.PixelData = np.ascontiguousarray(stored.T).astype("<u2").tobytes()
+    return ds
+
+
 def write_ct_series(
     hu: np.ndarray,
     affine: np.ndarray,
@@ -111,72 +185,17 @@ def write_ct_series(
         )
     bits_stored = 12 if stored.max() < 4096 else 16
     geo = series_geometry(affine, hu.shape)
-    normal = geo.normal
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     def uid(*parts: object) -> str:
         return generate_uid(entropy_srcs=[uid_seed, *map(str, parts)])
 
-    study_uid, series_uid, frame_uid = uid("study"), uid("series"), uid("frame-of-reference")
+    series = _CtSeries(uid("study"), uid("series"), uid("frame-of-reference"), series_description, patient_id,
+                       patient_name, bits_stored, int(rescale_intercept))
     written = []
     for k in range(hu.shape[2]):
-        sop_uid = uid("instance", k)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = _FIXED_DATE
-        ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = _FIXED_TIME
-        ds.AccessionNumber = ""
-        ds.Modality = "CT"
-        ds.Manufacturer = "monai-sam-priors phantom"
-        ds.ReferringPhysicianName = ""
-        ds.StudyDescription = "phantom abdomen CT"
-        ds.SeriesDescription = series_description
-        ds.PatientName = patient_name
-        ds.PatientID = patient_id
-        ds.PatientBirthDate = ""
-        ds.PatientSex = "O"
-        ds.BodyPartExamined = "ABDOMEN"
-        ds.SliceThickness = _ds([np.linalg.norm(geo.slice_step)])[0]
-        ds.SpacingBetweenSlices = _ds([np.linalg.norm(geo.slice_step)])[0]
-        ds.KVP = "120"
-        ds.PatientPosition = "HFS"
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.StudyID = "1"
-        ds.SeriesNumber = 1
-        ds.AcquisitionNumber = 1
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = _ds(geo.positions[k])
-        ds.ImageOrientationPatient = _ds([*geo.row_cosine, *geo.column_cosine])
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PositionReferenceIndicator = ""
-        ds.SliceLocation = _ds([float(np.dot(geo.positions[k], normal))])[0]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = int(hu.shape[1]), int(hu.shape[0])
-        ds.PixelSpacing = _ds(geo.pixel_spacing)
-        ds.BitsAllocated = 16
-        ds.BitsStored = bits_stored
-        ds.HighBit = bits_stored - 1
-        ds.PixelRepresentation = 0
-        ds.WindowCenter = "40"
-        ds.WindowWidth = "400"
-        ds.RescaleIntercept = str(int(rescale_intercept))
-        ds.RescaleSlope = "1"
-        ds.RescaleType = "HU"
-        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<u2").tobytes()
-
+        ds = _ct_slice(k, uid("instance", k), stored[:, :, k], geo, series)
         path = out / f"IM_{k + 1:04d}.dcm"
         with atomic_path(path) as tmp:
             pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
