@@ -214,11 +214,12 @@ class SamMixWorkflow:
                            summary_writer=self.summary_writer, epoch_callback=self._panel_callback(),
                            data_settings=data, resume=self.resume)
 
-    def train(self, trainer) -> dict:
+    def train(self, trainer, dataset=None) -> dict:
         """Train (resume, or reuse) the model of this configuration with ``trainer`` (``train#trainer``, built from
-        :attr:`training_run`); returns what was done (with several processes, what each rank did: its slices per
-        epoch, iterations and the digest of the weights it ended with)."""
-        outcome = self.training_run.run(trainer)
+        :attr:`training_run`; ``dataset``: ``train#dataset``, which must be the run's slices); returns what was done
+        (with several processes, what each rank did: its slices per epoch, iterations and the digest of the weights it
+        ended with)."""
+        outcome = self.training_run.run(trainer, dataset)
         result = {"method": self.method, "model_dir": str(self.model_dir), **self._sizes,
                   "seconds": round(time.perf_counter() - self._started, 2)}
         if outcome["ranks"] is not None and len(outcome["ranks"]) > 1:

@@ -471,9 +471,13 @@ class TrainingRun:
                                                         output_transform=_scalar(key)))
         return handlers
 
-    def check_trainer(self, trainer) -> None:
-        """The trainer is built from this run's parts and for its epochs (an override of ``train#trainer#...``
-        alone would train something the card does not say)."""
+    def check_trainer(self, trainer, dataset=None) -> None:
+        """The trainer is built from this run's parts and for its epochs, and ``dataset`` (the config's
+        ``train#dataset``, when given) is the run's slices: an override of ``train#...`` alone would train something
+        the card does not say, or be ignored."""
+        if dataset is not None and dataset is not self.train_data:
+            raise ValueError(f"train#dataset: {type(dataset).__name__} is not what the trainer reads (the training "
+                             "run's slices of the datalist): set datalist / dataset_dir instead")
         parts = {"network": self.network, "optimizer": self.optimizer, "data_loader": self.loader}
         other = [name for name, part in parts.items() if getattr(trainer, name, None) is not part]
         if other or getattr(trainer, "_process_function", None) is not self.step:
@@ -486,15 +490,16 @@ class TrainingRun:
             raise ValueError(f"train#inferer: {type(trainer.inferer).__name__} would not be used: the SAM-Mix steps "
                              "call the network themselves (leave train#inferer a SimpleInferer)")
 
-    def run(self, trainer) -> dict:
-        """Train with ``trainer`` (or reuse the finished model, rewriting its card), then save the finished files.
+    def run(self, trainer, dataset=None) -> dict:
+        """Train with ``trainer`` (or reuse the finished model, rewriting its card), then save the finished files
+        (``dataset``: the config's ``train#dataset``, checked by :meth:`check_trainer`).
 
         Returns:
             ``{"card": the model's card, "ranks": [per rank: rank, slices_per_epoch, iterations, epoch_length,
             sha256 (:func:`trained_digest` of the weights it ends with)]}``; ``ranks`` is None when a finished model
             was reused.
         """
-        self.check_trainer(trainer)  # a reused model too: it was trained for the card's max_epochs
+        self.check_trainer(trainer, dataset)  # a reused model too: it was trained for the card's max_epochs
         model_path = os.path.join(os.fspath(self.model_dir), "model.pt")
         if self.plan == "reuse":
             card = dict(self.stored["card"])

@@ -283,9 +283,13 @@ class ClassifierRun:
                          LearningRateLogger(self.optimizer, self.summary_writer, tag="classifier/lr")]
         return handlers
 
-    def check_trainer(self, trainer) -> None:
-        """The trainer is built from this run's parts and for its epochs (an override of ``train#trainer#...``
-        alone would train something the card does not say)."""
+    def check_trainer(self, trainer, dataset=None) -> None:
+        """The trainer is built from this run's parts and for its epochs, and ``dataset`` (the config's
+        ``train#dataset``, when given) is the run's slices: an override of ``train#...`` alone would train something
+        the card does not say, or be ignored."""
+        if dataset is not None and dataset is not self.train_data:
+            raise ValueError(f"train#dataset: {type(dataset).__name__} is not what the trainer reads (the classifier "
+                             "run's slices of the datalist): set datalist / dataset_dir instead")
         parts = {"network": self.network, "optimizer": self.optimizer, "data_loader": self.loader,
                  "loss_function": self.loss, "prepare_batch": self.prepare_batch}
         other = [name for name, part in parts.items() if getattr(trainer, name, None) is not part]

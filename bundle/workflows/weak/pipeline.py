@@ -506,11 +506,12 @@ class WeakPipeline:
             workflow.finalize()
 
     # ---- driver --------------------------------------------------------------------------------------------------
-    def run(self, stages: str | Sequence[str] = STAGES, trainer=None) -> dict:
+    def run(self, stages: str | Sequence[str] = STAGES, trainer=None, dataset=None) -> dict:
         """Run stages in pipeline order; writes ``weak_summary.json`` (what each stage did, how long it took).
 
         Args:
             trainer: the classifier's ``SupervisedTrainer`` (``train#trainer``), needed by the ``classifier`` stage.
+            dataset: the config's ``train#dataset``, checked to be the classifier run's slices.
         """
         names = [stages] if isinstance(stages, str) else list(stages)
         names = [look_up_option(s, STAGES) for s in names]
@@ -528,7 +529,7 @@ class WeakPipeline:
         if {"classifier", "pseudo_labels"} & set(names):  # the pseudo labels come from the classifier in model_dir
             self.check_classifier_run()
         if "classifier" in names:  # an override of train#trainer alone is refused before the first stage
-            self.classifier_run.check_trainer(trainer)
+            self.classifier_run.check_trainer(trainer, dataset)
         torch.manual_seed(self.seed)
         np.random.seed(self.seed)
         for name in sorted(names, key=STAGES.index):

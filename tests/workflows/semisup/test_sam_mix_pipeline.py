@@ -333,4 +333,7 @@ def test_a_trainer_epochs_override_unlike_the_card_is_refused(lits, trained, tin
         run_mix(lits, tmp_path, tiny_sam_checkpoint, **{"train#inferer": {"_target_": "SlidingWindowInferer",
                                                                           "roi_size": [16, 16]}})
     assert any("train#inferer: SlidingWindowInferer would not be used" in str(e) for e in exception_chain(info.value))
+    with pytest.raises(Exception) as info:  # another dataset object would not be read by the trainer's loader
+        run_mix(lits, tmp_path, tiny_sam_checkpoint, **{"train#dataset": {"_target_": "Dataset", "data": []}})
+    assert any("train#dataset: Dataset is not what the trainer reads" in str(e) for e in exception_chain(info.value))
     assert not (tmp_path / "models" / "model.pt").exists()

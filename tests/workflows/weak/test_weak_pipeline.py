@@ -306,4 +306,8 @@ def test_a_trainer_epochs_override_unlike_the_card_is_refused_before_the_first_s
     with pytest.raises(Exception) as info:
         run_weak(data, tmp_path, **{"priors#sam_checkpoint": str(tiny_sam_checkpoint), "train#trainer#max_epochs": 3})
     assert any("train#trainer#max_epochs 3 differs from max_epochs 1" in str(e) for e in exception_chain(info.value))
+    with pytest.raises(Exception) as info:  # another dataset object would not be read by the trainer's loader
+        run_weak(data, tmp_path, **{"priors#sam_checkpoint": str(tiny_sam_checkpoint),
+                                    "train#dataset": {"_target_": "Dataset", "data": []}})
+    assert any("train#dataset: Dataset is not what the trainer reads" in str(e) for e in exception_chain(info.value))
     assert not (tmp_path / "run" / "weak_summary.json").exists() and not (tmp_path / "run" / "subclasses.json").exists()
