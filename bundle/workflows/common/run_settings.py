@@ -36,7 +36,8 @@ from bundle.data.summaries import SUMMARY_KEY
 from bundle.errors import InputError, RunSettingsError
 from bundle.hashing import canonical_json, json_sha256
 
-__all__ = ["HOW_TO_START_AFRESH", "INFO_KEY", "SETTINGS_KEY", "check_finished", "check_resume", "check_run",
+__all__ = ["HOW_TO_START_AFRESH", "INFO_KEY", "SETTINGS_KEY", "check_config_trainer", "check_finished",
+           "check_resume", "check_run",
            "checkpoint_epoch", "datalist_digest", "first_difference", "optimizer_settings", "plan_training",
            "prior_signature", "resume_flag", "verify_settings", "without_max_epochs"]
 
@@ -315,3 +316,29 @@ def plan_training(model_path: str | os.PathLike, checkpoint: str | os.PathLike, 
         logger.warning("%s: %s was trained with these settings (%s) and has no resume checkpoint: training it again "
                        "from scratch", what, model_path, reason)
     return "fresh", None
+
+
+#: trainer attributes by the config key that sets them, where the two differ
+_TRAINER_KEYS = {"_process_function": "iteration_update"}
+
+
+def check_config_trainer(trainer, parts: Mapping[str, object], max_epochs: int, train_data, dataset=None,
+                         built_by: str = "the run object") -> None:
+    """A trainer a config built (``train#trainer``) from a run object's ``parts`` (trainer attribute -> the run's
+    object; ``built_by`` names the run object in messages) trains what the card says: each part is the run's, its ``max_epochs`` is the card's, and ``dataset``
+    (the config's ``train#dataset``, when given) is the run's ``train_data``. An override of one ``train#...`` id alone
+    would otherwise train something the card does not say, or be ignored.
+
+    Raises:
+        ValueError: one line naming the id and what to set instead.
+    """
+    if dataset is not None and dataset is not train_data:
+        raise ValueError(f"train#dataset: {type(dataset).__name__} is not what the trainer reads (the slices of "
+                         f"{built_by}): set datalist / dataset_dir instead")
+    other = [_TRAINER_KEYS.get(name, name) for name, part in parts.items() if getattr(trainer, name, None) is not part]
+    if other:
+        raise ValueError(f"train#trainer: its {', '.join(other)} is not that of {built_by}, which the config builds "
+                         "the trainer from")
+    if int(trainer.state.max_epochs) != int(max_epochs):
+        raise ValueError(f"train#trainer#max_epochs {trainer.state.max_epochs} differs from max_epochs {max_epochs}, "
+                         "which the card records: set max_epochs instead")

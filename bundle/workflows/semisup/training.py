@@ -61,7 +61,7 @@ from bundle.workflows.common.batch_norm import recompute_batch_norm
 from bundle.workflows.common.checkpoints import EpochCheckpointSaver, ResumeFromCheckpoint, save_atomic
 from bundle.workflows.common.guards import StopOnNonFiniteLoss
 from bundle.workflows.common.model_card import CARD_NAME, write_card
-from bundle.workflows.common.run_settings import SETTINGS_KEY, plan_training, without_max_epochs
+from bundle.workflows.common.run_settings import SETTINGS_KEY, check_config_trainer, plan_training, without_max_epochs
 
 __all__ = ["CHECKPOINT_NAME", "GAIN_KEY", "METHODS", "TRAIN_PROMPTS", "JointStep", "LabelledBatches",
            "SamTrainableState", "TrainingRun", "TrainingSettings", "UNetStep", "train_prompts_option", "trained_digest",
@@ -475,17 +475,10 @@ class TrainingRun:
         """The trainer is built from this run's parts and for its epochs, and ``dataset`` (the config's
         ``train#dataset``, when given) is the run's slices: an override of ``train#...`` alone would train something
         the card does not say, or be ignored."""
-        if dataset is not None and dataset is not self.train_data:
-            raise ValueError(f"train#dataset: {type(dataset).__name__} is not what the trainer reads (the training "
-                             "run's slices of the datalist): set datalist / dataset_dir instead")
-        parts = {"network": self.network, "optimizer": self.optimizer, "data_loader": self.loader}
-        other = [name for name, part in parts.items() if getattr(trainer, name, None) is not part]
-        if other or getattr(trainer, "_process_function", None) is not self.step:
-            raise ValueError(f"train#trainer: its {', '.join(other) or 'iteration_update'} is not the training run's "
-                             "(configs/train_sam_mix.json builds it from @sam_mix.training_run)")
-        if int(trainer.state.max_epochs) != self.settings.max_epochs:
-            raise ValueError(f"train#trainer#max_epochs {trainer.state.max_epochs} differs from max_epochs "
-                             f"{self.settings.max_epochs}, which the card records: set max_epochs instead")
+        parts = {"network": self.network, "optimizer": self.optimizer, "data_loader": self.loader,
+                 "_process_function": self.step}
+        check_config_trainer(trainer, parts, self.settings.max_epochs, self.train_data, dataset,
+                             "@sam_mix.training_run (configs/train_sam_mix.json)")
         if type(trainer.inferer) is not SimpleInferer:
             raise ValueError(f"train#inferer: {type(trainer.inferer).__name__} would not be used: the SAM-Mix steps "
                              "call the network themselves (leave train#inferer a SimpleInferer)")

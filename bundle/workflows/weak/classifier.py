@@ -46,7 +46,7 @@ from bundle.workflows.common.checkpoints import EpochCheckpointSaver, ResumeFrom
 from bundle.workflows.common.card_schema import validate_card
 from bundle.workflows.common.guards import StopOnNonFiniteLoss
 from bundle.workflows.common.handlers import LearningRateLogger
-from bundle.workflows.common.run_settings import SETTINGS_KEY, plan_training, without_max_epochs
+from bundle.workflows.common.run_settings import SETTINGS_KEY, check_config_trainer, plan_training, without_max_epochs
 from bundle.workflows.weak.ranks import on_main
 from bundle.workflows.weak.slices import TARGET_KEY
 
@@ -287,18 +287,10 @@ class ClassifierRun:
         """The trainer is built from this run's parts and for its epochs, and ``dataset`` (the config's
         ``train#dataset``, when given) is the run's slices: an override of ``train#...`` alone would train something
         the card does not say, or be ignored."""
-        if dataset is not None and dataset is not self.train_data:
-            raise ValueError(f"train#dataset: {type(dataset).__name__} is not what the trainer reads (the classifier "
-                             "run's slices of the datalist): set datalist / dataset_dir instead")
         parts = {"network": self.network, "optimizer": self.optimizer, "data_loader": self.loader,
                  "loss_function": self.loss, "prepare_batch": self.prepare_batch}
-        other = [name for name, part in parts.items() if getattr(trainer, name, None) is not part]
-        if other:
-            raise ValueError(f"train#trainer: its {', '.join(other)} is not the classifier run's "
-                             "(configs/train_weak.json builds it from @weak.classifier_run)")
-        if int(trainer.state.max_epochs) != self.settings.max_epochs:
-            raise ValueError(f"train#trainer#max_epochs {trainer.state.max_epochs} differs from max_epochs "
-                             f"{self.settings.max_epochs}, which the card records: set max_epochs instead")
+        check_config_trainer(trainer, parts, self.settings.max_epochs, self.train_data, dataset,
+                             "@weak.classifier_run (configs/train_weak.json)")
 
     def run(self, trainer, train_items: Sequence[Mapping], val_items: Sequence[Mapping] | None,
             subclasses: str) -> dict:

@@ -139,3 +139,20 @@ def test_plan_reuses_resumes_or_refuses(tmp_path):
     save_atomic({"card": {}}, model)  # a model of an older version
     with pytest.raises(RunSettingsError, match="older version"):
         plan_training(model, last, SETTINGS, True, 2)
+
+
+def test_a_config_trainer_must_be_built_from_the_run_and_for_the_cards_epochs():
+    from types import SimpleNamespace
+
+    from bundle.workflows.common.run_settings import check_config_trainer
+
+    network, loader, data = object(), object(), object()
+    trainer = SimpleNamespace(network=network, data_loader=loader, state=SimpleNamespace(max_epochs=2))
+    parts = {"network": network, "data_loader": loader}
+    check_config_trainer(trainer, parts, 2, data, data, "@run")  # the run's own trainer and dataset pass
+    with pytest.raises(ValueError, match="train#trainer: its network is not that of @run"):
+        check_config_trainer(SimpleNamespace(**{**vars(trainer), "network": object()}), parts, 2, data, None, "@run")
+    with pytest.raises(ValueError, match="train#trainer#max_epochs 2 differs from max_epochs 3"):
+        check_config_trainer(trainer, parts, 3, data)
+    with pytest.raises(ValueError, match="train#dataset: object is not what the trainer reads"):
+        check_config_trainer(trainer, parts, 2, data, object())
